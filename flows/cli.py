@@ -1,0 +1,127 @@
+"""The ``lite-rec`` command line: one subcommand per pipeline step, all on one config object.
+
+It lives beside the flows (not in ``lite_rec/``) because some subcommands run Prefect flows,
+and the library itself never imports Prefect; library-only subcommands import lazily.
+
+Every subcommand takes a dataset name (``ml-1m``) or YAML path, an optional ``--profile``
+and any number of ``--set section.field=value`` overrides, builds the same
+:class:`~lite_rec.config.LiteRecConfig` that the Prefect flows build from deployment
+parameters, and calls the library function for that step. A :class:`LiteRecError` becomes a
+one-paragraph message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from lite_rec.config import LiteRecConfig, available_datasets, available_profiles, build_config
+from lite_rec.env import apply_local_defaults
+from lite_rec.errors import LiteRecError
+
+log = logging.getLogger("lite_rec")
+
+
+def _config_from(args: argparse.Namespace) -> LiteRecConfig:
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    cfg = build_config(args.dataset, overrides, profile=args.profile)
+    apply_local_defaults(cfg.data_dir)
+    return cfg
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    if args.prefect:
+        from flows.ingest import ingest_flow
+
+        result = ingest_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg))
+    else:
+        from lite_rec.ingest import ingest
+
+        result = ingest(cfg, progress=not args.no_progress, force=args.force)
+    print(result.summary())
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    from lite_rec.item_cache import load_or_encode_items
+
+    vectors = load_or_encode_items(cfg, progress=not args.no_progress)
+    n, d = vectors.vectors.shape
+    print(f"item vectors: {n - 1} items x {d} dims ({vectors.manifest.get('encoder')})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    from lite_rec.pipeline import run_offline
+
+    result = run_offline(cfg, progress=not args.no_progress, force_ingest=args.force)
+    print(result.summary())
+    return 0
+
+
+def _overrides_dict(cfg: LiteRecConfig) -> dict:
+    """The resolved config as a nested dict: what a Prefect flow takes as `overrides`."""
+    data = cfg.model_dump(mode="json")
+    data.pop("profile", None)
+    return data
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "ingest": (cmd_ingest, "raw dump -> validated Parquet sequences (the data stage)"),
+    "embed": (cmd_embed, "item texts -> cached item vectors (the item LLM)"),
+    "train": (cmd_train, "ingest and embed when stale, then train and evaluate"),
+    "config": (cmd_config, "print the fully resolved config as JSON"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lite-rec", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("dataset", help=f"dataset name ({', '.join(available_datasets())}) or a YAML path")
+        p.add_argument("--profile", choices=available_profiles(), help="settings bundle merged over the dataset config")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set train.lr=1e-3 (repeatable)")
+        p.add_argument("--data-dir", help="where raw, processed and run outputs live (default ./data)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--force", action="store_true", help="redo the data stage even when its outputs are current")
+        if name == "ingest":
+            p.add_argument("--prefect", action="store_true", help="run through the Prefect `ingest` flow (in-process)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    func = COMMANDS[args.command][0]
+    try:
+        return func(args)
+    except LiteRecError as exc:
+        print(f"lite-rec {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"lite-rec {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

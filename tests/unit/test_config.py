@@ -1,0 +1,82 @@
+"""The one config object: files + profile + overrides, with errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lite_rec.config import ConfigError, available_datasets, build_config, parse_override
+
+
+def test_every_shipped_dataset_config_validates() -> None:
+    names = available_datasets()
+    assert {"ml-1m", "ml-100k", "amazon-movies", "amazon-toys", "amazon-kindle"} <= set(names)
+    for name in names:
+        cfg = build_config(name)
+        assert cfg.dataset.name == name
+
+
+def test_paper_protocol_defaults() -> None:
+    ml = build_config("ml-1m")
+    assert ml.dataset.k_core == 5 and ml.dataset.min_rating is None
+    assert ml.model.dropout == 0.7 and ml.train.lr == 5e-4 and ml.train.adam_eps == 1e-6
+    assert build_config("amazon-kindle").model.dropout == 0.5
+    assert build_config("amazon-toys").dataset.k_core == 10
+
+
+def test_profile_and_overrides_merge_in_order() -> None:
+    cfg = build_config("ml1m", ["train.lr=0.002", "model.n_layers=3"], profile="cpu")
+    assert cfg.profile == "cpu"
+    assert cfg.model.d_model == 128  # from the profile
+    assert cfg.model.n_layers == 3  # override beats profile
+    assert cfg.train.lr == 0.002
+
+
+def test_dict_overrides_from_deployment_parameters() -> None:
+    cfg = build_config("ml-100k", {"train": {"strategy": "all"}, "eval": {"ks": [20, 10, 10]}})
+    assert cfg.train.strategy == "all"
+    assert cfg.eval.ks == (10, 20)
+
+
+def test_unknown_key_is_an_error_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config("ml-1m", ["train.lrr=1"])
+    assert "unknown key 'train.lrr'" in str(err.value)
+    assert "did you mean 'train.lr'" in str(err.value)
+
+
+def test_out_of_range_value_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"model\.dropout"):
+        build_config("ml-1m", ["model.dropout=1.5"])
+    with pytest.raises(ConfigError, match="divisible"):
+        build_config("ml-1m", ["model.d_model=100", "model.n_heads=8"])
+
+
+def test_bad_override_syntax_and_unknown_dataset() -> None:
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_override("train.lr")
+    with pytest.raises(ConfigError, match="did you mean 'ml-1m'"):
+        build_config("ml-1mm")
+
+
+def test_yaml_file_by_path(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("dataset:\n  name: mine\n  source: {format: recbole, path: /tmp/x}\n  k_core: 2\n")
+    cfg = build_config(path, [f"data_dir={tmp_path}"])
+    assert cfg.dataset.k_core == 2
+    assert cfg.processed_dir == tmp_path / "processed" / "mine"
+
+
+def test_bad_checksum_form_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="checksum"):
+        build_config("ml-1m", ["dataset.source.checksum=abc"])
+
+
+def test_config_is_frozen_and_flattens_for_logging() -> None:
+    cfg = build_config("ml-1m")
+    with pytest.raises(Exception):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+    flat = cfg.to_flat_dict()
+    assert flat["train.lr"] == "0.0005"
+    assert flat["dataset.source.format"] == "ml-1m"

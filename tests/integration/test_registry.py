@@ -1,0 +1,316 @@
+"""Registry end to end against a real ``mlflow server`` on 127.0.0.1 (sqlite backend, proxied
+artifacts): log a model trained for one epoch, register it, check aliases and pyfunc parity,
+then promote (better -> moves, worse -> stays), roll back, and fail a registration midway."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from lite_rec.bundle import load_bundle, save_bundle
+from lite_rec.config import LiteRecConfig, build_config
+from lite_rec.promotion import load_held_out, promote, rollback, score_recommender
+from lite_rec.recommender import Recommender
+from lite_rec.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    alias_version,
+    champion_history,
+    log_training_run,
+    register_verified,
+    remove_unverified_versions,
+)
+from lite_rec.train import TrainResult, train_model
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS = 20
+TARGET = f"i{N_ITEMS}"  # every user's test item; never in a history or a training target
+MODEL = "lite-rec-ml100k"
+
+
+# ---------------------------------------------------------------------------------------------
+# A real MLflow server, stopped by PID (its whole process group) also on failure
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs below `pid` (from /proc), in case a child left the process group."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    pids = [proc.pid, *_descendants(proc.pid)]
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # start_new_session: the group id is the server's PID
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+        "--workers", "1",
+    ]
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer /health in 90 s:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny hand-made dataset, a one-epoch model, its bundle
+
+
+@dataclass(frozen=True)
+class Run:
+    cfg: LiteRecConfig
+    result: TrainResult
+    bundle_dir: Path
+    vectors_manifest: Path
+
+
+def _write_dataset(cfg: LiteRecConfig) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    rows = []
+    for u in range(24):
+        seq = [int(x) for x in rng.choice(np.arange(1, N_ITEMS), size=7, replace=False)]
+        rows.append({"user_idx": u, "user_id": f"u{u}", "train_seq": seq[:5], "valid_item_idx": seq[5], "test_item_idx": N_ITEMS})
+    sequences = pd.DataFrame(rows)
+    items = pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": [f"i{i}" for i in range(1, N_ITEMS + 1)],
+                          "title": [f"Movie {i} (1999)" for i in range(1, N_ITEMS + 1)]})
+    out = cfg.processed_dir
+    (out / "validation").mkdir(parents=True)
+    items.to_parquet(out / "items.parquet", index=False)
+    sequences.to_parquet(out / "sequences.parquet", index=False)
+    (out / "stats.json").write_text(json.dumps({"users": 24, "items": N_ITEMS, "interactions": 24 * 7}))
+    (out / "validation" / "interactions.json").write_text(json.dumps({"success": True}))
+    return sequences
+
+
+@pytest.fixture(scope="module")
+def run(server: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    root = tmp_path_factory.mktemp("run")
+    cfg = build_config("ml-100k", {
+        "data_dir": str(root / "data"),
+        "model": {"backbone": "lean", "pretrained": False, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                  "dropout": 0.0, "max_seq_len": 4, "head_bias": True},
+        "train": {"strategy": "sampling", "max_epochs": 1, "batch_size": 8, "device": "cpu"},
+        "tracking": {"tracking_uri": server, "promote_metric": "test_ndcg_10", "promote_margin": 0.01},
+    })
+    sequences = _write_dataset(cfg)
+    torch.manual_seed(0)
+    vectors = torch.randn(N_ITEMS + 1, 8)
+    vectors[0] = 0
+    result = train_model(cfg, sequences, vectors, root / "model", progress=False)
+    manifest = root / "vectors_manifest.json"
+    manifest.write_text(json.dumps({"encoder_id": "random-test-vectors", "dim": 8}))
+    from lite_rec.bundle import build_bundle
+
+    return Run(cfg, result, build_bundle(cfg, root / "model", root / "bundle-v1"), manifest)
+
+
+def _variant(run: Run, name: str, target_bias: float) -> Path:
+    """The v1 bundle with the target item's head bias set: +50 ranks it first, -50 last."""
+    b = load_bundle(run.bundle_dir)
+    tensors = dict(b.tensors)
+    bias = tensors["head.bias"].clone()
+    bias[N_ITEMS] = target_bias
+    tensors["head.bias"] = bias
+    return save_bundle(run.bundle_dir.parent / name, spec=b.spec, model_config=b.model_config, state_dict=tensors,
+                       items=b.items, popularity=b.popularity, dataset=b.dataset, protocol=b.protocol, extra=b.extra)
+
+
+@pytest.fixture(scope="module")
+def v1(run: Run):
+    return log_training_run(run.cfg, run.result, run.bundle_dir, item_vectors_manifest=run.vectors_manifest, commit="abc123")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_first_version_is_challenger_and_champion_with_full_run_record(run: Run, v1, server: str) -> None:
+    client = MlflowClient(server)
+    assert (v1.name, v1.version, v1.aliases) == (MODEL, "1", (CHALLENGER, CHAMPION))
+    assert alias_version(client, MODEL, CHAMPION).version == "1"
+    assert champion_history(client, MODEL) == ["1"]
+    assert client.get_model_version(MODEL, "1").tags["verified"] == "true"
+
+    r = client.get_run(v1.run_id)
+    assert client.get_experiment(r.info.experiment_id).name == "lite-rec-ml-100k"
+    assert r.data.params["model.d_model"] == "16" and r.data.params["train.strategy"] == "sampling"
+    assert r.data.params["dataset.name"] == "ml-100k"
+    for key in ("test_ndcg_10", "test_recall_10", "valid_recall_10", "test_masked_ndcg_10", "train_loss", "lr", "samples_per_s"):
+        assert key in r.data.metrics, key
+    assert r.data.metrics["test_ndcg_10"] == pytest.approx(run.result.metrics["test_ndcg_10"])
+    loss_points = client.get_metric_history(v1.run_id, "train_loss")
+    assert [(m.step, m.value) for m in loss_points] == [(1, pytest.approx(run.result.history[0]["loss"]))]
+    tags = r.data.tags
+    assert tags["git_commit"] == "abc123" and tags["backbone_weights"] == "random"
+    assert json.loads(tags["protocol"])["exclude_history"] is True and tags["protocol.k_core"] == "5"
+    assert len(tags["data_fingerprint"]) == 64 and tags["item_encoder"] == "all-MiniLM-L6-v2"
+    assert tags["registered_model_version"] == f"{MODEL}/1"
+
+    arts = {a.path for a in client.list_artifacts(v1.run_id)}
+    assert {"config.json", "plots", "training", "data", "item_vectors"} <= arts
+    plots = {a.path for a in client.list_artifacts(v1.run_id, "plots")}
+    assert plots == {"plots/training_curves.png", "plots/validation_metrics.png"}
+    local = Path(mlflow.artifacts.download_artifacts(run_id=v1.run_id, artifact_path="plots/training_curves.png"))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {a.path for a in client.list_artifacts(v1.run_id, "data/validation")} == {"data/validation/interactions.json"}
+    assert {a.path for a in client.list_artifacts(v1.run_id, "item_vectors")} == {"item_vectors/vectors_manifest.json"}
+
+
+def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, server: str) -> None:
+    mlflow.set_tracking_uri(server)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
+    rec = Recommender.from_path(run.bundle_dir)
+    held = load_held_out(run.cfg)
+    histories = [held.histories[0], held.histories[5], [], ["i3", "i4", "i5", "i6", "i7", "i8", "i9"]]
+    out = model.predict(pd.DataFrame({"history": histories, "k": [5, 5, 5, 5]}))
+    expected = rec.recommend(histories, k=5)
+    assert list(out.columns) == ["item_ids", "scores", "titles", "fallback"]
+    for row, want in zip(out.itertuples(), expected):
+        assert list(row.item_ids) == want.item_ids
+        assert list(row.scores) == pytest.approx(want.scores, abs=1e-5)
+        assert list(row.titles) == want.titles
+        assert row.fallback == want.fallback
+    assert list(out["fallback"]) == [False, False, True, False]
+    # Optional columns default (k=10), and options per row.
+    out = model.predict(pd.DataFrame({"history": [histories[0]]}))
+    assert len(out["item_ids"].iloc[0]) == 10
+
+
+def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: Run, v1, server: str) -> None:
+    client = MlflowClient(server)
+    held = load_held_out(run.cfg)
+    v1_score = score_recommender(Recommender.from_path(run.bundle_dir), held, "test_ndcg_10")
+    assert v1_score < 0.99  # the one-epoch model never saw the target as a training target
+
+    v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-better", 50.0), commit="abc123")
+    assert (v2.version, v2.aliases) == ("2", (CHALLENGER,))
+    assert alias_version(client, MODEL, CHAMPION).version == "1"  # registering never moves champion
+    decision = promote(run.cfg)
+    assert decision.promoted and decision.champion_after == "2" and decision.champion_version == "1"
+    assert decision.challenger_score == pytest.approx(1.0) and decision.champion_score == pytest.approx(v1_score)
+    assert alias_version(client, MODEL, CHAMPION).version == "2"
+    tags2 = client.get_model_version(MODEL, "2").tags
+    assert tags2["promotion.decision"] == "promoted" and tags2["promotion.compared_with"] == "1"
+    assert float(tags2["promotion.champion_score"]) == pytest.approx(v1_score)
+    assert float(tags2["promotion.margin"]) == 0.01
+    assert json.loads(client.get_model_version(MODEL, "1").tags["promotion.vs_v2"])["promoted"] is True
+
+    v3 = log_training_run(run.cfg, run.result, _variant(run, "bundle-worse", -50.0), commit="abc123")
+    decision = promote(run.cfg)
+    assert not decision.promoted and decision.champion_after == "2" and decision.challenger_version == v3.version == "3"
+    assert decision.challenger_score == pytest.approx(0.0)
+    assert alias_version(client, MODEL, CHAMPION).version == "2"
+    assert alias_version(client, MODEL, CHALLENGER).version == "3"
+    assert client.get_model_version(MODEL, "3").tags["promotion.decision"] == "rejected"
+    assert json.loads(client.get_model_version(MODEL, "2").tags["promotion.vs_v3"])["champion_score"] == pytest.approx(1.0)
+    assert champion_history(client, MODEL) == ["1", "2"]
+
+    assert rollback(MODEL, client=client) == "1"
+    assert alias_version(client, MODEL, CHAMPION).version == "1"
+    assert champion_history(client, MODEL) == ["1"]
+    with pytest.raises(RegistryError, match="no previous champion to roll back to"):
+        rollback(MODEL, client=client)
+    assert alias_version(client, MODEL, CHAMPION).version == "1"
+
+
+def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str) -> None:
+    """Verification fails midway (the stored bundle is not the one we claim): the version goes."""
+    client = MlflowClient(server)
+    mlflow.set_tracking_uri(server)
+    before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
+    champion = alias_version(client, MODEL, CHAMPION).version
+    wrong = load_bundle(_variant(run, "bundle-claimed", 7.0))
+    source = client.get_model_version(MODEL, "1")
+    model_id = source.source.removeprefix("models:/")  # the logged model behind version 1
+    with pytest.raises(RegistryError, match="stored bundle differs from the logged one"):
+        register_verified(client, MODEL, source.source, model_id, source.run_id, wrong, {})
+    after = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
+    assert after == before
+    assert alias_version(client, MODEL, CHAMPION).version == champion
+    # A model this call created is removed with its only version.
+    with pytest.raises(RegistryError):
+        register_verified(client, "lite-rec-never", source.source, model_id, source.run_id, wrong, {})
+    assert client.search_registered_models("name = 'lite-rec-never'") == []
+
+
+def test_sweep_removes_versions_a_killed_process_left_unverified(run: Run, v1, server: str) -> None:
+    """A process killed between creating and verifying a version leaves it untagged: swept."""
+    client = MlflowClient(server)
+    source = client.get_model_version(MODEL, "1")
+    orphan = client.create_model_version(MODEL, source.source, run_id=source.run_id,
+                                         model_id=source.source.removeprefix("models:/"))
+    assert remove_unverified_versions(client, MODEL) == []  # younger than 10 minutes: maybe still running
+    assert remove_unverified_versions(client, MODEL, min_age_s=0) == [str(orphan.version)]
+    remaining = {m.version for m in client.search_model_versions(f"name = '{MODEL}'")}
+    assert str(orphan.version) not in remaining and "1" in remaining

@@ -233,7 +233,8 @@ def convert_python_literals(src: Path, dest: Path, *, progress: bool = True, bat
 
 _INTER_TYPES = {"user_id": "varchar", "item_id": "varchar", "rating": "double", "ts": "double"}
 _RECBOLE_INTER = {"user_id": ("user_id",), "item_id": ("item_id",), "rating": ("rating",), "ts": ("timestamp",)}
-_RECBOLE_ITEM = {"item_id": ("item_id",), "title": ("movie_title", "title"), "genres": ("genre", "class", "genres"),
+_RECBOLE_ITEM = {"item_id": ("item_id",), "title": ("movie_title", "title"), "year": ("release_year",),
+                 "genres": ("genre", "class", "genres"),
                  "brand": ("brand",), "categories": ("categories", "category"), "description": ("description",)}
 _CSV_RATINGS = {"user_id": ("userId",), "item_id": ("movieId",), "rating": ("rating",), "ts": ("timestamp",)}
 _CSV_MOVIES = {"item_id": ("movieId",), "title": ("title",), "genres": ("genres",)}

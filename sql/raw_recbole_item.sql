@@ -1,6 +1,8 @@
 -- RecBole atomic .item file -> raw items. Header fields are mapped by name (readers.py):
 -- movie_title/title -> title, genre/class/genres -> genres (a space-separated token sequence,
 -- joined with ', ' here), brand, categories, description; absent ones come out NULL.
+-- release_year, where present, is appended to the title as "Title (1995)": the GroupLens files
+-- carry the year in the title, and the item text should not depend on which copy was read.
 create or replace table raw_recbole_item as
 with src as (
     select
@@ -19,6 +21,7 @@ filled as (
     select
         null::varchar as item_id,
         null::varchar as title,
+        null::varchar as year,
         null::varchar as genres,
         null::varchar as brand,
         null::varchar as categories,
@@ -29,7 +32,11 @@ filled as (
 
 select
     item_id,
-    nullif(title, '') as title,
+    case
+        when nullif(trim(year), '') is not null and nullif(title, '') is not null
+            then title || ' (' || regexp_replace(trim(year), '\.0+$', '') || ')'
+        else nullif(title, '')
+    end as title,
     nullif(regexp_replace(trim(genres), '\s+', ', ', 'g'), '') as genres,
     nullif(brand, '') as brand,
     nullif(categories, '') as categories,

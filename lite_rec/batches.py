@@ -1,0 +1,201 @@
+"""Training samples of the three strategies, as index plans over one flat array of items.
+
+Why plans and not lists of samples: ML-1m's ``all`` strategy has ~1M samples per epoch. A sample
+here is two offsets into the concatenation of every user's ``train_seq`` (``start``, ``end``: the
+inputs are ``flat[start:end]``, the target ``flat[end]``), so a plan for an epoch is a few numpy
+arrays, and a batch is gathered on the training device by one fancy-indexing op (no Python loop
+per sample or per prefix).
+
+Strategies (PAPER.md "Training"; L = ``model.max_seq_len``):
+
+- ``sampling``: per user and epoch, one contiguous segment of at most L + 1 training items: the
+  target position e is drawn uniformly from 1..n-1, the inputs are the (at most L) items before it.
+- ``all``: every prefix: for e = 1..n-1, inputs ``seq[max(0, e-L):e]``, target ``seq[e]``. Each
+  target sees min(e, L) items of context, always the most recent ones.
+- ``onepass``: the inputs 0..n-2 of a sequence are cut into windows of L items whose starts are
+  ``stride`` apart (``train.onepass_stride``, 0 = L); one causal pass over a window gives every
+  position's next-item loss. Each target is supervised exactly once per epoch (in the first
+  window that contains it), so an epoch has the same n-1 targets per user as ``all``. The
+  difference from ``all``: a target at window position j sees only the j+1 items since the window
+  start, not the last L items (with stride = L, context lengths cycle 1..L; with stride S < L every
+  target after the first window sees at least L - S + 1 items), and attention is causal.
+
+Order: every epoch's plan and shuffle come from ``numpy.random.default_rng([seed, stage, epoch])``,
+so the batch at (stage, epoch, step) is a pure function of the seed: a run resumed mid-epoch
+replays exactly the batches the interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lite_rec.errors import DataError
+from lite_rec.model import IGNORE_INDEX
+
+STRATEGIES = ("sampling", "all", "onepass")
+
+
+@dataclass(frozen=True)
+class SequenceStore:
+    """Every user's training items, concatenated: user u owns ``flat[offsets[u]:offsets[u+1]]``."""
+
+    flat: np.ndarray  # (I,) int64 item_idx
+    offsets: np.ndarray  # (U + 1,) int64
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def build_sequence_store(train_seqs: Iterable[Sequence[int]]) -> SequenceStore:
+    seqs = [np.asarray(s, dtype=np.int64) for s in train_seqs]
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+    return SequenceStore(flat=flat.astype(np.int64), offsets=offsets)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Samples of one epoch: inputs ``flat[start:end]``; targets ``flat[end]`` or, for windows,
+    ``flat[p + 1]`` for every input position p >= sup_start."""
+
+    start: np.ndarray  # (S,) int64
+    end: np.ndarray  # (S,) int64, exclusive
+    sup_start: np.ndarray | None  # (S,) int64 for onepass windows, else None
+    n_targets: int  # supervised targets in the plan (samples/s counts these)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage, epoch])
+
+
+def plan_all(store: SequenceStore, max_len: int) -> SamplePlan:
+    n = store.lengths
+    per_user = np.maximum(n - 1, 0)  # targets e = 1..n-1
+    user = np.repeat(np.arange(len(n)), per_user)
+    first = np.cumsum(per_user) - per_user
+    e = np.arange(per_user.sum()) - np.repeat(first, per_user) + 1
+    end = store.offsets[user] + e
+    start = np.maximum(store.offsets[user], end - max_len)
+    return SamplePlan(start, end, None, int(len(end)))
+
+
+def plan_sampling(store: SequenceStore, max_len: int, rng: np.random.Generator) -> SamplePlan:
+    n = store.lengths
+    users = np.flatnonzero(n >= 2)
+    e = rng.integers(1, n[users])  # uniform over 1..n-1 per user
+    end = store.offsets[users] + e
+    start = np.maximum(store.offsets[users], end - max_len)
+    return SamplePlan(start, end, None, int(len(end)))
+
+
+def plan_onepass(store: SequenceStore, max_len: int, stride: int = 0) -> SamplePlan:
+    stride = stride or max_len
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"train.onepass_stride must be between 1 and model.max_seq_len ({max_len}); got {stride}")
+    n_inputs = np.maximum(store.lengths - 1, 0)  # positions 0..n-2 have a next item
+    extra = np.maximum(n_inputs - max_len, 0)
+    windows = np.where(n_inputs > 0, 1 + (extra + stride - 1) // stride, 0)
+    user = np.repeat(np.arange(len(n_inputs)), windows)
+    j = np.arange(windows.sum()) - np.repeat(np.cumsum(windows) - windows, windows)  # window number in user
+    off = store.offsets[user]
+    start = off + j * stride
+    end = off + np.minimum(j * stride + max_len, n_inputs[user])
+    sup_start = np.where(j == 0, start, off + (j - 1) * stride + max_len)  # end of the previous window
+    return SamplePlan(start, end, sup_start, int(n_inputs.sum()))
+
+
+def epoch_plan(
+    strategy: str, store: SequenceStore, max_len: int, *, seed: int, stage: int, epoch: int, stride: int = 0
+) -> tuple[SamplePlan, np.ndarray]:
+    """The epoch's samples and their shuffled order, both derived from (seed, stage, epoch) only."""
+    rng = epoch_rng(seed, stage, epoch)
+    if strategy == "sampling":
+        plan = plan_sampling(store, max_len, rng)
+    elif strategy == "all":
+        plan = plan_all(store, max_len)
+    elif strategy == "onepass":
+        plan = plan_onepass(store, max_len, stride)
+    else:
+        raise ValueError(f"train.strategy must be one of {STRATEGIES}; got {strategy!r}")
+    return plan, rng.permutation(len(plan))
+
+
+class BatchMaker:
+    """Gathers (items (B, L), targets) batches of a plan on the training device."""
+
+    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.max_len = max_len
+        self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
+        self.arange = torch.arange(max_len, device=self.device)  # (L,)
+
+    def set_plan(self, plan: SamplePlan, order: np.ndarray) -> None:
+        """Upload one epoch's plan once, so each batch is an on-device slice (no host sync)."""
+        perm = torch.as_tensor(order, device=self.device)
+        self.start = torch.as_tensor(plan.start, device=self.device)[perm]
+        self.end = torch.as_tensor(plan.end, device=self.device)[perm]
+        self.sup = None if plan.sup_start is None else torch.as_tensor(plan.sup_start, device=self.device)[perm]
+        self.n_samples = len(plan)
+
+    def n_batches(self, batch_size: int) -> int:
+        return (self.n_samples + batch_size - 1) // batch_size
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded inputs (B, L) and targets: (B,) next items, or (B, L) for windows."""
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        start, end = self.start[sl], self.end[sl]  # (B,)
+        pos = start[:, None] + self.arange  # (B, L) offsets into flat
+        real = pos < end[:, None]  # (B, L)
+        last = self.flat.shape[0] - 1
+        items = torch.where(real, self.flat[pos.clamp(max=last)], 0)  # (B, L)
+        if self.sup is None:
+            return items, self.flat[end]  # (B, L), (B,)
+        nxt = self.flat[(pos + 1).clamp(max=last)]  # (B, L)
+        supervised = real & (pos >= self.sup[sl][:, None])
+        return items, torch.where(supervised, nxt, IGNORE_INDEX)  # (B, L), (B, L)
+
+
+SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
+
+
+def read_sequences(path: Path | str) -> pd.DataFrame:
+    """``sequences.parquet`` (docs/data.md) with its columns checked; names the file when not."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: run `lite-rec ingest <dataset>` first")
+    try:
+        frame = pd.read_parquet(path, columns=list(SEQUENCE_COLUMNS))
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot read columns {', '.join(SEQUENCE_COLUMNS)} ({exc})") from None
+    return frame.sort_values("user_idx", kind="stable").reset_index(drop=True)
+
+
+def check_sequences(sequences: pd.DataFrame, n_items: int, source: str = "sequences.parquet") -> None:
+    """Every item_idx must be a real item 1..N of the item vectors / head; name the first offender."""
+    missing = [c for c in SEQUENCE_COLUMNS if c not in sequences.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)}")
+    store = build_sequence_store(sequences["train_seq"])
+    for column, values, owner in (
+        ("train_seq", store.flat, np.repeat(np.arange(len(sequences)), store.lengths)),
+        ("valid_item_idx", sequences["valid_item_idx"].to_numpy(np.int64), np.arange(len(sequences))),
+        ("test_item_idx", sequences["test_item_idx"].to_numpy(np.int64), np.arange(len(sequences))),
+    ):
+        bad = np.flatnonzero((values < 1) | (values > n_items))
+        if len(bad):
+            row = int(owner[bad[0]])
+            raise DataError(
+                f"{source}: row {row} (user_idx {sequences['user_idx'].iloc[row]}), column {column}: item_idx "
+                f"{int(values[bad[0]])} is outside 1..{n_items} ({len(bad)} such values)"
+            )

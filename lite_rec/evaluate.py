@@ -1,0 +1,151 @@
+"""Full-ranking evaluation on the validation and test splits (DESIGN.md protocol).
+
+Validation predicts ``valid_item_idx`` from ``train_seq``; test predicts ``test_item_idx`` from
+``train_seq + [valid_item_idx]``. The model sees the last ``max_seq_len`` items of that history;
+with ``eval.exclude_history`` the *whole* history (not only the last L items: I_u is everything
+the user has interacted with) is masked before ranking. Each call computes both protocols from
+one scoring pass, because results are published both ways (the paper's tables do not exclude
+history; our default does).
+
+Histories stay in one flat array; each batch of users is padded to its own longest history on
+the device, so memory is O(batch x longest history in the batch), not O(users x longest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lite_rec.batches import SequenceStore, build_sequence_store
+from lite_rec.metrics import RankAccumulator
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, L) item_idx -> (B, N+1) scores
+SPLITS = ("valid", "test")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The users of one split: their full histories (flat) and held-out targets."""
+
+    split: str  # "valid" | "test"
+    histories: SequenceStore  # everything the user interacted with before the target
+    targets: np.ndarray  # (U,) int64 item_idx
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def build_eval_set(sequences: pd.DataFrame, split: str) -> EvalSet:
+    """Histories and targets of ``split`` from the columns of ``sequences.parquet``."""
+    if split == "valid":
+        seqs = list(sequences["train_seq"])
+        targets = sequences["valid_item_idx"].to_numpy(np.int64, copy=True)
+    elif split == "test":
+        valid = sequences["valid_item_idx"].to_numpy(np.int64)
+        seqs = [np.append(np.asarray(s, dtype=np.int64), v) for s, v in zip(sequences["train_seq"], valid)]
+        targets = sequences["test_item_idx"].to_numpy(np.int64, copy=True)
+    else:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    return EvalSet(split, build_sequence_store(seqs), targets)
+
+
+def _rows(flat: torch.Tensor, start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
+    """flat[start:end] of each row, right-padded with 0 to `width`. -> (B, width)"""
+    pos = start[:, None] + torch.arange(width, device=flat.device)  # (B, W)
+    real = pos < end[:, None]
+    return torch.where(real, flat[pos.clamp(max=flat.shape[0] - 1)], 0)
+
+
+def iter_eval_batches(
+    eval_set: EvalSet, max_len: int, batch_size: int, device: torch.device | str
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(inputs (B, L) last L items right-padded, history (B, H) 0-padded, targets (B,)) batches."""
+    store = eval_set.histories
+    flat = torch.as_tensor(np.append(store.flat, 0), device=device)
+    for lo in range(0, len(eval_set), batch_size):
+        hi = min(lo + batch_size, len(eval_set))
+        off_lo, off_hi = store.offsets[lo:hi], store.offsets[lo + 1 : hi + 1]
+        width = max(int((off_hi - off_lo).max()), 1)
+        start = torch.as_tensor(off_lo, device=device)
+        end = torch.as_tensor(off_hi, device=device)
+        inputs = _rows(flat, torch.maximum(start, end - max_len), end, max_len)  # (B, L)
+        history = _rows(flat, start, end, width)  # (B, H)
+        yield inputs, history, torch.as_tensor(eval_set.targets[lo:hi], device=device)
+
+
+def evaluate_scores(
+    scorer: Scorer,
+    eval_set: EvalSet,
+    *,
+    max_len: int,
+    ks: Iterable[int] = (10, 20),
+    batch_size: int = 1024,
+    exclude_history: bool = True,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Rank every item for every user of the split; metrics under both protocols.
+
+    Keys: ``{split}_{metric}_{k}`` under the configured protocol, plus
+    ``{split}_masked_*`` (history excluded) and ``{split}_unmasked_*`` (history kept),
+    ``{split}_users`` and ``{split}_target_in_history`` (see ``metrics.py``).
+    """
+    ks = tuple(ks)
+    unmasked, masked = RankAccumulator(), RankAccumulator()
+    n_batches = (len(eval_set) + batch_size - 1) // batch_size
+    batches = iter_eval_batches(eval_set, max_len, batch_size, device)
+    for inputs, history, targets in tqdm(batches, total=n_batches, desc=f"eval {eval_set.split}", disable=not progress, leave=False):
+        scores = scorer(inputs)  # (B, N+1)
+        if scores.dtype != torch.float64:  # float64 scores (popularity tie-breaks) keep their precision
+            scores = scores.float()
+        unmasked.add(scores, targets)  # read-only
+        masked.add(scores, targets, history)  # masks in place
+    s = eval_set.split
+    out: dict[str, float] = {}
+    for name, acc in (("masked", masked), ("unmasked", unmasked)):
+        out.update({f"{s}_{name}_{key}": value for key, value in acc.result(ks).items()})
+    out.update({f"{s}_{key}": value for key, value in (masked if exclude_history else unmasked).result(ks).items()})
+    out[f"{s}_users"] = float(len(eval_set))
+    out[f"{s}_target_in_history"] = float(masked.target_in_history)
+    return out
+
+
+def model_scorer(model: torch.nn.Module, *, device: torch.device | str, bf16: bool = False) -> Scorer:
+    """Inference scores of a :class:`~lite_rec.model.LiteRecModel` (eval mode, no grad)."""
+    device = torch.device(device)
+
+    @torch.no_grad()
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            logits, _ = model(inputs)
+        return logits
+
+    return score
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    *,
+    ks: Iterable[int] = (10, 20),
+    batch_size: int = 1024,
+    exclude_history: bool = True,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Put the model in eval mode and rank all items for the split (see :func:`evaluate_scores`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate_scores(
+            model_scorer(model, device=device, bf16=bf16), eval_set, max_len=model.spec.max_seq_len, ks=ks,
+            batch_size=batch_size, exclude_history=exclude_history, device=device, progress=progress,
+        )
+    finally:
+        model.train(was_training)

@@ -1,0 +1,187 @@
+"""The recommendation LLM and the item projection head (PAPER.md, parts 2 and 3; Eq. 4-6).
+
+A user's history of item indices ``(B, T)`` (0 = padding) becomes item inputs (cached text
+vectors through a linear adapter, a learned id embedding, or their sum), the backbone
+contextualises them, mean pooling over the real items gives the user vector h_u (Eq. 4), and a
+linear head scores every item at once: ``logits = W_proj h_u`` (Eq. 5), trained with
+cross-entropy over all items (Eq. 6). No decoding, no beam search: top-k of one matrix product.
+
+Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
+up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
+every prefix's user vector (``prefix_user_vectors``) and a loss at every position. At inference a
+causal model's user vector is the same mean over all real items, i.e. the last prefix's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
+from lite_rec.errors import DataError
+
+if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
+    from lite_rec.config import ModelConfig
+
+IGNORE_INDEX = -100  # target value of positions that carry no loss (padding, already supervised)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the architecture; saved as JSON next to the weights."""
+
+    n_items: int  # N: item_idx runs 1..N, the head has N + 1 outputs (0 = padding)
+    item_dim: int  # width of the cached item vectors (0 when item_repr == "id")
+    item_repr: str  # "text" | "id" | "text+id"
+    max_seq_len: int  # input items per user at inference (the last ones)
+    dropout: float  # on the item inputs and on the user vector
+    causal: bool  # causal attention + running-mean pooling (onepass)
+    head_bias: bool
+    backbone_name: str  # as configured: "t5-small", "lean" or an HF name/path
+    backbone: BackboneSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(**{**data, "backbone": BackboneSpec(**data["backbone"])})
+
+
+class LiteRecModel(nn.Module):
+    """Item inputs -> backbone -> mean pooling (Eq. 4) -> dropout -> projection head (Eq. 5)."""
+
+    def __init__(self, spec: ModelSpec, backbone: nn.Module, item_vectors: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        d = spec.backbone.d_model
+        self.backbone = backbone
+        if "text" in spec.item_repr:
+            if item_vectors is None:
+                item_vectors = torch.zeros(spec.n_items + 1, spec.item_dim)  # filled by load_state_dict
+            self.register_buffer("item_vectors", item_vectors.detach().float().clone())  # (N+1, D_item), frozen
+            self.adapter: nn.Module = nn.Linear(spec.item_dim, d) if spec.item_dim != d else nn.Identity()
+        if "id" in spec.item_repr:
+            self.item_embedding = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+            nn.init.normal_(self.item_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.item_embedding.weight[0].zero_()
+        self.input_dropout = nn.Dropout(spec.dropout)
+        self.user_dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(d, spec.n_items + 1, bias=spec.head_bias)  # W_proj of Eq. 5
+
+    @property
+    def item_vectors_trainable(self) -> bool:
+        return isinstance(getattr(self, "item_vectors", None), nn.Parameter)
+
+    def unfreeze_item_vectors(self) -> None:
+        """Stage 2 (PAPER.md): the cached item vectors become trainable, initialised from the cache.
+
+        The state-dict key stays ``item_vectors``, so checkpoints load either way.
+        """
+        if "text" not in self.spec.item_repr or self.item_vectors_trainable:
+            return
+        vectors = self._buffers.pop("item_vectors")
+        self.item_vectors = nn.Parameter(vectors.detach().clone())
+
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``)."""
+        x = 0
+        if "text" in self.spec.item_repr:
+            x = self.adapter(self.item_vectors[items])  # (B, T, D)
+        if "id" in self.spec.item_repr:
+            x = x + self.item_embedding(items)  # (B, T, D)
+        return self.input_dropout(x)
+
+    def contextualize(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        real = items > 0  # (B, T)
+        hidden = self.backbone(self.embed_items(items), real, self.spec.causal)  # (B, T, D)
+        return hidden, real
+
+    def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: h_u = mean of the outputs over the real (non-padding) positions. (B, T) -> (B, D)."""
+        hidden, real = self.contextualize(items)
+        summed = hidden.float().masked_fill(~real[..., None], 0.0).sum(1)  # (B, D); where(), not *: no NaN leak
+        return summed / real.sum(1, keepdim=True).clamp(min=1)
+
+    def prefix_user_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Causal models: h_u of every prefix from one pass. (B, T) right-padded -> (B, T, D).
+
+        Row t is the mean of the causal outputs 0..t, which equals ``user_vectors`` of the prefix
+        ``items[:, :t+1]`` because causal outputs at positions <= t never see later items.
+        """
+        if not self.spec.causal:
+            raise ValueError("prefix_user_vectors needs a causal model (train.strategy=onepass)")
+        hidden, real = self.contextualize(items)
+        running = hidden.float().masked_fill(~real[..., None], 0.0).cumsum(1)  # (B, T, D)
+        return running / real.long().cumsum(1).clamp(min=1)[..., None]
+
+    def item_logits(self, user: torch.Tensor) -> torch.Tensor:
+        """Eq. 5: (..., D) -> (..., N + 1) scores of all items; padding can never be recommended.
+
+        Always in fp32, also under bf16 autocast: bf16 keeps ~3 significant digits, so thousands
+        of item scores would tie and ties change ranks (``metrics.py``); the head is a small
+        share of the step's compute.
+        """
+        with torch.autocast(user.device.type, enabled=False):
+            logits = self.head(self.user_dropout(user.float()))  # (..., N+1)
+        logits[..., 0] = float("-inf")
+        return logits
+
+    def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores (and the Eq. 6 loss when targets are given).
+
+        - ``targets`` (B,): one next item per sample -> logits (B, N+1).
+        - ``targets`` (B, T) on a causal model: the next item at every position (IGNORE_INDEX where
+          none) -> logits (B, T, N+1) and the mean cross-entropy over supervised positions.
+        - no targets: scores for inference, (B, N+1).
+        """
+        if targets is not None and targets.dim() == 2:
+            logits = self.item_logits(self.prefix_user_vectors(items))  # (B, T, N+1)
+        else:
+            logits = self.item_logits(self.user_vectors(items))  # (B, N+1)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+
+def build_model(
+    model_cfg: "ModelConfig", n_items: int, item_vectors: torch.Tensor | None, *, causal: bool
+) -> tuple[LiteRecModel, str]:
+    """Build the recommendation model from config; returns it and how the backbone was initialised.
+
+    `item_vectors` (N+1, D_item) with row 0 = zeros (padding) is required for ``text`` and
+    ``text+id`` and ignored for ``id``.
+    """
+    needs_text = "text" in model_cfg.item_repr
+    if needs_text:
+        if item_vectors is None:
+            raise DataError(f"model.item_repr={model_cfg.item_repr} needs item vectors; none were given")
+        if item_vectors.dim() != 2 or item_vectors.shape[0] != n_items + 1:
+            raise DataError(
+                f"item vectors have shape {tuple(item_vectors.shape)}; expected ({n_items + 1}, D): "
+                f"one row per item_idx 0..{n_items}"
+            )
+        if bool(item_vectors[0].abs().sum() != 0):
+            raise DataError("item vectors: row 0 (padding) must be all zeros")
+    backbone, bspec, note = build_backbone(
+        model_cfg.backbone, model_cfg.d_model, model_cfg.n_layers, model_cfg.n_heads, model_cfg.d_ff,
+        model_cfg.backbone_dropout, model_cfg.pretrained,
+    )
+    spec = ModelSpec(
+        n_items=n_items,
+        item_dim=int(item_vectors.shape[1]) if needs_text and item_vectors is not None else 0,
+        item_repr=model_cfg.item_repr, max_seq_len=model_cfg.max_seq_len, dropout=model_cfg.dropout,
+        causal=causal, head_bias=model_cfg.head_bias, backbone_name=model_cfg.backbone, backbone=bspec,
+    )
+    return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
+
+
+def model_from_spec(spec: ModelSpec) -> LiteRecModel:
+    """An untrained model of the saved architecture (weights come from the safetensors file)."""
+    return LiteRecModel(spec, build_from_spec(spec.backbone))

@@ -1,0 +1,243 @@
+"""The training loop of both stages over one checkpointable state (used by ``train.py``).
+
+Stage 1 trains the recommendation LLM and the head on frozen item vectors with the configured
+strategy (``batches.py``), cross-entropy over all items (PAPER.md Eq. 6), AdamW (decay on
+matrices only: not on biases, norm scales or item tables), linear warm-up then constant or
+cosine lr, gradient clipping, bf16 autocast on CUDA. Validation Recall@10 (configured protocol)
+after every ``eval_every`` epochs (and after a stage's last epoch) decides early stopping
+(``patience`` evaluations without a strict improvement) and which weights are kept
+(``checkpoints/best.safetensors``). Stage 2 (``finetune_epochs > 0``) restarts from the best
+weights with the item vectors as a trainable parameter initialised from the cache, at
+``finetune_lr`` (constant), and replaces the best weights only where validation improves on
+stage 1.
+
+Resume: every ``checkpoint_every_steps`` optimizer steps and at each epoch end the whole state
+(model, optimizer, scheduler, RNGs, stage/epoch/step, early-stopping state, history) is written
+atomically. The batches of (stage, epoch) depend only on the seed and the RNGs are restored, so
+a restart continues exactly where the interrupted run was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lite_rec.batches import BatchMaker, build_sequence_store, epoch_plan
+from lite_rec.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
+from lite_rec.errors import LiteRecError
+from lite_rec.evaluate import build_eval_set, evaluate_model
+from lite_rec.model import IGNORE_INDEX, LiteRecModel
+
+if TYPE_CHECKING:
+    from lite_rec.config import LiteRecConfig
+
+RUNTIME_ONLY = ("device", "compile", "num_threads", "checkpoint_every_steps")  # may change on resume
+STOP_METRIC = "valid_recall_10"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LiteRecError(f"train.device={name!r} but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, eps: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices only (biases, norm scales and item tables are exempt)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            exempt = p.dim() < 2 or name in ("item_vectors", "item_embedding.weight")
+            (no_decay if exempt else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then constant or cosine decay to 0."""
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_step(
+    forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool,
+) -> torch.Tensor:
+    """One optimizer step on a batch; returns the detached loss (no host sync)."""
+    with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
+        _, loss = forward(items, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
+def n_items_of(sequences: pd.DataFrame, item_vectors: torch.Tensor | None) -> int:
+    if item_vectors is not None:
+        return int(item_vectors.shape[0]) - 1
+    top = [max(s, default=0) for s in sequences["train_seq"]]
+    return int(max([*top, sequences["valid_item_idx"].max(), sequences["test_item_idx"].max()]))
+
+
+def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors: torch.Tensor | None) -> dict[str, Any]:
+    """What a resume checkpoint must match: settings that change results, data and vectors."""
+    data = hashlib.sha256()
+    data.update(build_sequence_store(sequences["train_seq"]).flat.tobytes())
+    for column in ("valid_item_idx", "test_item_idx"):
+        data.update(sequences[column].to_numpy(np.int64).tobytes())
+    vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
+    train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
+    return {"model": cfg.model.model_dump(mode="json"), "train": train, "eval": cfg.eval.model_dump(mode="json"),
+            "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors}
+
+
+class Trainer:
+    """The loop of both stages over a mutable, checkpointable state ``self.s``."""
+
+    def __init__(self, cfg: "LiteRecConfig", model: LiteRecModel, sequences: pd.DataFrame, device: torch.device,
+                 ckpt_dir: Path, progress: bool, step_sleep: float) -> None:
+        self.cfg, self.tc, self.model, self.device = cfg, cfg.train, model, device
+        self.ckpt_dir, self.progress, self.step_sleep = ckpt_dir, progress, step_sleep
+        self.store = build_sequence_store(sequences["train_seq"])
+        self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device)
+        self.valid_set = build_eval_set(sequences, "valid")
+        self.bf16 = self.tc.bf16 and device.type == "cuda"
+        self.forward = torch.compile(model) if self.tc.compile else model
+        self.s: dict[str, Any] = {}
+
+    def _steps_per_epoch(self, stage: int) -> int:
+        plan, order = epoch_plan(self.tc.strategy, self.store, self.cfg.model.max_seq_len, seed=self.tc.seed,
+                                 stage=stage, epoch=0, stride=self.tc.onepass_stride)
+        return max(1, math.ceil(len(plan) / self.tc.batch_size))
+
+    def _stage_epochs(self, stage: int) -> int:
+        return self.tc.max_epochs if stage == 1 else self.tc.finetune_epochs
+
+    def _build_optim(self, stage: int) -> None:
+        lr = self.tc.lr if stage == 1 else self.tc.finetune_lr
+        self.optimizer = make_optimizer(self.model, lr, self.tc.weight_decay, self.tc.adam_eps, self.device)
+        total = self._stage_epochs(stage) * self._steps_per_epoch(stage)
+        warmup, schedule = (self.tc.warmup_ratio, self.tc.lr_schedule) if stage == 1 else (0.0, "constant")
+        self.scheduler = make_scheduler(self.optimizer, total, warmup, schedule)
+
+    def fresh(self, fingerprint: dict[str, Any], backbone_init: str) -> None:
+        self.s = {"fingerprint": fingerprint, "backbone_init": backbone_init, "stage": 1, "epoch": 0, "step": 0,
+                  "global_step": 0, "best": {"metric": -1.0, "stage": 0, "epoch": -1}, "bad_evals": 0,
+                  "history": [], "loss_sum": 0.0, "n_targets": 0, "epoch_seconds": 0.0, "stage_done": False,
+                  "stopped_early": False, "done": False}
+        self._build_optim(1)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.s = saved["state"]
+        if self.s["stage"] == 2:
+            self.model.unfreeze_item_vectors()
+        self.model.load_state_dict(saved["model"])
+        self._build_optim(self.s["stage"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"])
+
+    def checkpoint(self) -> None:
+        save_resume(self.ckpt_dir, {
+            "state": self.s, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": capture_rng(),
+            **{k: self.s[k] for k in ("stage", "epoch", "step", "global_step", "done")},
+        })
+
+    def run(self) -> None:
+        while not self.s["done"]:
+            if self.s["stage_done"] or self.s["epoch"] >= self._stage_epochs(self.s["stage"]):
+                self._finish_stage()
+            else:
+                self._run_epoch()
+
+    def _finish_stage(self) -> None:
+        if self.s["stage"] == 1 and self.tc.finetune_epochs > 0:
+            load_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
+            self.model.unfreeze_item_vectors()  # stage 2: item vectors trainable, from the cache
+            self._build_optim(2)
+            self.s.update(stage=2, epoch=0, step=0, bad_evals=0, stage_done=False)
+        else:
+            self.s["done"] = True
+        self.checkpoint()
+
+    def _run_epoch(self) -> None:
+        s, tc = self.s, self.tc
+        stage, epoch = s["stage"], s["epoch"]
+        plan, order = epoch_plan(tc.strategy, self.store, self.cfg.model.max_seq_len, seed=tc.seed, stage=stage,
+                                 epoch=epoch, stride=tc.onepass_stride)
+        self.batches.set_plan(plan, order)
+        n_batches = self.batches.n_batches(tc.batch_size)
+        self.model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.tensor(s["loss_sum"], dtype=torch.float64, device=self.device)
+        n_targets: Any = s["n_targets"]
+        bar = tqdm(range(s["step"], n_batches), initial=s["step"], total=n_batches, disable=not self.progress,
+                   desc=f"stage {stage} epoch {epoch + 1}/{self._stage_epochs(stage)}", leave=False)
+        for step in bar:
+            items, targets = self.batches.batch(step, tc.batch_size)
+            loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
+                              grad_clip=tc.grad_clip, bf16=self.bf16)
+            count = (targets != IGNORE_INDEX).sum() if targets.dim() == 2 else targets.numel()
+            loss_sum += loss.double() * count
+            n_targets = n_targets + count
+            s["global_step"] += 1
+            s["step"] = step + 1
+            if self.progress and step % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+            if s["global_step"] % tc.checkpoint_every_steps == 0 and step + 1 < n_batches:
+                s.update(loss_sum=float(loss_sum), n_targets=int(n_targets),
+                         epoch_seconds=s["epoch_seconds"] + time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                self.checkpoint()
+            if self.step_sleep:
+                time.sleep(self.step_sleep)
+        bar.close()
+        seconds = s["epoch_seconds"] + time.perf_counter() - t0
+        entry: dict[str, Any] = {
+            "stage": stage, "epoch": epoch + 1, "loss": float(loss_sum) / max(int(n_targets), 1),
+            "lr": float(self.scheduler.get_last_lr()[0]), "seconds": seconds, "steps": n_batches,
+            "samples_per_s": plan.n_targets / max(seconds, 1e-9),
+        }
+        last = epoch + 1 >= self._stage_epochs(stage)
+        if (epoch + 1) % tc.eval_every == 0 or last:
+            self._evaluate(entry)
+        s["history"].append(entry)
+        s.update(epoch=epoch + 1, step=0, loss_sum=0.0, n_targets=0, epoch_seconds=0.0)
+        self.checkpoint()
+
+    def _evaluate(self, entry: dict[str, Any]) -> None:
+        s, ev = self.s, self.cfg.eval
+        metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,
+                                 exclude_history=ev.exclude_history, device=self.device, bf16=self.bf16, progress=False)
+        entry.update({k: v for k, v in metrics.items() if k.startswith(("valid_recall", "valid_ndcg"))})
+        if metrics[STOP_METRIC] > s["best"]["metric"]:
+            s["best"] = {"metric": metrics[STOP_METRIC], "stage": s["stage"], "epoch": s["epoch"] + 1}
+            s["bad_evals"] = 0
+            save_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
+        else:
+            s["bad_evals"] += 1
+            if s["bad_evals"] >= self.tc.patience:
+                s["stage_done"] = True
+                s["stopped_early"] = s["stopped_early"] or s["stage"] == 1

@@ -1,0 +1,30 @@
+"""A small model trained on real ml-100k beats the most-popular baseline under the same protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lite_rec.batches import read_sequences
+from lite_rec.config import LiteRecConfig, build_config
+from lite_rec.popularity import evaluate_popularity
+from lite_rec.train import train_model
+
+pytestmark = pytest.mark.integration
+
+
+def test_small_model_beats_most_popular_on_real_ml100k(ml100k_config: LiteRecConfig, tmp_path: Path) -> None:
+    sequences = read_sequences(ml100k_config.processed_dir / "sequences.parquet")
+    n_items = json.loads((ml100k_config.processed_dir / "stats.json").read_text())["items"]
+    popular = evaluate_popularity(sequences, n_items, progress=False)
+    cfg = build_config("ml-100k", [
+        f"data_dir={ml100k_config.data_dir}", "model.backbone=lean", "model.item_repr=id", "model.d_model=64",
+        "model.n_layers=1", "model.n_heads=2", "model.d_ff=128", "model.dropout=0.2", "train.strategy=onepass",
+        "train.batch_size=64", "train.lr=2e-3", "train.max_epochs=3", "train.num_threads=1", "train.device=cpu",
+    ])
+    result = train_model(cfg, sequences, None, tmp_path / "run", progress=False)
+    assert result.metrics["test_users"] == popular["test_users"] == len(sequences)
+    # same protocol (history excluded), same users: NDCG@10 0.0452 for most-popular on this split
+    assert result.metrics["test_ndcg_10"] > popular["test_ndcg_10"] * 1.2, (result.metrics, popular)

@@ -1,0 +1,146 @@
+"""The recommendation LLM + head: shapes, padding invariance, causality, onepass == per prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lite_rec.config import ModelConfig
+from lite_rec.errors import DataError
+from lite_rec.model import IGNORE_INDEX, LiteRecModel, build_model, model_from_spec
+
+N_ITEMS, ITEM_DIM = 12, 24
+
+
+def _vectors(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(N_ITEMS + 1, ITEM_DIM, generator=g)  # (N+1, D_item)
+    v[0] = 0
+    return v
+
+
+def _model(backbone: str = "lean", causal: bool = False, item_repr: str = "text", **kw) -> LiteRecModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                      dropout=0.2, item_repr=item_repr, max_seq_len=6, **kw)
+    model, _ = build_model(cfg, N_ITEMS, _vectors() if "text" in item_repr else None, causal=causal)
+    return model.eval()
+
+
+BACKBONES = [("lean", False), ("lean", True), ("t5-small", False), ("t5-small", True)]
+
+
+@pytest.mark.parametrize("item_repr", ["text", "id", "text+id"])
+def test_scores_cover_every_item_and_never_the_padding(item_repr: str) -> None:
+    model = _model(item_repr=item_repr, head_bias=True)
+    logits, loss = model(torch.tensor([[3, 5, 2, 0], [1, 0, 0, 0]]))
+    assert logits.shape == (2, N_ITEMS + 1) and loss is None
+    assert torch.isneginf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
+
+
+def test_adapter_only_where_item_vectors_are_narrower_or_wider_than_the_model() -> None:
+    assert isinstance(_model().adapter, torch.nn.Linear)
+    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=24, n_layers=1, n_heads=2, d_ff=32)
+    model, _ = build_model(cfg, N_ITEMS, _vectors(), causal=False)
+    assert isinstance(model.adapter, torch.nn.Identity)
+
+
+@pytest.mark.parametrize(("backbone", "causal"), BACKBONES)
+def test_padding_does_not_change_scores(backbone: str, causal: bool) -> None:
+    model = _model(backbone, causal)
+    history = [3, 5, 2, 7]
+    with torch.no_grad():
+        bare, _ = model(torch.tensor([history]))
+        right, _ = model(torch.tensor([history + [0, 0, 0]]))
+        left, _ = model(torch.tensor([[0, 0] + history]))
+        batch, _ = model(torch.tensor([history + [0, 0], [1, 2, 3, 4, 5, 6]]))  # beside a longer user
+    for other in (right, left, batch[:1]):
+        torch.testing.assert_close(other, bare, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["lean", "t5-small"])
+def test_onepass_prefix_logits_never_see_later_items(backbone: str) -> None:
+    model = _model(backbone, causal=True)
+    a = torch.tensor([[3, 5, 2, 7, 9, 0]])
+    b = torch.tensor([[3, 5, 2, 1, 4, 0]])  # differs from position 3 on
+    with torch.no_grad():
+        la = model.item_logits(model.prefix_user_vectors(a))  # (1, T, N+1)
+        lb = model.item_logits(model.prefix_user_vectors(b))
+    torch.testing.assert_close(la[:, :3], lb[:, :3], atol=0, rtol=0)
+    assert not torch.allclose(la[:, 3], lb[:, 3])
+
+
+@pytest.mark.parametrize("backbone", ["lean", "t5-small"])
+def test_onepass_prefix_outputs_equal_one_pass_per_prefix(backbone: str) -> None:
+    model = _model(backbone, causal=True)
+    seq = [3, 5, 2, 7, 9]
+    with torch.no_grad():
+        every = model.item_logits(model.prefix_user_vectors(torch.tensor([seq + [0]])))  # (1, T, N+1)
+        for t in range(1, len(seq) + 1):
+            alone, _ = model(torch.tensor([seq[:t]]))  # the `all` sample of this prefix
+            torch.testing.assert_close(every[:, t - 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_onepass_loss_is_the_mean_cross_entropy_over_supervised_positions() -> None:
+    model = _model(causal=True)
+    items = torch.tensor([[3, 5, 2, 0]])
+    targets = torch.tensor([[5, 2, IGNORE_INDEX, IGNORE_INDEX]])
+    with torch.no_grad():
+        logits, loss = model(items, targets)
+    assert logits.shape == (1, 4, N_ITEMS + 1)
+    expected = -(logits[0, 0].log_softmax(-1)[5] + logits[0, 1].log_softmax(-1)[2]) / 2
+    torch.testing.assert_close(loss, expected)
+
+
+def test_bidirectional_model_refuses_prefix_pooling() -> None:
+    with pytest.raises(ValueError, match="onepass"):
+        _model().prefix_user_vectors(torch.tensor([[1, 2]]))
+
+
+def test_text_models_need_well_formed_item_vectors() -> None:
+    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+    with pytest.raises(DataError, match="needs item vectors"):
+        build_model(cfg, N_ITEMS, None, causal=False)
+    with pytest.raises(DataError, match=r"expected \(13, D\)"):
+        build_model(cfg, N_ITEMS, _vectors()[:5], causal=False)
+    bad = _vectors()
+    bad[0, 3] = 1.0
+    with pytest.raises(DataError, match="row 0"):
+        build_model(cfg, N_ITEMS, bad, causal=False)
+
+
+def test_unfrozen_item_vectors_train_and_keep_their_state_dict_key() -> None:
+    model = _model()
+    assert "item_vectors" not in dict(model.named_parameters())
+    model.unfreeze_item_vectors()
+    assert model.item_vectors_trainable and dict(model.named_parameters())["item_vectors"].requires_grad
+    torch.testing.assert_close(model.item_vectors.detach(), _vectors())
+    model.train()
+    _, loss = model(torch.tensor([[3, 5]]), torch.tensor([2]))
+    loss.backward()
+    assert model.item_vectors.grad[3].abs().sum() > 0 and model.item_vectors.grad[9].abs().sum() == 0
+    fresh = model_from_spec(model.spec)  # frozen buffer, same key: loads either way
+    fresh.load_state_dict(model.state_dict())
+    assert not fresh.item_vectors_trainable
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_hf_encoder_with_absolute_positions_is_padding_invariant_and_causal(tmp_path, causal: bool) -> None:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=5, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=16)).save_pretrained(tmp_path / "bert")
+    model = _model(str(tmp_path / "bert"), causal)
+    history = [3, 5, 2, 7]
+    with torch.no_grad():
+        bare, _ = model(torch.tensor([history]))
+        left, _ = model(torch.tensor([[0, 0] + history]))
+        right, _ = model(torch.tensor([history + [0]]))
+    torch.testing.assert_close(left, bare, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, bare, atol=1e-5, rtol=1e-5)
+    if causal:
+        with torch.no_grad():
+            every = model.item_logits(model.prefix_user_vectors(torch.tensor([history])))
+            first_two, _ = model(torch.tensor([history[:2]]))
+        torch.testing.assert_close(every[:, 1], first_two, atol=1e-5, rtol=1e-5)

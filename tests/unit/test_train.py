@@ -1,0 +1,130 @@
+"""train_model end to end on CPU with a tiny model: outputs, early stopping, stage 2, resume guards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lite_rec.checkpoint import load_model
+from lite_rec.config import build_config
+from lite_rec.errors import CacheMismatch
+from lite_rec.train import main, read_item_vectors, train_model
+
+N_ITEMS = 30
+
+
+def tiny_sequences(users: int = 24, seed: int = 0) -> pd.DataFrame:
+    """Users who walk through the items in order from a random start: a learnable pattern."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        length, start = int(rng.integers(6, 14)), int(rng.integers(0, N_ITEMS))
+        seq = [(start + k) % N_ITEMS + 1 for k in range(length)]
+        rows.append({"user_idx": u, "user_id": f"u{u}", "train_seq": seq[:-2], "valid_item_idx": seq[-2],
+                     "test_item_idx": seq[-1]})
+    return pd.DataFrame(rows)
+
+
+def tiny_vectors(dim: int = 12, seed: int = 0) -> torch.Tensor:
+    vectors = torch.randn(N_ITEMS + 1, dim, generator=torch.Generator().manual_seed(seed))
+    vectors[0] = 0
+    return vectors
+
+
+def tiny_overrides(**extra: object) -> list[str]:
+    base = {"model.backbone": "lean", "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2,
+            "model.d_ff": 32, "model.max_seq_len": 5, "model.dropout": 0.1, "train.batch_size": 8,
+            "train.max_epochs": 2, "train.num_threads": 1, "train.checkpoint_every_steps": 3}
+    return [f"{k}={v}" for k, v in {**base, **extra}.items()]
+
+
+def _cfg(**extra: object):
+    return build_config("ml-100k", tiny_overrides(**extra), profile="smoke")
+
+
+def test_train_model_writes_a_loadable_model_metrics_and_history(tmp_path: Path) -> None:
+    cfg = _cfg(**{"model.backbone": "t5-small", "train.strategy": "onepass"})
+    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    assert result.backbone_init == "random init (pretrained=false)" and not result.resumed
+    assert [(h["stage"], h["epoch"]) for h in result.history] == [(1, 1), (1, 2)]
+    assert {"loss", "lr", "seconds", "samples_per_s", "valid_recall_10", "valid_ndcg_10"} <= set(result.history[0])
+    for key in ("valid_recall_10", "test_recall_20", "test_ndcg_10", "test_unmasked_ndcg_20", "best_epoch"):
+        assert key in result.metrics
+    assert result.metrics["test_users"] == 24.0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(result.metrics)
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 2
+    loaded, meta = load_model(tmp_path)
+    assert meta["spec"]["causal"] is True and meta["protocol"]["exclude_history"] is True
+    assert meta["config"]["train"]["strategy"] == "onepass"
+    items = torch.tensor([[3, 4, 5, 0, 0]])
+    torch.testing.assert_close(loaded(items)[0], result.model(items)[0])
+
+
+@pytest.mark.parametrize("strategy", ["sampling", "all"])
+def test_every_strategy_trains(tmp_path: Path, strategy: str) -> None:
+    result = train_model(_cfg(**{"train.strategy": strategy, "train.max_epochs": 1}), tiny_sequences(),
+                         tiny_vectors(), tmp_path, progress=False)
+    expected_samples = 24 if strategy == "sampling" else sum(len(s) - 1 for s in tiny_sequences()["train_seq"])
+    assert result.history[0]["steps"] == -(-expected_samples // 8)
+
+
+def test_id_only_model_needs_no_item_vectors(tmp_path: Path) -> None:
+    result = train_model(_cfg(**{"model.item_repr": "id", "train.max_epochs": 1}), tiny_sequences(), None, tmp_path,
+                         progress=False)
+    assert "item_vectors" not in result.model.state_dict()
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path: Path) -> None:
+    # lr so small that validation never changes: no strict improvement after the first evaluation
+    cfg = _cfg(**{"train.lr": 1e-12, "train.max_epochs": 6, "train.patience": 2})
+    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    assert len(result.history) == 3 and result.stopped_early
+    assert result.metrics["best_epoch"] == 1.0
+
+
+def test_stage_two_trains_the_item_vectors(tmp_path: Path) -> None:
+    vectors = tiny_vectors()
+    cfg = _cfg(**{"train.finetune_epochs": 2, "train.finetune_lr": 1e-2})
+    result = train_model(cfg, tiny_sequences(), vectors, tmp_path, progress=False)
+    assert [h["stage"] for h in result.history] == [1, 1, 2, 2]
+    assert result.history[2]["lr"] == 1e-2
+    last = torch.load(tmp_path / "checkpoints" / "resume.pt", weights_only=True)
+    assert last["done"] and last["state"]["stage"] == 2
+    changed = (last["model"]["item_vectors"] - vectors).abs().sum(1)  # (N+1,)
+    assert (changed[1:] > 0).all()  # every item's vector moved in stage 2
+
+
+def test_a_finished_run_is_reloaded_not_retrained(tmp_path: Path) -> None:
+    cfg = _cfg()
+    first = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    again = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    assert again.resumed and again.history == first.history and again.metrics == first.metrics
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
+    train_model(_cfg(), tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    with pytest.raises(CacheMismatch, match=r"'lr': 0\.002.*'lr': 0\.003"):
+        train_model(_cfg(**{"train.lr": 0.003}), tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    with pytest.raises(CacheMismatch, match="item_vectors_sha256"):
+        train_model(_cfg(), tiny_sequences(), tiny_vectors(seed=1), tmp_path, progress=False)
+
+
+def test_item_vector_files_are_read_by_name_or_folder(tmp_path: Path) -> None:
+    save_file({"vectors": tiny_vectors()}, str(tmp_path / "vectors.safetensors"))
+    torch.testing.assert_close(read_item_vectors(tmp_path), tiny_vectors())
+    save_file({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(Exception, match="tensor named 'vectors'"):
+        read_item_vectors(tmp_path / "two.safetensors")
+    assert load_file(str(tmp_path / "vectors.safetensors"))["vectors"].shape == (N_ITEMS + 1, 12)
+
+
+def test_cli_reports_a_missing_sequences_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--processed-dir", str(tmp_path / "ml-100k"), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2
+    assert "sequences.parquet does not exist" in capsys.readouterr().err

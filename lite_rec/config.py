@@ -65,6 +65,9 @@ class DataConfig(_Section):
     item_text_template: str = "{title}"  # str.format over item columns (missing -> "")
     max_description_chars: int = Field(300, ge=0)  # bounded slice of Amazon descriptions
     min_user_interactions: int = Field(3, ge=3)  # leave-one-out needs train/valid/test
+    rating_bounds: tuple[float, float] = (0.0, 10.0)  # plausible raw rating range [low, high] (validation)
+    duckdb_memory_limit: str = "2GB"  # DuckDB memory_limit for the transform; beyond it DuckDB spills to disk
+    duckdb_threads: int = Field(0, ge=0)  # DuckDB worker threads for the transform; 0 = all cores
 
 
 class ItemEncoderConfig(_Section):
@@ -79,7 +82,7 @@ class ItemEncoderConfig(_Section):
 class ModelConfig(_Section):
     """Recommendation LLM + item projection head (PAPER.md Eq. 4-5)."""
 
-    backbone: str = "t5-small"  # "t5-small" (encoder architecture) or any HF encoder name/path
+    backbone: str = "t5-small"  # "t5-small" (HF T5 encoder), "lean" (SDPA T5-style encoder) or any HF encoder name/path
     pretrained: bool = True  # load backbone weights when reachable, else random init
     d_model: int = Field(512, ge=8)  # used when the backbone is built from scratch
     n_layers: int = Field(6, ge=1)
@@ -88,6 +91,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.7, ge=0.0, lt=1.0)  # on item inputs and the user vector
     item_repr: Literal["text", "id", "text+id"] = "text"
     max_seq_len: int = Field(20, ge=1)  # input items per user (the paper uses 20 + target)
+    backbone_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout inside the backbone (attention, residual, FFN)
+    head_bias: bool = False  # a learned per-item bias in the projection head (Eq. 5 has none)
+    pooling: Literal["mean", "last"] = "mean"  # user vector: mean of outputs (Eq. 4) or the last position's
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -105,6 +111,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.1, ge=0)
     adam_eps: float = Field(1e-6, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)  # share of total steps spent warming up
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # lr shape after the linear warm-up
+    onepass_stride: int = Field(0, ge=0)  # items between onepass window starts; 0 = max_seq_len (no overlap)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1)  # evaluations without validation R@10 improvement
@@ -145,6 +153,34 @@ class TrackingConfig(_Section):
     promote_margin: float = 0.0
 
 
+class ServeConfig(_Section):
+    """The online stage: HTTP service, registry following, fast path, batch scoring (issue 6)."""
+
+    model: str | None = None  # "models:/<name>@<alias>", "models:/<name>/<version>" or a bundle dir; None = models:/<registered model>@champion
+    host: str = "127.0.0.1"  # loopback by default; put a proxy or load balancer in front for anything else
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto = CUDA when available)
+    poll_interval_s: float = Field(30.0, ge=0)  # seconds between checks of the alias; 0 = never follow the registry
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # request bodies above this get 413 (Content-Length and actual bytes)
+    max_k: int = Field(1000, ge=1)  # largest k a request may ask for (also capped by the catalog size)
+    max_batch_users: int = Field(1024, ge=1)  # histories per /recommend/batch call
+    torch_threads: int = Field(0, ge=0)  # torch CPU threads for inference; 0 = torch default (one per core)
+    coalesce_max_users: int = Field(16, ge=1)  # concurrent /recommend calls scored in one forward pass (1 = one at a time)
+    bf16: bool = True  # CUDA only: backbone weights and activations in bf16 (the head stays fp32)
+    cuda_graphs: bool = True  # CUDA only: capture one CUDA graph per (batch, length) bucket
+    batch_buckets: tuple[int, ...] = (1, 8, 32, 128)  # CUDA graph batch sizes; requests are padded up to one
+    length_buckets: tuple[int, ...] = (5, 10, 20)  # history lengths (items); trailing padding is cut to the next one
+    score_batch_size: int = Field(512, ge=1)  # users per forward pass in batch scoring
+    cache_dir: Path | None = None  # where registry bundles are downloaded; None = a temp dir, removed after loading
+
+    @field_validator("batch_buckets", "length_buckets")
+    @classmethod
+    def _positive_buckets(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(v < 1 for v in value):
+            raise ValueError("buckets must be a non-empty list of positive integers")
+        return tuple(sorted(set(value)))
+
+
 class LiteRecConfig(_Section):
     """The whole resolved configuration of a run."""
 
@@ -156,6 +192,7 @@ class LiteRecConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def raw_dir(self) -> Path:

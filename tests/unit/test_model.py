@@ -45,9 +45,10 @@ def test_adapter_only_where_item_vectors_are_narrower_or_wider_than_the_model() 
     assert isinstance(model.adapter, torch.nn.Identity)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last"])
 @pytest.mark.parametrize(("backbone", "causal"), BACKBONES)
-def test_padding_does_not_change_scores(backbone: str, causal: bool) -> None:
-    model = _model(backbone, causal)
+def test_padding_does_not_change_scores(backbone: str, causal: bool, pooling: str) -> None:
+    model = _model(backbone, causal, pooling=pooling)
     history = [3, 5, 2, 7]
     with torch.no_grad():
         bare, _ = model(torch.tensor([history]))
@@ -70,9 +71,10 @@ def test_onepass_prefix_logits_never_see_later_items(backbone: str) -> None:
     assert not torch.allclose(la[:, 3], lb[:, 3])
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last"])
 @pytest.mark.parametrize("backbone", ["lean", "t5-small"])
-def test_onepass_prefix_outputs_equal_one_pass_per_prefix(backbone: str) -> None:
-    model = _model(backbone, causal=True)
+def test_onepass_prefix_outputs_equal_one_pass_per_prefix(backbone: str, pooling: str) -> None:
+    model = _model(backbone, causal=True, pooling=pooling)
     seq = [3, 5, 2, 7, 9]
     with torch.no_grad():
         every = model.item_logits(model.prefix_user_vectors(torch.tensor([seq + [0]])))  # (1, T, N+1)
@@ -144,3 +146,14 @@ def test_hf_encoder_with_absolute_positions_is_padding_invariant_and_causal(tmp_
             every = model.item_logits(model.prefix_user_vectors(torch.tensor([history])))
             first_two, _ = model(torch.tensor([history[:2]]))
         torch.testing.assert_close(every[:, 1], first_two, atol=1e-5, rtol=1e-5)
+
+
+def test_last_pooling_uses_only_the_last_real_output() -> None:
+    """pooling=last differs from the mean and follows the most recent item, not the oldest."""
+    mean, last = _model(causal=True), _model(causal=True, pooling="last")
+    with torch.no_grad():
+        a, b = torch.tensor([[3, 5, 2, 7]]), torch.tensor([[3, 5, 2, 9]])
+        h_last = last.user_vectors(a)
+        torch.testing.assert_close(h_last, last.prefix_user_vectors(a)[:, -1])
+        assert not torch.allclose(h_last, mean.user_vectors(a))
+        assert not torch.allclose(last.user_vectors(b), h_last)

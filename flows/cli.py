@@ -50,7 +50,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         from lite_rec.ingest import ingest
 
         result = ingest(cfg, progress=not args.no_progress, force=args.force)
-    print(result.summary())
+    stats = result.stats
+    state = "up to date (skipped)" if result.skipped else f"written in {result.seconds:.1f} s"
+    print(f"{result.dataset}: {stats.get('users')} users, {stats.get('items')} items, "
+          f"{stats.get('interactions')} interactions -> {result.processed_dir} [{state}]")
     return 0
 
 
@@ -65,11 +68,39 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """The whole offline stage as the Prefect `train` flow, in-process (the embedded default)."""
     cfg = _config_from(args)
-    from lite_rec.pipeline import run_offline
+    from flows.train import train_flow
+    from lite_rec.tracking import resolve_tracking_uri
 
-    result = run_offline(cfg, progress=not args.no_progress, force_ingest=args.force)
-    print(result.summary())
+    summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
+                         register=not args.no_register)
+    print("\nmetrics (test, history excluded):")
+    for key in ("test_recall_10", "test_recall_20", "test_ndcg_10", "test_ndcg_20"):
+        print(f"  {key:16s} {summary['metrics'].get(key, float('nan')):.4f}")
+    print(f"model folder:      {summary['model_dir']}")
+    if "model_uri" in summary:
+        print(f"registered model:  {summary['model_uri']} (aliases: {', '.join(summary['aliases']) or '-'})")
+    uri = resolve_tracking_uri(cfg)
+    print(f"MLflow store:      {uri}\nMLflow UI:         .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    from lite_rec.promotion import promote
+
+    print(promote(cfg).as_json())
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    from lite_rec.promotion import rollback
+    from lite_rec.registry import registered_model_name
+
+    name = registered_model_name(cfg)
+    print(f"{name}: champion is version {rollback(name, cfg=cfg)} again")
     return 0
 
 
@@ -83,7 +114,9 @@ def _overrides_dict(cfg: LiteRecConfig) -> dict:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "ingest": (cmd_ingest, "raw dump -> validated Parquet sequences (the data stage)"),
     "embed": (cmd_embed, "item texts -> cached item vectors (the item LLM)"),
-    "train": (cmd_train, "ingest and embed when stale, then train and evaluate"),
+    "train": (cmd_train, "the offline stage: ingest and embed when stale, train, evaluate, register"),
+    "promote": (cmd_promote, "challenger vs champion on held-out data; move champion if better"),
+    "rollback": (cmd_rollback, "move champion back to the previous champion version"),
     "config": (cmd_config, "print the fully resolved config as JSON"),
 }
 
@@ -102,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="redo the data stage even when its outputs are current")
         if name == "ingest":
             p.add_argument("--prefect", action="store_true", help="run through the Prefect `ingest` flow (in-process)")
+        if name == "train":
+            p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
     return parser
 
 

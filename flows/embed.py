@@ -1,0 +1,19 @@
+"""The `embed` flow: item texts -> cached item vectors (the item LLM, run once per catalogue change)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from lite_rec.config import build_config
+from tasks.data import build_sequences_task, fetch_raw_task
+from tasks.model import embed_task
+
+
+@flow(name="embed", log_prints=True)
+def embed_flow(dataset: str = "ml-1m", profile: str | None = None, overrides: dict[str, Any] | None = None) -> list[int]:
+    cfg = build_config(dataset, overrides, profile=profile)
+    build_sequences_task(cfg, fetch_raw_task(cfg))
+    vectors = embed_task(cfg)
+    return [] if vectors is None else list(vectors.shape)

@@ -1,0 +1,23 @@
+"""The `ingest` flow: raw dump -> validated Parquet sequences (runs in-process by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from lite_rec.config import build_config
+from lite_rec.ingest import IngestResult
+from tasks.data import build_sequences_task, fetch_raw_task
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(
+    dataset: str = "ml-1m",
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+) -> IngestResult:
+    cfg = build_config(dataset, overrides, profile=profile)  # validated before any work
+    raw = fetch_raw_task(cfg)
+    return build_sequences_task(cfg, raw, force=force)

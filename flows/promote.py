@@ -1,0 +1,18 @@
+"""The `promote` flow: evaluate challenger and champion on the same held-out data, move champion if better."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from lite_rec.config import build_config
+from tasks.model import promote_task
+
+
+@flow(name="promote", log_prints=True)
+def promote_flow(dataset: str = "ml-1m", profile: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    cfg = build_config(dataset, overrides, profile=profile)
+    decision = promote_task(cfg)
+    print(decision.as_json())
+    return decision.__dict__

@@ -1,0 +1,34 @@
+"""The `train` flow users run as `prefect deployment run train/<dataset>`.
+
+ingest (skipped when its fingerprints match) -> embed (only new or changed items) -> train and
+evaluate (resumes from checkpoints) -> register (alias challenger; champion when there is none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from lite_rec.config import build_config
+from tasks.data import build_sequences_task, fetch_raw_task
+from tasks.model import embed_task, register_task, train_task
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    dataset: str = "ml-1m",
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    register: bool = True,
+) -> dict[str, Any]:
+    cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
+    build_sequences_task(cfg, fetch_raw_task(cfg))
+    result = train_task(cfg, embed_task(cfg))
+    summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir),
+                               "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test_")}}
+    if register:
+        version = register_task(cfg, result)
+        summary.update(model_uri=version.model_uri, aliases=list(version.aliases))
+    print(summary)
+    return summary

@@ -1,0 +1,33 @@
+"""Prefect tasks of the model stage: each one call into ``lite_rec.offline`` / ``lite_rec.promotion``."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from lite_rec import offline
+from lite_rec.config import LiteRecConfig
+from lite_rec.promotion import PromotionDecision, promote
+
+
+@task(name="embed-items")
+def embed_task(cfg: LiteRecConfig):
+    """Item texts -> (N+1, D) item vectors, encoding only new or changed items."""
+    return offline.embed_items(cfg)
+
+
+@task(name="train-evaluate")
+def train_task(cfg: LiteRecConfig, item_vectors):
+    """Train with early stopping, resume from checkpoints, evaluate valid and test."""
+    return offline.train(cfg, item_vectors)
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=10)
+def register_task(cfg: LiteRecConfig, result):
+    """Bundle + MLflow run + verified registry version with aliases (retried: tracking-server I/O)."""
+    return offline.register(cfg, result)
+
+
+@task(name="promote")
+def promote_task(cfg: LiteRecConfig) -> PromotionDecision:
+    """Challenger vs champion on the same held-out data; champion moves only past the margin."""
+    return promote(cfg)

@@ -46,6 +46,7 @@ class BackboneSpec:
     d_ff: int
     dropout: float  # inside the backbone
     hf_config: dict[str, Any] | None = None  # for "hf": the model's config.to_dict()
+    qk_scale: float = 1.0  # lean: attention-logit scale; 1.0 = T5 (weights absorb it), 1/sqrt(dk) for random starts
 
 
 def relative_position_bucket(relative: torch.Tensor, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
@@ -91,9 +92,9 @@ class RMSNorm(nn.Module):
 class LeanBlock(nn.Module):
     """One T5 encoder block: x + Attn(norm(x)), then x + FFN(norm(x))."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, qk_scale: float = 1.0) -> None:
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.qk_scale = n_heads, qk_scale
         self.attn_norm = RMSNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -108,8 +109,11 @@ class LeanBlock(nn.Module):
         q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, H, T, dk); bias: (B, H, T, T) additive (relative positions + -inf mask)
         a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_dropout if self.training else 0.0, scale=1.0
-        )  # (B, H, T, dk); T5 does not scale q.k by 1/sqrt(dk); a fused kernel needs bias.stride(-1) == 1
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_dropout if self.training else 0.0,
+            scale=self.qk_scale,
+        )  # (B, H, T, dk); T5 does not scale q.k by 1/sqrt(dk) (its init absorbs it); a fused kernel needs
+        # bias.stride(-1) == 1. A random start with scale 1 trains unstably at lr 1e-3 (logits grow
+        # sqrt(dk) times faster), so random lean encoders use 1/sqrt(dk), T5 weights use 1.
         x = x + self.dropout(self.out(a.transpose(1, 2).reshape(b, t, d)))
         h = self.dropout(F.relu(self.wi(self.ff_norm(x))))  # (B, T, d_ff)
         return x + self.dropout(self.wo(h))
@@ -120,13 +124,13 @@ class LeanEncoder(nn.Module):
 
     def __init__(
         self, d_model: int, n_layers: int, n_heads: int, d_ff: int, dropout: float,
-        num_buckets: int = 32, max_distance: int = 128,
+        num_buckets: int = 32, max_distance: int = 128, qk_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.n_heads, self.num_buckets, self.max_distance = n_heads, num_buckets, max_distance
         self._buckets: dict[tuple[int, str], torch.Tensor] = {}  # cache, not state
         self.rel_bias = nn.Embedding(num_buckets, n_heads)
-        self.blocks = nn.ModuleList(LeanBlock(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(LeanBlock(d_model, n_heads, d_ff, dropout, qk_scale) for _ in range(n_layers))
         self.final_norm = RMSNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         for name, p in self.named_parameters():  # T5-like init scale for random starts
@@ -244,6 +248,8 @@ def build_backbone(
         kind = "lean" if backbone == "lean" else "t5"
         spec = BackboneSpec(kind, d_model, n_layers, n_heads, d_ff, dropout)
         state, note = _try_pretrained_t5(spec) if pretrained else (None, "random init (pretrained=false)")
+        if kind == "lean" and state is None:
+            spec = BackboneSpec(kind, d_model, n_layers, n_heads, d_ff, dropout, qk_scale=(d_model // n_heads) ** -0.5)
         module = build_from_spec(spec)
         if state is not None:
             if kind == "lean":
@@ -271,7 +277,7 @@ def build_backbone(
 def build_from_spec(spec: BackboneSpec) -> nn.Module:
     """Rebuild a backbone architecture (random weights) from a saved :class:`BackboneSpec`."""
     if spec.kind == "lean":
-        return LeanEncoder(spec.d_model, spec.n_layers, spec.n_heads, spec.d_ff, spec.dropout)
+        return LeanEncoder(spec.d_model, spec.n_layers, spec.n_heads, spec.d_ff, spec.dropout, qk_scale=spec.qk_scale)
     from transformers import AutoConfig, AutoModel, T5EncoderModel
 
     if spec.kind == "t5":

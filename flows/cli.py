@@ -104,6 +104,48 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    """Start or stop the local team stack: MLflow server, Prefect server, workers (all on 127.0.0.1)."""
+    from pathlib import Path
+
+    from lite_rec import local_stack
+    from lite_rec.config import REPO_ROOT
+
+    root = Path(args.data_dir or "data").resolve() / "stack"
+    pids = root / "pids.json"
+    running = [s for s in local_stack.load_pids(pids) if local_stack._group_alive(s.pid)]
+    if args.action == "status" or (args.action == "up" and running):
+        for svc in running:
+            print(f"{svc.name:16s} pid {svc.pid:<8d} {svc.url or ''}  log {svc.log}")
+        if not running:
+            print("nothing running")
+        return 0
+    if args.action == "down":
+        for svc in reversed(running):
+            local_stack.stop(svc)
+            print(f"stopped {svc.name} (pid {svc.pid})")
+        pids.unlink(missing_ok=True)
+        return 0
+    started: list = []
+    try:
+        mlflow_svc = local_stack.start_mlflow(root / "mlflow", args.mlflow_port)
+        started.append(mlflow_svc)
+        server = local_stack.start_prefect_server(root / "prefect", args.prefect_port)
+        started.append(server)
+        env = {"MLFLOW_TRACKING_URI": mlflow_svc.url, "LITE_REC_DATA_DIR": str(Path(args.data_dir or "data").resolve())}
+        for pool in args.pools:
+            started.append(local_stack.start_worker(pool, root / "prefect", server.url, REPO_ROOT, env=env))
+    except BaseException:
+        for svc in reversed(started):
+            local_stack.stop(svc)
+        raise
+    local_stack.save_pids(pids, started)
+    print(f"MLflow:  {mlflow_svc.url}\nPrefect: {server.url} (UI {server.url[:-4]})\nworkers: {', '.join(args.pools)}")
+    print(f"export PREFECT_API_URL={server.url} MLFLOW_TRACKING_URI={mlflow_svc.url}")
+    print("then: prefect --no-prompt deploy --all && prefect deployment run train/ml100k-smoke --watch")
+    return 0
+
+
 def _overrides_dict(cfg: LiteRecConfig) -> dict:
     """The resolved config as a nested dict: what a Prefect flow takes as `overrides`."""
     data = cfg.model_dump(mode="json")
@@ -137,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prefect", action="store_true", help="run through the Prefect `ingest` flow (in-process)")
         if name == "train":
             p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
+    st = sub.add_parser("stack", help="start/stop the local MLflow + Prefect servers and workers",
+                        description=cmd_stack.__doc__)
+    st.add_argument("action", choices=["up", "down", "status"])
+    st.add_argument("--data-dir", help="where the stack keeps its databases and logs (default ./data)")
+    st.add_argument("--pools", nargs="+", default=["cpu"], help="work pools to start a worker for (default: cpu)")
+    st.add_argument("--mlflow-port", type=int, default=5000)
+    st.add_argument("--prefect-port", type=int, default=4200)
     return parser
 
 
@@ -147,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    func = COMMANDS[args.command][0]
+    func = cmd_stack if args.command == "stack" else COMMANDS[args.command][0]
     try:
         return func(args)
     except LiteRecError as exc:

@@ -164,7 +164,7 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(1_048_576, ge=1024)  # request bodies above this get 413 (Content-Length and actual bytes)
     max_k: int = Field(1000, ge=1)  # largest k a request may ask for (also capped by the catalog size)
     max_batch_users: int = Field(1024, ge=1)  # histories per /recommend/batch call
-    torch_threads: int = Field(0, ge=0)  # torch CPU threads for inference; 0 = torch default (one per core)
+    torch_threads: int = Field(0, ge=0)  # torch CPU threads for inference; 0 = all cores but one (the HTTP side needs one)
     coalesce_max_users: int = Field(16, ge=1)  # concurrent /recommend calls scored in one forward pass (1 = one at a time)
     bf16: bool = True  # CUDA only: backbone weights and activations in bf16 (the head stays fp32)
     cuda_graphs: bool = True  # CUDA only: capture one CUDA graph per (batch, length) bucket

@@ -1,0 +1,29 @@
+"""The `score` flow: the champion's top-k for every user (or a user list) -> Parquet (DuckDB-readable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from lite_rec.config import build_config
+from lite_rec.scoring import ScoreResult, default_scores_path
+from tasks.serving import fetch_model_task, score_users_task
+
+
+@flow(name="score", log_prints=True)
+def score_flow(
+    dataset: str = "ml-1m",
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    model: str | None = None,
+    out: str | None = None,
+    k: int = 20,
+    user_ids: list[str] | None = None,
+) -> ScoreResult:
+    cfg = build_config(dataset, overrides, profile=profile)  # validated before any work
+    bundle = fetch_model_task(cfg, model or cfg.serve.model)
+    result = score_users_task(cfg, bundle, Path(out) if out else default_scores_path(cfg), k, user_ids)
+    print(result.summary())
+    return result

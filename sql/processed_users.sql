@@ -1,0 +1,31 @@
+-- One row per user of the written outputs, for the Great Expectations suite `processed_users`:
+-- interactions per user (from interactions.parquet) beside the split (from sequences.parquet).
+-- A full join, so a user present in only one of the files shows up with NULLs.
+create or replace table processed_users as
+with counts as (
+    select
+        user_idx,
+        count(*)::bigint as n_interactions
+    from read_parquet($interactions_path)
+    group by user_idx
+),
+
+splits as (
+    select
+        user_idx,
+        len(train_seq)::bigint as train_len,
+        valid_item_idx,
+        test_item_idx
+    from read_parquet($sequences_path)
+)
+
+select
+    coalesce(c.user_idx, s.user_idx) as user_idx,
+    coalesce(c.n_interactions, 0) as n_interactions,
+    s.train_len,
+    coalesce(c.n_interactions, 0) - 2 as expected_train_len,
+    s.valid_item_idx,
+    s.test_item_idx
+from counts as c
+full outer join splits as s on c.user_idx = s.user_idx
+order by user_idx

@@ -1,0 +1,92 @@
+"""Parity: MLflow's own model server (``mlflow models serve`` of the pyfunc registered as
+``champion``) and our service give the same top-k, scores, titles and fallback flags for the
+same histories. Both read the same registry version; both run on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lite_rec.promotion import load_held_out
+from lite_rec.registry import CHAMPION, log_training_run
+from tests.helpers.service_process import ServiceProcess, start_service
+from tests.integration.test_registry import MODEL, N_ITEMS, Run, _free_port, _stop, run, server  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def servers(run: Run, server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServiceProcess]]:
+    """(pyfunc server URL, our service), both on models:/<MODEL>@champion."""
+    root = tmp_path_factory.mktemp("parity")
+    registered = log_training_run(run.cfg, run.result, run.bundle_dir, commit="parity")
+    assert CHAMPION in registered.aliases
+    bin_dir = str(Path(sys.executable).parent)  # it runs `uvicorn` by name: the venv's must come first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    port = _free_port()
+    cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    log_path = root / "pyfunc.log"
+    with open(log_path, "wb") as log:
+        # its own session: it starts a uvicorn child, and _stop ends the whole group by PID
+        pyfunc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    ours = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if pyfunc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {pyfunc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve did not answer /ping in 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        ours = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu"], root, env={"MLFLOW_TRACKING_URI": server})
+        yield url, ours
+    finally:
+        if ours is not None:
+            ours.stop()
+        _stop(pyfunc)
+
+
+def test_pyfunc_server_and_service_give_the_same_top_k(run: Run, servers: tuple[str, ServiceProcess]) -> None:
+    pyfunc_url, ours = servers
+    held = load_held_out(run.cfg)
+    cases = [(h, 5, True) for h in held.histories[:12]]
+    cases += [([], 5, True), ([f"i{i}" for i in range(1, 12)], 7, True), (held.histories[3], 10, False), (["i2"], 1, True)]
+    records = [{"history": h, "k": k, "exclude_history": ex} for h, k, ex in cases]
+    got = httpx.post(f"{pyfunc_url}/invocations", json={"dataframe_records": records}, timeout=60)
+    assert got.status_code == 200, got.text
+    predictions = got.json()["predictions"]
+    assert len(predictions) == len(cases)
+    versions = set()
+    for (history, k, exclude), pred in zip(cases, predictions):
+        mine = httpx.post(f"{ours.url}/recommend", json={"history": history, "k": k, "exclude_history": exclude}, timeout=30)
+        assert mine.status_code == 200, mine.text
+        body = mine.json()
+        versions.add(body["model_version"])
+        assert [i["item_id"] for i in body["items"]] == list(pred["item_ids"]), (history, k, exclude)
+        assert [i["score"] for i in body["items"]] == pytest.approx(list(pred["scores"]), abs=1e-5)
+        assert [i["title"] for i in body["items"]] == list(pred["titles"])
+        assert body["fallback"] == pred["fallback"]
+        assert len(body["items"]) == k
+    assert versions == {"1"}
+    assert [p["fallback"] for p in predictions].count(True) == 1  # the empty history only
+
+    # The batch endpoint answers the same lists in one call.
+    batch = httpx.post(f"{ours.url}/recommend/batch", json={"histories": [h for h, _, _ in cases[:12]], "k": 5}, timeout=30)
+    assert batch.status_code == 200
+    assert [[i["item_id"] for i in r["items"]] for r in batch.json()["results"]] == [list(p["item_ids"]) for p in predictions[:12]]
+    assert N_ITEMS == ours.ready()["num_items"]

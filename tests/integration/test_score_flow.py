@@ -1,0 +1,59 @@
+"""The `score` Prefect flow end to end (Prefect's test harness, an in-process server): a bundle
+and processed data in, a DuckDB-readable Parquet of everyone's top-k out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lite_rec.bundle import save_bundle
+from lite_rec.config import ModelConfig, build_config
+from lite_rec.model import build_model
+from lite_rec.recommender import Recommender
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS = 15
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_score_flow_writes_every_users_top_k(tmp_path: Path) -> None:
+    from flows.score import score_flow
+
+    torch.manual_seed(2)
+    mcfg = ModelConfig(backbone="lean", pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_seq_len=4)
+    vectors = torch.randn(N_ITEMS + 1, 6)
+    vectors[0] = 0
+    model, _ = build_model(mcfg, N_ITEMS, vectors, causal=False)
+    ids = [f"m{i}" for i in range(1, N_ITEMS + 1)]
+    items = pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": ids, "title": ids})
+    bundle = save_bundle(tmp_path / "bundle", spec=model.spec.to_dict(), model_config=mcfg, state_dict=model.state_dict(),
+                         items=items, popularity=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "count": np.ones(N_ITEMS)}),
+                         dataset="ml-100k")
+    data_dir = tmp_path / "data"
+    cfg = build_config("ml-100k", {"data_dir": str(data_dir)})
+    cfg.processed_dir.mkdir(parents=True)
+    items.to_parquet(cfg.processed_dir / "items.parquet")
+    pd.DataFrame({"user_idx": [0, 1, 2], "user_id": ["7", "8", "9"], "train_seq": [[1, 2], [3, 4, 5], [6]],
+                  "valid_item_idx": [3, 6, 7], "test_item_idx": [4, 7, 8]}).to_parquet(cfg.processed_dir / "sequences.parquet")
+
+    result = score_flow(dataset="ml-100k", overrides={"data_dir": str(data_dir), "serve": {"device": "cpu"}},
+                        model=str(bundle), k=3, user_ids=["9", "7"])
+    out = data_dir / "scores" / "ml-100k" / "topk.parquet"
+    assert result.path == out and result.users == 2 and result.rows == 6
+    rows = duckdb.sql(f"select user_id, rank, item_id from '{out}' order by user_id, rank").fetchall()
+    want = Recommender.from_path(bundle).recommend([["m1", "m2", "m3", "m4"], ["m6", "m7", "m8"]], 3)
+    assert rows == [("7", r + 1, i) for r, i in enumerate(want[0].item_ids)] + [("9", r + 1, i) for r, i in enumerate(want[1].item_ids)]

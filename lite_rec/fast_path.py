@@ -151,7 +151,9 @@ class GraphedStep:
                 fn(self.static_input)
         torch.cuda.current_stream(example.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
+        # thread_local: the service captures a new version in the background while request
+        # threads keep launching work for the old one; that work must not break the capture
+        with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_output = fn(self.static_input)
 
     def __call__(self, x: torch.Tensor | None = None) -> object:

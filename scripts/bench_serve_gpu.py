@@ -12,11 +12,11 @@ inputs rotated over several batches):
   plan_eager_fp32        lite_rec.lean_runner's re-planned step, fp32, eager
   hf_bf16_graph          HF T5 in bf16, whole step captured in one CUDA graph
   lean_bf16_graph        the lean module in bf16, one CUDA graph
-  plan_bf16_graph        the re-planned step in bf16, one CUDA graph    (target <= 0.35 ms @ B=32)
+  plan_bf16_graph        the re-planned step in bf16, one CUDA graph
   plan_from_hf_bf16_graph  the same plan built from the HF T5 model's weights (what t5-small bundles get)
   plan_fused_relu_bf16_graph  ... with ReLU as a cuBLASLt epilogue
   plan_bmm_bf16_graph    the plan with batched-matmul attention (bias fused into the score GEMM)
-  plan_bmm_fused_relu_bf16_graph  both (the service's CUDA default)
+  plan_bmm_fused_relu_bf16_graph  both (the service's CUDA default; target <= 0.35 ms @ B=32)
   plan_fused_relu_cublaslt_graph  fused ReLU with cuBLASLt preferred for every GEMM
   plan_bf16_compile      the plan, torch.compile'd, then captured in a CUDA graph
   plan_bmm_fused_relu_compile  the service's plan, torch.compile'd, then captured
@@ -28,7 +28,7 @@ and throughput at batch 1024 (target >= 250,000 users/s).
 Runs where only torch and transformers are installed (imports lite_rec.model, encoder_backbone,
 fast_path and nothing that needs pandas or mlflow). Smoke test on a CPU:
     python scripts/bench_serve_gpu.py --device cpu --quick --out /tmp/bench_gpu.json
-On one H100:
+On one H100 (~6.5 min; --no-compile or --only NAME... for less):
     python scripts/bench_serve_gpu.py --out bench_serve_gpu.json
 """
 

@@ -146,6 +146,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Top-k for every user (or --users) to Parquet, through the Prefect `score` flow in-process."""
+    cfg = _config_from(args)
+    from flows.score import score_flow
+
+    result = score_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg), model=args.model,
+                        out=args.out, k=args.k, user_ids=args.users)
+    print(result)
+    return 0
+
+
 def _overrides_dict(cfg: LiteRecConfig) -> dict:
     """The resolved config as a nested dict: what a Prefect flow takes as `overrides`."""
     data = cfg.model_dump(mode="json")
@@ -159,6 +170,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "train": (cmd_train, "the offline stage: ingest and embed when stale, train, evaluate, register"),
     "promote": (cmd_promote, "challenger vs champion on held-out data; move champion if better"),
     "rollback": (cmd_rollback, "move champion back to the previous champion version"),
+    "score": (cmd_score, "batch scoring: top-k for every user to Parquet (Prefect `score` flow)"),
     "config": (cmd_config, "print the fully resolved config as JSON"),
 }
 
@@ -177,8 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="redo the data stage even when its outputs are current")
         if name == "ingest":
             p.add_argument("--prefect", action="store_true", help="run through the Prefect `ingest` flow (in-process)")
+        if name == "score":
+            p.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or a bundle dir (default: champion)")
+            p.add_argument("--out", help="Parquet path (default under the data dir)")
+            p.add_argument("-k", type=int, default=20, help="items per user")
+            p.add_argument("--users", nargs="+", help="only these raw user ids")
         if name == "train":
             p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
+    sub.add_parser("serve", help=SERVE_HELP, add_help=False)
     st = sub.add_parser("stack", help="start/stop the local MLflow + Prefect servers and workers",
                         description=cmd_stack.__doc__)
     st.add_argument("action", choices=["up", "down", "status"])
@@ -189,7 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVE_HELP = "the HTTP service over a registered model (`lite-rec serve --help` for its options)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the service owns its options (lite_rec/serve.py)
+        from lite_rec.serve import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

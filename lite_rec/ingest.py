@@ -130,7 +130,9 @@ def _validation_files(directory: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted((directory / VALIDATION_DIR).glob("*.json"))}
 
 
-def _build(con: duckdb.DuckDBPyConnection, raw: RawFiles, data: DataConfig, work: Path, bar: tqdm, progress: bool) -> dict[str, Any]:
+def _build(
+    con: duckdb.DuckDBPyConnection, raw: RawFiles, data: DataConfig, work: Path, bar: tqdm, progress: bool
+) -> dict[str, Any]:
     """Load, transform and validate into `work`; return the stats. Raises on any failure."""
     checks = work / VALIDATION_DIR
     bar.set_postfix_str("load raw")

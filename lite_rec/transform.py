@@ -145,7 +145,9 @@ def write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path) -> dict[str, Pa
     return written
 
 
-def collect_stats(con: duckdb.DuckDBPyConnection, data: DataConfig, counts: dict[str, int], iterations: int) -> dict[str, Any]:
+def collect_stats(
+    con: duckdb.DuckDBPyConnection, data: DataConfig, counts: dict[str, int], iterations: int
+) -> dict[str, Any]:
     """Dataset size and protocol, the content of stats.json (no timestamps: re-runs are identical)."""
     run_sql(con, "stats")
     cols = [d[0] for d in con.sql("select * from stats").description]

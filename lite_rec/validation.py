@@ -60,7 +60,9 @@ _RAW_BLAME: dict[str, tuple[str, str, str]] = {
     "min_ts": ("ts", "bad_ts_rows", "ts_examples"),
     "max_ts": ("ts", "bad_ts_rows", "ts_examples"),
 }
-_SUMMARY_SCALARS = ["row_count", "missing_user_id", "missing_item_id", "missing_ts", "min_rating", "max_rating", "min_ts", "max_ts"]
+_SUMMARY_SCALARS = [
+    "row_count", "missing_user_id", "missing_item_id", "missing_ts", "min_rating", "max_rating", "min_ts", "max_ts"
+]
 
 
 def preload_gx() -> threading.Thread:

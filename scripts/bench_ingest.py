@@ -6,10 +6,11 @@ Cases (each run in its own child process, so its peak RSS is its own: ``os.wait4
 - ``amazon-20m``: a generated Amazon-2018-like dump of ``--rows`` interactions (default 20M):
   ``<Category>.json.gz`` JSON lines with the real field names (reviewerID, asin, overall,
   unixReviewTime, plus verified/reviewTime/summary/reviewText so that lines are realistically
-  long, ~300 bytes, shorter than real reviews) and ``meta_<Category>.json.gz`` (asin, title,
-  brand, category list, description list). DuckDB writes plain JSON lines (parallel), which are
-  then gzip-compressed at level 1 (DuckDB's own gzip writer is ~4x slower); both are cached. User and item popularity are heavy-tailed (power laws) so
-  the 10-core needs several passes and random (user, item) collisions give duplicates to drop.
+  long: ~300 bytes, still shorter than real reviews) and ``meta_<Category>.json.gz`` (asin,
+  title, brand, category list, description list). DuckDB writes plain JSON lines (parallel),
+  then Python gzips them at level 1 (DuckDB's own gzip writer is ~4x slower); both are cached.
+  User and item popularity are heavy-tailed (power laws), so the 10-core needs several passes
+  and random (user, item) collisions give duplicates to drop.
 
 Usage::
 
@@ -136,9 +137,9 @@ def run_case(case: str, data_dir: Path, source: Path | None, memory_limit: str) 
         cmd += ["--source", str(source)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
+    out = proc.stdout.read() if proc.stdout else ""  # until the child closes it (exits)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, peak RSS included
     wall = time.perf_counter() - started
-    out = proc.stdout.read() if proc.stdout else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{case}: child failed with status {status}")
     result = json.loads(out.strip().splitlines()[-1])

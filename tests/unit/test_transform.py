@@ -40,7 +40,10 @@ def raw_con(rows: list[Row], items: list[tuple[str, str]] | None = None, threads
 
 def named(table: str) -> str:
     """A query over a keyed chain table (`table` is a test constant) with the raw ids joined back."""
-    return f"(select u.user_id, i.item_id, t.* from {table} as t join user_keys as u using (user_key) join item_keys as i using (item_key))"
+    return (
+        f"(select u.user_id, i.item_id, t.* from {table} as t"
+        " join user_keys as u using (user_key) join item_keys as i using (item_key))"
+    )
 
 
 def full_grid(users: list[str], items: list[str], t0: int = 1000) -> list[Row]:

@@ -88,7 +88,9 @@ def test_raw_items_duplicates_and_empty_titles(tmp_path: Path) -> None:
     message = str(info.value)
     assert "validation suite 'raw_items' failed 3 of 4 expectations" in message
     assert "expect_column_values_to_be_unique(column='item_id'): 2 of 4 rows failed" in message
-    assert "expect_column_values_to_not_be_null(column='title'): 1 of 4 rows failed; e.g. {'title': None, 'item_id': 'r'}" in message
+    assert (
+        "expect_column_values_to_not_be_null(column='title'): 1 of 4 rows failed; e.g. {'title': None, 'item_id': 'r'}"
+    ) in message
     assert "expect_column_value_lengths_to_be_between(column='title', min_value=1): 1 of 4 rows failed" in message
     assert "'item_id': 'q'" in message
     assert "raw_interactions" not in message  # that suite passed
@@ -148,6 +150,9 @@ def test_processed_suite_reports_kcore_and_item_gap(processed: tuple[duckdb.Duck
     message = str(info.value)
     assert "expect_column_values_to_be_between(column='n_interactions', min_value=5.0): 4 of 4 rows failed" in message
     assert "validation suite 'processed_items' failed 2 of 5 expectations" in message
-    assert "expect_column_values_to_not_be_null(column='item_id'): 1 of 4 rows failed; e.g. {'item_id': None, 'item_idx': 2}" in message
+    assert (
+        "expect_column_values_to_not_be_null(column='item_id'): 1 of 4 rows failed; "
+        "e.g. {'item_id': None, 'item_idx': 2}"
+    ) in message
     assert json.loads((out / "validation" / "processed_items.json").read_text())["success"] is False
     assert pq.read_table(out / "item_map.parquet").num_rows == 4

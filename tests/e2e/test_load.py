@@ -65,7 +65,7 @@ def _client_loop(url: str, seed: int, stop_at: float, budget: threading.Semaphor
 
 
 def test_concurrent_clients_see_no_failure_while_champion_moves(run: Run, server: str, tmp_path: Path) -> None:
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     v1 = log_training_run(run.cfg, run.result, run.bundle_dir, commit="load")
     v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-load-better", 50.0), commit="load")
     assert (v1.version, v2.version, v2.aliases) == ("1", "2", ("challenger",))

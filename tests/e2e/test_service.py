@@ -233,7 +233,7 @@ def _register_broken(run: Run, server: str, tmp: Path) -> str:
     with open(broken / "items.parquet", "ab") as fh:
         fh.write(b"tampered")
     mlflow.set_tracking_uri(server)
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     exp = client.get_experiment_by_name("lite-rec-ml-100k")
     with mlflow.start_run(experiment_id=exp.experiment_id) as r:
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE), artifacts={"bundle": str(broken)},
@@ -243,7 +243,7 @@ def _register_broken(run: Run, server: str, tmp: Path) -> str:
 
 
 def test_service_follows_champion_and_survives_a_broken_version(run: Run, server: str, tmp_path: Path) -> None:
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     v1 = log_training_run(run.cfg, run.result, run.bundle_dir, commit="e2e")
     env = {"MLFLOW_TRACKING_URI": server}
     missing = start_service(["--model", "models:/lite-rec-nothing@champion", "--device", "cpu", "--poll-interval", "0.5"],

@@ -196,7 +196,7 @@ def v1(run: Run):
 
 
 def test_first_version_is_challenger_and_champion_with_full_run_record(run: Run, v1, server: str) -> None:
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     assert (v1.name, v1.version, v1.aliases) == (MODEL, "1", (CHALLENGER, CHAMPION))
     assert alias_version(client, MODEL, CHAMPION).version == "1"
     assert champion_history(client, MODEL) == ["1"]
@@ -248,7 +248,7 @@ def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, server: str) -
 
 
 def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: Run, v1, server: str) -> None:
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     held = load_held_out(run.cfg)
     v1_score = score_recommender(Recommender.from_path(run.bundle_dir), held, "test_ndcg_10")
     assert v1_score < 0.99  # the one-epoch model never saw the target as a training target
@@ -286,7 +286,7 @@ def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: 
 
 def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str) -> None:
     """Verification fails midway (the stored bundle is not the one we claim): the version goes."""
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     mlflow.set_tracking_uri(server)
     before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
     champion = alias_version(client, MODEL, CHAMPION).version
@@ -306,7 +306,7 @@ def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str)
 
 def test_sweep_removes_versions_a_killed_process_left_unverified(run: Run, v1, server: str) -> None:
     """A process killed between creating and verifying a version leaves it untagged: swept."""
-    client = MlflowClient(server)
+    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     source = client.get_model_version(MODEL, "1")
     orphan = client.create_model_version(MODEL, source.source, run_id=source.run_id,
                                          model_id=source.source.removeprefix("models:/"))

@@ -78,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print("\nmetrics (test, history excluded):")
     for key in ("test_recall_10", "test_recall_20", "test_ndcg_10", "test_ndcg_20"):
         print(f"  {key:16s} {summary['metrics'].get(key, float('nan')):.4f}")
-    print(f"model folder:      {summary['model_dir']}")
+    resumed = " (resumed from its last checkpoint)" if summary.get("resumed") else ""
+    print(f"model folder:      {summary['model_dir']}{resumed}")
     if "model_uri" in summary:
         print(f"registered model:  {summary['model_uri']} (aliases: {', '.join(summary['aliases']) or '-'})")
     uri = resolve_tracking_uri(cfg)

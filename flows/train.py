@@ -25,7 +25,7 @@ def train_flow(
     cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
     build_sequences_task(cfg, fetch_raw_task(cfg))
     result = train_task(cfg, embed_task(cfg))
-    summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir),
+    summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir), "resumed": result.resumed,
                                "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test_")}}
     if register:
         version = register_task(cfg, result)

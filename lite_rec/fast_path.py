@@ -71,7 +71,7 @@ class FastPathOptions:
     length_buckets: tuple[int, ...] = (5, 10, 20)  # clipped to the model window, which is always one
     compile: bool = False  # torch.compile the step before capture (CUDA; slow to start)
     lean_plan: bool = True  # lean/T5 backbones run as lean_runner.LeanRunner (same function, fewer kernels)
-    cuda_attention: str = "bmm"  # plan attention on CUDA: "bmm" (bias fused into the score GEMM) or "sdpa"
+    cuda_attention: str = "bmm"  # plan attention on CUDA: "bmm" (bias fused into the score GEMM), "sdpa" or "triton"
     cuda_fused_relu: bool = True  # plan FFN ReLU as a cuBLASLt GEMM epilogue on CUDA
 
 

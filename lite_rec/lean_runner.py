@@ -11,14 +11,19 @@ T5) backbone computes at inference (PAPER.md Eq. 4-5), re-planned for speed:
   bucket; padding and causality are applied to it with one ``masked_fill`` per step, not per layer;
 - RMSNorm runs as one fused kernel on the activations' own dtype (fp32 statistics inside the
   kernel), instead of upcast + norm + downcast;
-- the residual additions ride on the output projections (``addmm`` with beta = 1).
+- the residual additions ride on the output projections (``addmm`` with beta = 1);
+- optionally (``attention="triton"``, CUDA) the whole attention of a layer, mask included, is one
+  Triton kernel (:mod:`lite_rec.triton_attention`) reading the QKV GEMM's output in place.
 
 The pooling (Eq. 4) and the head (Eq. 5) stay in fp32, as in the model. A Hugging Face T5
 encoder is mapped into the lean layout first (``load_t5_weights_into_lean``: an exact mapping),
-so models trained with ``backbone: t5-small`` get the same plan. Imports only torch.
+so models trained with ``backbone: t5-small`` get the same plan. Imports only torch (triton only
+when ``attention="triton"`` is asked for).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,17 +56,30 @@ def lean_encoder_of(model: LiteRecModel) -> LeanEncoder:
     return lean
 
 
+def _load_triton_attention(device: torch.device, head_dim: int) -> Callable[..., torch.Tensor]:
+    """``lite_rec.triton_attention.attention``, imported only here: triton is needed only for this
+    option. Raises a readable error without triton, off CUDA, or for a head size it cannot tile."""
+    from lite_rec import triton_attention  # ImportError naming the triton pin where triton is missing
+
+    triton_attention.check_supported(torch.device(device), head_dim)
+    return triton_attention.attention
+
+
 class LeanRunner(nn.Module):
     """``forward(items (B, T)) -> logits (B, N+1)`` fp32, the model's inference function."""
 
     def __init__(self, model: LiteRecModel, dtype: torch.dtype = torch.float32, fused_relu: bool = False, attention: str = "sdpa") -> None:
         super().__init__()
-        if attention not in ("sdpa", "bmm"):
-            raise ValueError(f"attention must be 'sdpa' or 'bmm', got {attention!r}")
+        if attention not in ("sdpa", "bmm", "triton"):
+            raise ValueError(f"attention must be 'sdpa', 'bmm' or 'triton', got {attention!r}")
         self.fused_relu = fused_relu  # ReLU as a cuBLASLt GEMM epilogue (torch._addmm_activation); CUDA only
-        self.attention = attention  # "bmm": scores by baddbmm (bias fused), softmax, bmm: better for many short rows
+        # "bmm": scores by baddbmm (bias fused), softmax, bmm: better for many short rows;
+        # "triton": one kernel per layer, mask applied inside (lite_rec.triton_attention)
+        self.attention = attention
         spec = model.spec
         encoder = lean_encoder_of(model)
+        if attention == "triton":
+            self._triton_attention = _load_triton_attention(model.head.weight.device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
         self.num_buckets, self.max_distance = encoder.num_buckets, encoder.max_distance
@@ -125,12 +143,17 @@ class LeanRunner(nn.Module):
         d, heads = self.d_model, self.n_heads
         pad = items == 0  # (B, T)
         h = self.table[items].view(b * t, d)  # (B*T, D)
-        bias = self.position_bias(t)[0].masked_fill(self._blocked(pad, t), float("-inf"))  # (B, H, T, T)
+        if self.attention == "triton":
+            bias = self.position_bias(t)[0][0]  # (H, T, T): the kernel masks it itself
+        else:
+            bias = self.position_bias(t)[0].masked_fill(self._blocked(pad, t), float("-inf"))  # (B, H, T, T)
         params = list(self.layers)
         for i in range(0, len(params), 6):
             attn_norm, qkv, out, ff_norm, wi, wo = params[i : i + 6]
             x = F.rms_norm(h, (d,), attn_norm, self.eps)
-            if self.attention == "sdpa":
+            if self.attention == "triton":
+                a = self._triton_attention(F.linear(x, qkv), bias, pad, heads, self.qk_scale, self.causal)  # (B*T, D)
+            elif self.attention == "sdpa":
                 q, k, v = F.linear(x, qkv).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dk)
                 a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.qk_scale)  # (B, H, T, dk)
                 a = a.transpose(1, 2).reshape(b * t, d)

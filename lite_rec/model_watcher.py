@@ -124,16 +124,15 @@ def make_loader(device: str = "auto", options: FastPathOptions = FastPathOptions
 
 
 def registry_client(tracking_uri: str | None = None) -> Any:
-    """An MlflowClient; also points the process-wide URIs at `tracking_uri`, because
-    ``download_artifacts("models:/...")`` reads those, not the client's."""
-    import mlflow
+    """An MlflowClient for `tracking_uri` (its registry too), else for MLflow's configured URIs.
+
+    Process-wide URIs are left alone: downloads name the client's stores explicitly.
+    """
     from mlflow.tracking import MlflowClient
 
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    uri = mlflow.get_tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=mlflow.get_registry_uri() or uri)
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return MlflowClient()
 
 
 def resolve_version(ref: ModelRef, client: Any = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -44,7 +45,25 @@ def train(cfg: LiteRecConfig, item_vectors: torch.Tensor | None, *, progress: bo
     from lite_rec.train import train_model
 
     sequences = read_sequences(cfg.processed_dir / "sequences.parquet")
-    return train_model(cfg, sequences, item_vectors, cfg.runs_dir / "models" / run_name(cfg), progress=progress)
+    return train_model(cfg, sequences, item_vectors, cfg.runs_dir / "models" / run_name(cfg), progress=progress,
+                       step_sleep=step_sleep_from_env())
+
+
+def step_sleep_from_env() -> float:
+    """``LITE_REC_STEP_SLEEP``: seconds to pause after each optimizer step (0 by default).
+
+    It changes no result, only the pace, so a demo or an interruption test can kill a flow's
+    worker while it is really mid-training; it is not part of the config because resuming
+    with another pace must still match the checkpoint.
+    """
+    raw = os.environ.get("LITE_REC_STEP_SLEEP", "0") or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"LITE_REC_STEP_SLEEP={raw!r}: expected a number of seconds") from None
+    if value < 0:
+        raise ValueError(f"LITE_REC_STEP_SLEEP={raw!r}: must be >= 0")
+    return value
 
 
 def register(cfg: LiteRecConfig, result) -> "RegisteredVersion":  # noqa: F821 (mlflow imported lazily)

@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 from lite_rec.bundle import Bundle, load_bundle, verify_bundle
 from lite_rec.config import REPO_ROOT, LiteRecConfig
 from lite_rec.errors import LiteRecError
-from lite_rec.tracking import ensure_experiment, log_run_contents, make_client
+from lite_rec.tracking import ensure_experiment, log_run_contents, make_client, mlflow_uris
 
 if TYPE_CHECKING:
     from lite_rec.train import TrainResult
@@ -171,7 +171,8 @@ def download_model(client: MlflowClient, name: str, version: str, dst: Path) -> 
     mv = client.get_model_version(name, str(version))
     if mv.status != "READY":
         raise RegistryError(f"{name} version {version} is {mv.status}, not READY")
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    with mlflow_uris(client):  # "models:/" resolves through the process-wide registry URI, whatever is passed
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
     bundle_dir = _bundle_dir(local)
     verify_bundle(bundle_dir)
     return local, bundle_dir
@@ -272,7 +273,7 @@ def log_training_run(
     client = make_client(cfg)
     experiment_id = ensure_experiment(client, cfg)
     name = registered_model_name(cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    with mlflow_uris(client), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
         tags = log_run_contents(client, run_id, cfg, result, bundle, commit=commit, item_vectors_manifest=item_vectors_manifest)
         with tempfile.TemporaryDirectory(prefix="lite-rec-stage-") as tmp:

@@ -199,7 +199,8 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
 
 def watcher_for(model: str, cfg: ServeConfig, tracking_uri: str | None = None, metrics: ServiceMetrics | None = None) -> ModelWatcher:
     """A watcher for `model` with the fast path and polling that `cfg` asks for."""
-    options = FastPathOptions(bf16=cfg.bf16, cuda_graphs=cfg.cuda_graphs, batch_buckets=cfg.batch_buckets, length_buckets=cfg.length_buckets)
+    options = FastPathOptions(bf16=cfg.bf16, cuda_graphs=cfg.cuda_graphs, batch_buckets=cfg.batch_buckets,
+                              length_buckets=cfg.length_buckets, cuda_attention=cfg.cuda_attention)
     # One core stays free for the event loop, JSON and the load balancer's probes: on a shared
     # 2-core box two intra-op threads spin against the HTTP side (measured 20x slower under load).
     threads = cfg.torch_threads or max(1, (os.cpu_count() or 2) - 1)

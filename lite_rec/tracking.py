@@ -19,6 +19,8 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "git_commit",
     "log_run_contents",
     "make_client",
+    "mlflow_uris",
     "plot_training",
     "resolve_tracking_uri",
 ]
@@ -61,12 +64,39 @@ def resolve_tracking_uri(cfg: LiteRecConfig) -> str:
 
 
 def make_client(cfg: LiteRecConfig) -> MlflowClient:
-    """A client for the configured store; also points MLflow's fluent API (``log_model``) there."""
+    """A client for the configured tracking store and registry (process-wide URIs stay untouched)."""
     uri = resolve_tracking_uri(cfg)
-    registry = cfg.tracking.registry_uri or uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(registry)
-    return MlflowClient(tracking_uri=uri, registry_uri=registry)
+    return MlflowClient(tracking_uri=uri, registry_uri=cfg.tracking.registry_uri or uri)
+
+
+@contextmanager
+def mlflow_uris(client: MlflowClient) -> Iterator[MlflowClient]:
+    """Point MLflow's fluent API (``start_run``, ``log_model``, ``download_artifacts("models:/...")``)
+    at `client`'s stores for the duration of the block, then restore what was there.
+
+    Why scoped: the fluent API reads process-wide URIs, and a long-lived process (a Prefect
+    worker, a service following a registry, a test session) that set them once for one store
+    would silently talk to it later, long after it stopped.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    # set_*_uri also exports MLFLOW_*_URI to os.environ: both the module state and the
+    # environment are put back exactly, including "unset".
+    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client._registry_uri)
+    try:
+        yield client
+    finally:
+        mlflow.set_tracking_uri(saved[0])  # also resets the tracer provider bound to the old URI
+        registry_utils._registry_uri = saved[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ensure_experiment(client: MlflowClient, cfg: LiteRecConfig) -> str:

@@ -17,9 +17,12 @@ inputs rotated over several batches):
   plan_fused_relu_bf16_graph  ... with ReLU as a cuBLASLt epilogue
   plan_bmm_bf16_graph    the plan with batched-matmul attention (bias fused into the score GEMM)
   plan_bmm_fused_relu_bf16_graph  both (the service's CUDA default; target <= 0.35 ms @ B=32)
+  plan_triton_bf16_graph the plan with one Triton kernel per layer's attention (lite_rec.triton_attention)
+                         and the fused ReLU, one CUDA graph (needs CUDA and triton)
   plan_fused_relu_cublaslt_graph  fused ReLU with cuBLASLt preferred for every GEMM
   plan_bf16_compile      the plan, torch.compile'd, then captured in a CUDA graph
   plan_bmm_fused_relu_compile  the service's plan, torch.compile'd, then captured
+  plan_triton_compile    plan_triton_bf16_graph's plan, torch.compile'd (the Triton kernel kept as is), then captured
   plan_fused_relu_autotune  torch.compile max-autotune-no-cudagraphs (slow to build)
   lean_bf16_compile      the lean module's backbone, torch.compile'd, then captured
   serve_fast_path        what the service runs: FastModel (plan + graph per bucket) + eager top-k
@@ -174,6 +177,13 @@ def run(args: argparse.Namespace) -> dict:
                     ("plan_fused_relu_autotune", "lean", lambda: GraphedStep(make_step(torch.compile(
                         _plan(args, device, "lean", fused_relu=True), dynamic=False, mode="max-autotune-no-cudagraphs"), args.k), inputs[0])),
                 ]
+        triton = _triton_builders(args, device, inputs)
+        if device.type == "cuda":
+            builders += triton
+        no_cuda = [] if device.type == "cuda" else [name for name, _, _ in triton if not args.only or name in args.only]
+        for variant in no_cuda:
+            results.append({"variant": variant, "batch": batch, "error": "skipped: needs CUDA (a Triton kernel in a CUDA graph)"})
+            print(f"{variant:>20} B={batch:<5} skipped (needs CUDA: a Triton kernel in a CUDA graph)", flush=True)
         variants = []
         if args.only:
             builders = [b for b in builders if b[0] in args.only]
@@ -206,6 +216,17 @@ def run(args: argparse.Namespace) -> dict:
             "python": platform.python_version(), "config": {k: v for k, v in vars(args).items() if k != "out"},
             "targets": {"lean_bf16_graph_ms_at_32": TARGET_MS_B32, "users_per_s_at_1024": TARGET_USERS_PER_S},
             "results": results, "verdict": _verdict(results)}
+
+
+def _triton_builders(args: argparse.Namespace, device: torch.device, inputs: list[torch.Tensor]
+                     ) -> list[tuple[str, str, Callable[[], Callable[[torch.Tensor], object]]]]:
+    """The variants with the Triton attention kernel (and the fused ReLU). Built lazily like the rest:
+    a missing triton package fails its variant with the import's message, not the run."""
+    graphed = ("plan_triton_bf16_graph", "lean", lambda: GraphedStep(make_step(
+        _plan(args, device, "lean", fused_relu=True, attention="triton"), args.k), inputs[0]))
+    compiled = ("plan_triton_compile", "lean", lambda: GraphedStep(make_step(torch.compile(
+        _plan(args, device, "lean", fused_relu=True, attention="triton"), dynamic=False, mode=_mode(args)), args.k), inputs[0]))
+    return [graphed] if args.no_compile else [graphed, compiled]
 
 
 def _bf16(args: argparse.Namespace, device: torch.device, family: str, compile_mode: str | None = None) -> LiteRecModel:
@@ -322,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: batch 4, a few iterations")
     p.add_argument("--profile", action="store_true", help="only print a kernel profile of the bf16 plan step")
     p.add_argument("--fused-relu", action="store_true", help="with --profile: the cuBLASLt ReLU epilogue")
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "bmm"], help="with --profile: the plan's attention")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "bmm", "triton"], help="with --profile: the plan's attention")
     args = p.parse_args(argv)
     if args.quick:
         args.batches, args.iters, args.warmup, args.rotate = [4], 3, 1, 2

@@ -26,6 +26,7 @@ from lite_rec.config import ModelConfig
 from lite_rec.model import build_model
 from lite_rec.recommender import Recommender
 from lite_rec.registry import CHAMPION, PYFUNC_FILE, log_training_run, set_champion
+from lite_rec.tracking import mlflow_uris
 from tests.helpers.service_process import ServiceProcess, start_service
 from tests.integration.test_registry import MODEL, N_ITEMS, Run, _variant, run, server  # noqa: F401 - fixtures
 
@@ -232,10 +233,9 @@ def _register_broken(run: Run, server: str, tmp: Path) -> str:
     shutil.copytree(run.bundle_dir, broken)
     with open(broken / "items.parquet", "ab") as fh:
         fh.write(b"tampered")
-    mlflow.set_tracking_uri(server)
     client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     exp = client.get_experiment_by_name("lite-rec-ml-100k")
-    with mlflow.start_run(experiment_id=exp.experiment_id) as r:
+    with mlflow_uris(client), mlflow.start_run(experiment_id=exp.experiment_id) as r:
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE), artifacts={"bundle": str(broken)},
                                        pip_requirements=["mlflow"])
     mv = client.create_model_version(MODEL, info.model_uri, run_id=r.info.run_id, model_id=info.model_id)

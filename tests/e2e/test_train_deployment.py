@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,17 @@ class Stack:
     api_url: str
     mlflow_url: str
     data_dir: Path
+    worker_env: dict[str, str]
+    started: list[local_stack.Service]  # stopped by the fixture, last first
 
     def prefect(self, *args: str, timeout_s: float = 900) -> str:
         proc = local_stack.prefect_cli(list(args), self.home, self.api_url, REPO_ROOT, timeout_s=timeout_s)
         return proc.stdout + proc.stderr
+
+    def start_worker(self, **extra_env: str) -> local_stack.Service:
+        worker = local_stack.start_worker("cpu", self.home, self.api_url, REPO_ROOT, env={**self.worker_env, **extra_env})
+        self.started.append(worker)
+        return worker
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +61,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                       "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
         for pool in ("cpu", "gpu"):  # deploy refers to both; only cpu gets a worker here
             local_stack.prefect_cli(["work-pool", "create", pool, "--type", "process"], home, server.url, REPO_ROOT)
-        started.append(local_stack.start_worker("cpu", home, server.url, REPO_ROOT, env=worker_env))
-        yield Stack(home, server.url, mlflow_svc.url, data_dir)
+        stack = Stack(home, server.url, mlflow_svc.url, data_dir, worker_env, started)
+        stack.start_worker()
+        yield stack
     finally:
         for svc in reversed(started):
             local_stack.stop(svc)
@@ -103,11 +113,10 @@ def test_champion_pyfunc_matches_the_in_process_recommender(stack: Stack, first_
 
     from lite_rec.recommender import Recommender
 
-    os.environ["MLFLOW_TRACKING_URI"] = stack.mlflow_url
-    try:
+    from lite_rec.tracking import mlflow_uris
+
+    with mlflow_uris(_client(stack)):  # the process-wide URIs may still name another module's stopped server
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
     bundles = sorted(stack.data_dir.glob("runs/ml-100k/models/*/bundle"))
     assert len(bundles) == 1
     local = Recommender.from_path(bundles[0])
@@ -134,3 +143,87 @@ def test_second_run_and_promote_move_aliases_by_the_rule(stack: Stack, first_run
     assert tags["promotion.decision"] == ("promoted" if promoted else "rejected"), tags
     assert client.get_model_version_by_alias(MODEL, "champion").version == ("2" if promoted else "1")
     assert f"promotion.vs_v2" in client.get_model_version(MODEL, "1").tags
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the flow-run process a worker spawns may sit in its own session)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _wait_for_mid_training_checkpoint(runs: Path, known: set[Path], timeout_s: float = 600) -> Path:
+    """The resume summary of a new run folder, once it is past its first epoch and mid-way in another."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for summary in runs.glob("*/checkpoints/resume.json"):
+            if summary.parents[1] in known:
+                continue
+            try:
+                state = json.loads(summary.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced
+            if state["stage"] == 1 and state["epoch"] >= 1 and state["step"] > 0:
+                return summary.parents[1]
+        time.sleep(0.2)
+    raise AssertionError(f"no mid-training checkpoint under {runs} within {timeout_s} s")
+
+
+def test_worker_killed_mid_training_then_rerun_resumes_and_registers(stack: Stack, first_run: str) -> None:
+    """Kill -9 the worker and its flow run mid-epoch; re-running the deployment continues the checkpoint."""
+    client = _client(stack)
+    versions_before = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")}
+    champion_before = client.get_model_version_by_alias(MODEL, "champion").version
+    runs = stack.data_dir / "runs" / "ml-100k" / "models"
+    known = set(runs.iterdir())
+    for worker in list(stack.started):
+        if worker.name == "worker-cpu":
+            local_stack.stop(worker)
+    slow = stack.start_worker(LITE_REC_STEP_SLEEP="0.3")  # same results, slower pace: time to kill it mid-epoch
+    params = 'overrides={"train": {"seed": 11, "max_epochs": 4, "checkpoint_every_steps": 2}}'
+    out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", params)
+    assert "train/ml100k-smoke" in out
+    run_dir = _wait_for_mid_training_checkpoint(runs, known)
+    victims = [slow.pid, *_descendants(slow.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in victims) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed_at = json.loads((run_dir / "checkpoints" / "resume.json").read_text())
+    assert not (run_dir / "metrics.json").exists()
+    assert {v.version for v in client.search_model_versions(f"name = '{MODEL}'")} == versions_before  # nothing half-registered
+
+    worker = stack.start_worker()
+    out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", params, "--watch", "--watch-timeout", "1200")
+    assert "Completed" in out, out[-3000:]
+    assert "'resumed': True" in worker.log.read_text(errors="replace"), "the re-run started over instead of resuming"
+    history = json.loads((run_dir / "history.json").read_text())
+    epochs = [h["epoch"] for h in history if h["stage"] == 1]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > killed_at["epoch"], epochs  # each epoch once
+    new = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")} - versions_before
+    assert len(new) == 1, new
+    version = client.get_model_version(MODEL, new.pop())
+    assert version.status == "READY" and "challenger" in version.aliases
+    assert client.get_run(version.run_id).info.status == "FINISHED"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before  # promote decides, not training
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

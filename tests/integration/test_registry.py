@@ -37,6 +37,7 @@ from lite_rec.registry import (
     register_verified,
     remove_unverified_versions,
 )
+from lite_rec.tracking import mlflow_uris
 from lite_rec.train import TrainResult, train_model
 
 pytestmark = pytest.mark.integration
@@ -221,15 +222,16 @@ def test_first_version_is_challenger_and_champion_with_full_run_record(run: Run,
     assert {"config.json", "plots", "training", "data", "item_vectors"} <= arts
     plots = {a.path for a in client.list_artifacts(v1.run_id, "plots")}
     assert plots == {"plots/training_curves.png", "plots/validation_metrics.png"}
-    local = Path(mlflow.artifacts.download_artifacts(run_id=v1.run_id, artifact_path="plots/training_curves.png"))
+    local = Path(mlflow.artifacts.download_artifacts(run_id=v1.run_id, artifact_path="plots/training_curves.png",
+                                                     tracking_uri=server))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {a.path for a in client.list_artifacts(v1.run_id, "data/validation")} == {"data/validation/interactions.json"}
     assert {a.path for a in client.list_artifacts(v1.run_id, "item_vectors")} == {"item_vectors/vectors_manifest.json"}
 
 
 def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, server: str) -> None:
-    mlflow.set_tracking_uri(server)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
+    with mlflow_uris(MlflowClient(server, registry_uri=server)):
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
     rec = Recommender.from_path(run.bundle_dir)
     held = load_held_out(run.cfg)
     histories = [held.histories[0], held.histories[5], [], ["i3", "i4", "i5", "i6", "i7", "i8", "i9"]]
@@ -287,7 +289,6 @@ def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: 
 def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str) -> None:
     """Verification fails midway (the stored bundle is not the one we claim): the version goes."""
     client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
-    mlflow.set_tracking_uri(server)
     before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
     champion = alias_version(client, MODEL, CHAMPION).version
     wrong = load_bundle(_variant(run, "bundle-claimed", 7.0))

@@ -16,12 +16,15 @@ padding (or in the future, when causal), except that a query always sees itself,
 
 Only stable ``triton.language`` calls are used (load/store/dot/max/sum/exp/where/arange/program_id).
 Triton is imported here, and this module only where ``attention="triton"`` is asked for. On a CPU
-the kernel runs only under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is
-imported), which is how the tests check it.
+the kernel runs only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+check it. The kernel is decorated with ``triton.jit`` at its first launch, not at import: the
+decorator picks compiled or interpreted from ``TRITON_INTERPRET`` at that moment, so the mode is
+what the environment says when the kernel runs, whoever imported this module first.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -33,25 +36,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("attention='triton' needs the triton package (the version your torch pins, e.g. "
                       "triton==3.7.1 for torch 2.13); use attention='bmm' or 'sdpa' without it") from exc
 
-__all__ = ["INTERPRETED", "attention", "check_supported"]
+__all__ = ["attention", "check_supported", "interpreted"]
 
-# triton.jit reads TRITON_INTERPRET when the kernel below is decorated, i.e. at this import
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 
 
-@triton.jit
-def _dot(a, b, FP32: tl.constexpr):
-    """``a @ b`` accumulated in fp32. FP32: operands as fp32 with exact (IEEE) products, for fp32
-    activations (no TF32) and for the interpreter, whose dot misreads bf16 operands."""
-    if FP32:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        out = tl.dot(a, b)
-    return out
+def interpreted() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@triton.jit
+@functools.cache
+def _kernel(interpret: bool):  # noqa: ARG001 - the cache key: one decoration per mode
+    """``triton.jit(_attention_kernel)``, decorated now, in the mode the environment asks for."""
+    return triton.jit(_attention_kernel)
+
+
 def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_head_stride,
                       H: tl.constexpr, DK: tl.constexpr, BLOCK_T: tl.constexpr, CAUSAL: tl.constexpr,
                       FP32_DOT: tl.constexpr):
@@ -72,7 +72,13 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
 
     inside = row_ok[:, None] & key_ok[None, :]  # (BLOCK_T, BLOCK_T)
     bias = tl.load(bias_ptr + h * bias_head_stride + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
-    scores = _dot(q, k_t, FP32_DOT) * qk_scale + bias.to(tl.float32)  # (BLOCK_T, BLOCK_T) fp32
+    # FP32_DOT: operands as fp32 with exact (IEEE) products, for fp32 activations (no TF32) and for
+    # the interpreter, whose dot misreads bf16 operands; else bf16 tensor cores, fp32 accumulation
+    if FP32_DOT:
+        qk = tl.dot(q.to(tl.float32), k_t.to(tl.float32), input_precision="ieee")
+    else:
+        qk = tl.dot(q, k_t)
+    scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_T, BLOCK_T) fp32
 
     pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0  # (BLOCK_T,) key is padding
     future = (keys[None, :] > rows[:, None]) & CAUSAL  # (BLOCK_T, BLOCK_T), all False unless causal
@@ -84,7 +90,10 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
     top = tl.max(scores, axis=1)  # (BLOCK_T,) finite: every row sees at least one key
     p = tl.exp(scores - top[:, None])
     p = p / tl.sum(p, axis=1)[:, None]  # softmax in fp32
-    out = _dot(p.to(v.dtype), v, FP32_DOT)  # (BLOCK_T, DK) fp32
+    if FP32_DOT:
+        out = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")  # (BLOCK_T, DK) fp32
+    else:
+        out = tl.dot(p.to(v.dtype), v)  # (BLOCK_T, DK) fp32
     tl.store(out_ptr + (b * T + rows[:, None]) * d_model + h * DK + dims[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None])
 
@@ -92,7 +101,7 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
 def check_supported(device: torch.device, head_dim: int) -> None:
     """Raise a readable error where the kernel cannot run: a CPU without the interpreter, or a head
     size ``tl.dot`` and ``tl.arange`` cannot tile (a power of two, at least 16)."""
-    if device.type != "cuda" and not INTERPRETED:
+    if device.type != "cuda" and not interpreted():
         raise RuntimeError(f"attention='triton' runs on CUDA devices (got {device}); on a CPU only under Triton's "
                            "interpreter (TRITON_INTERPRET=1 before lite_rec.triton_attention is imported)")
     if head_dim < MIN_BLOCK or head_dim & (head_dim - 1):
@@ -114,10 +123,11 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads:
     _check_inputs(qkv, bias, pad, n_heads, b, t, d)
     check_supported(qkv.device, dk)
     out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
-    _attention_kernel[(b * n_heads,)](
+    interpret = interpreted()
+    _kernel(interpret)[(b * n_heads,)](
         qkv, bias, pad, out, float(qk_scale), t, 0 if bias.shape[0] == 1 else t * t,
         H=n_heads, DK=dk, BLOCK_T=max(MIN_BLOCK, triton.next_power_of_2(t)), CAUSAL=bool(causal),
-        FP32_DOT=qkv.dtype == torch.float32 or INTERPRETED, num_warps=num_warps,
+        FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps,
     )
     return out
 

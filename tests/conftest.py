@@ -12,3 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# Triton's CPU interpreter for the serving attention kernel (tests/unit/test_triton_attention.py):
+# triton decides interpreted-or-compiled for its own library functions (tl.max, ...) when it is
+# first imported, and torch or transformers may import it long before that test module runs.
+os.environ.setdefault("TRITON_INTERPRET", "1")

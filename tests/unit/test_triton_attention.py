@@ -1,8 +1,8 @@
 """The Triton attention kernel (lite_rec.triton_attention) computes LeanRunner's attention: the same
 outputs as a plain torch reference of the mask's definition and as the plan's "bmm" path.
 
-Checked on a CPU under Triton's interpreter (TRITON_INTERPRET=1, set below before the kernel
-module is imported); a GPU compiles the same kernel source. Needs the triton package.
+Checked on a CPU under Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before
+anything imports triton); a GPU compiles the same kernel source. Needs the triton package.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from lite_rec.config import ModelConfig
 from lite_rec.lean_runner import LeanRunner
 from lite_rec.model import LiteRecModel, build_model
 
-# Before the kernel module is imported (triton.jit reads it when decorating), and left set: triton
-# reads it again lazily at launches. It only concerns Triton's GPU code paths, never CPU torch.
-os.environ["TRITON_INTERPRET"] = "1"
+# tests/conftest.py sets it before anything imports triton (which fixes the mode of triton's own
+# library functions at import); this module fails loudly if that did not happen.
+assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py must set TRITON_INTERPRET=1 before triton is imported"
 from lite_rec import triton_attention  # noqa: E402
 
 N_ITEMS = 30
@@ -135,6 +135,6 @@ def test_unsupported_uses_are_refused_with_a_reason(monkeypatch: pytest.MonkeyPa
         triton_attention.attention(qkv, torch.zeros(3, 5, 5), pad, 2, 1.0, False)
     with pytest.raises(TypeError, match="bool"):
         triton_attention.attention(qkv, torch.zeros(1, 5, 5), pad.long(), 2, 1.0, False)
-    monkeypatch.setattr(triton_attention, "INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA"):
         LeanRunner(_model(False, seed=5), attention="triton")

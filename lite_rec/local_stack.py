@@ -67,6 +67,24 @@ def _tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (Linux): a child that left the process group
+    (Prefect starts flow runs in their own session) still has to be found and stopped."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        except OSError:
+            continue  # exited while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -7,7 +7,7 @@
 set -euo pipefail
 PROC=$1 VEC=$2 OUT=$3
 PY=${PYTHON:-.venv/bin/python}
-COMMON="train.device=cpu train.max_epochs=40 train.patience=5 model.max_seq_len=50"
+COMMON="train.device=cpu train.max_epochs=30 train.patience=5 model.max_seq_len=50"
 "$PY" scripts/gpu_suite.py --dataset ml-100k --profile cpu --processed-dir "$PROC" --item-vectors "$VEC" \
   --out "$OUT" --runs-dir "$OUT/runs" --common $COMMON \
   --variant "text-onepass: model.item_repr=text" \

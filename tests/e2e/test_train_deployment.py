@@ -145,23 +145,6 @@ def test_second_run_and_promote_move_aliases_by_the_rule(stack: Stack, first_run
     assert f"promotion.vs_v2" in client.get_model_version(MODEL, "1").tags
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the flow-run process a worker spawns may sit in its own session)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _wait_for_mid_training_checkpoint(runs: Path, known: set[Path], timeout_s: float = 600) -> Path:
     """The resume summary of a new run folder, once it is past its first epoch and mid-way in another."""
     deadline = time.monotonic() + timeout_s
@@ -194,7 +177,7 @@ def test_worker_killed_mid_training_then_rerun_resumes_and_registers(stack: Stac
     out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", params)
     assert "train/ml100k-smoke" in out
     run_dir = _wait_for_mid_training_checkpoint(runs, known)
-    victims = [slow.pid, *_descendants(slow.pid)]
+    victims = [slow.pid, *local_stack.descendants(slow.pid)]
     for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -23,6 +23,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from lite_rec import local_stack
 from lite_rec.bundle import load_bundle, save_bundle
 from lite_rec.config import LiteRecConfig, build_config
 from lite_rec.promotion import load_held_out, promote, rollback, score_recommender
@@ -57,25 +58,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _descendants(pid: int) -> list[int]:
-    """PIDs below `pid` (from /proc), in case a child left the process group."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _stop(proc: subprocess.Popen) -> None:
-    pids = [proc.pid, *_descendants(proc.pid)]
+    pids = [proc.pid, *local_stack.descendants(proc.pid)]
     try:
         os.killpg(proc.pid, signal.SIGTERM)  # start_new_session: the group id is the server's PID
     except ProcessLookupError:

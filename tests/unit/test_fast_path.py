@@ -21,7 +21,8 @@ from lite_rec.fast_path import (
     configure_threads,
     fast_recommender,
 )
-from lite_rec.model import LiteRecModel, build_model
+from lite_rec.model import LiteRecModel
+from tests.helpers.tiny_models import tiny_model
 from lite_rec.recommender import Recommender
 
 N_ITEMS = 40
@@ -30,15 +31,8 @@ IDS = [f"it{i}" for i in range(1, N_ITEMS + 1)]
 
 
 def _model(backbone: str = "lean", item_repr: str = "text", causal: bool = False, seed: int = 0, pooling: str = "mean") -> LiteRecModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone=backbone, pretrained=False, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
-                      max_seq_len=WINDOW, item_repr=item_repr, pooling=pooling)
-    vectors = torch.randn(N_ITEMS + 1, 6)
-    vectors[0] = 0
-    model, _ = build_model(cfg, N_ITEMS, vectors, causal=causal)
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)  # spread logits: top-k without near-ties
-    return model.eval()
+    return tiny_model(n_items=N_ITEMS, window=WINDOW, backbone=backbone, item_repr=item_repr, causal=causal, seed=seed,
+                      pooling=pooling)
 
 
 def _bundle(tmp_path: Path, model: LiteRecModel, name: str) -> Path:

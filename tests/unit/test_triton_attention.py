@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from lite_rec.config import ModelConfig
 from lite_rec.lean_runner import LeanRunner
-from lite_rec.model import LiteRecModel, build_model
+from lite_rec.model import LiteRecModel
+from tests.helpers.tiny_models import tiny_model
 
 # tests/conftest.py sets it before anything imports triton (which fixes the mode of triton's own
 # library functions at import); this module fails loudly if that did not happen.
@@ -81,15 +81,7 @@ def test_padding_query_sees_only_itself() -> None:
 
 
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=d_model, n_layers=2, n_heads=n_heads, d_ff=96,
-                      dropout=0.0, max_seq_len=WINDOW, item_repr="text")
-    vectors = torch.randn(N_ITEMS + 1, 6)
-    vectors[0] = 0
-    model, _ = build_model(cfg, N_ITEMS, vectors, causal=causal)
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)  # spread logits: top-k without near-ties
-    return model.eval()
+    return tiny_model(n_items=N_ITEMS, window=WINDOW, causal=causal, seed=seed, d_model=d_model, n_heads=n_heads, d_ff=96)
 
 
 def _items(pad: torch.Tensor, seed: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,24 @@ from lite_rec.errors import ConfigError
 __all__ = ["ConfigError", "LiteRecConfig", "build_config"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+SHARE_DIR = Path(sys.prefix) / "share" / "lite-rec"  # where a wheel install puts sql/, configs/, mlflow/
+
+
+def resource_dir(name: str) -> Path:
+    """The project folder `name` (``sql``, ``configs``, ``mlflow``) that code reads at run time.
+
+    Why two places: a checkout or editable install reads the repository's own folders; a wheel
+    has no repository, so ``pyproject.toml`` installs copies under ``<prefix>/share/lite-rec``.
+    The repository wins when both exist. When neither does, the repository path is returned so
+    that the first file opened names where it was looked for.
+    """
+    for root in (REPO_ROOT, SHARE_DIR):
+        if (root / name).is_dir():
+            return root / name
+    return REPO_ROOT / name
+
+
+CONFIG_DIR = resource_dir("configs")
 PROFILE_DIR = CONFIG_DIR / "profiles"
 
 RawFormat = Literal["ml-1m", "ml-100k", "ml-csv", "amazon-2018", "amazon-2014", "recbole"]

@@ -18,11 +18,11 @@ from typing import Any
 
 import duckdb
 
-from lite_rec.config import REPO_ROOT, DataConfig
+from lite_rec.config import DataConfig, resource_dir
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-SQL_DIR = REPO_ROOT / "sql"
+SQL_DIR = resource_dir("sql")
 # Modules whose code decides the bytes of the outputs (sources.py only fetches: its result is
 # covered by the raw fingerprint).
 STAGE_MODULES = ("readers.py", "transform.py", "validation.py", "ingest.py", "fingerprint.py")
@@ -51,10 +51,12 @@ def data_relevant_config(data: DataConfig) -> dict[str, Any]:
 
 
 def code_files() -> dict[str, str]:
-    """sha256 of every SQL file and stage module, by path relative to the repository."""
+    """sha256 of every SQL file and stage module, by path as in the repository (``sql/x.sql``,
+    ``lite_rec/x.py``): the same keys for a checkout and a wheel install."""
     lib = Path(__file__).resolve().parent
-    paths = sorted(SQL_DIR.glob("*.sql")) + [lib / name for name in STAGE_MODULES if (lib / name).exists()]
-    return {str(p.relative_to(REPO_ROOT)): sha256_file(p) for p in paths}
+    files = {f"sql/{p.name}": p for p in sorted(SQL_DIR.glob("*.sql"))}
+    files.update({f"lite_rec/{name}": lib / name for name in STAGE_MODULES if (lib / name).exists()})
+    return {key: sha256_file(p) for key, p in files.items()}
 
 
 def stage_inputs(raw_fingerprint: str, data: DataConfig) -> dict[str, str]:

@@ -27,14 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from lite_rec.config import REPO_ROOT, DataConfig
+from lite_rec.config import DataConfig, resource_dir
 from lite_rec.errors import DataError
 from lite_rec.sources import RawFiles
 
 if TYPE_CHECKING:
     import duckdb
 
-SQL_DIR = REPO_ROOT / "sql"
+SQL_DIR = resource_dir("sql")
 CANONICAL = ("user_id", "item_id", "rating", "ts")  # raw_interactions' required fields
 # The problem sentence of a DuckDB CSV error (the line after the offending line's text).
 _CSV_PROBLEM = re.compile(r"(Expected Number of Columns|Error when converting|Invalid unicode|Value with unterminated"

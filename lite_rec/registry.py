@@ -37,7 +37,7 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 
 from lite_rec.bundle import Bundle, load_bundle, verify_bundle
-from lite_rec.config import REPO_ROOT, LiteRecConfig
+from lite_rec.config import LiteRecConfig, resource_dir
 from lite_rec.errors import LiteRecError
 from lite_rec.tracking import ensure_experiment, log_run_contents, make_client, mlflow_uris
 
@@ -65,7 +65,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 HISTORY_TAG = "champion_history"
 HISTORY_KEEP = 100  # versions kept in the history tag (tag values are length-limited)
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-SIGNATURE_FILE = REPO_ROOT / "mlflow" / "signature.json"
+SIGNATURE_FILE = resource_dir("mlflow") / "signature.json"
 MODEL_NAME = "model"  # the logged model's name inside the run
 REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "pandas", "pyarrow", "numpy", "pydantic", "pyyaml", "tqdm")
 

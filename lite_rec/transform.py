@@ -28,10 +28,10 @@ from typing import Any
 import duckdb
 from tqdm.auto import tqdm
 
-from lite_rec.config import REPO_ROOT, DataConfig
+from lite_rec.config import DataConfig, resource_dir
 from lite_rec.errors import DataError
 
-SQL_DIR = REPO_ROOT / "sql"
+SQL_DIR = resource_dir("sql")
 _PARAM = re.compile(r"\$([a-z_][a-z0-9_]*)")
 
 # Output file -> (table, columns, ORDER BY key unique per row, so the byte layout is fixed).

@@ -1,7 +1,7 @@
 """A wheel install (no repository beside it) finds the SQL, configs and MLflow files it reads.
 
-Builds the project's wheel, installs it without dependencies into a fresh virtual environment
-(dependencies come from this test's environment through PYTHONPATH, which does not carry the
+Builds the project's wheel, installs it without dependencies into a fresh virtual environment with
+that environment's own pip (dependencies come from this test's environment through PYTHONPATH, which does not carry the
 editable install's path hook), and runs the code that reads those folders from outside the checkout.
 """
 
@@ -50,9 +50,11 @@ def test_wheel_install_reads_its_installed_resources(tmp_path: Path) -> None:
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)])
     (wheel,) = (tmp_path / "dist").glob("lite_rec-*.whl")
     env_dir = tmp_path / "env"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)])
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--prefix", str(env_dir), str(wheel)])
+    _run([sys.executable, "-m", "venv", str(env_dir)])
     python = env_dir / "bin" / "python"
+    # the new environment's own pip: `pip install --prefix` from this one would uninstall this
+    # environment's editable lite-rec as a "previous version"
+    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile", str(wheel)])
     deps = sysconfig.get_paths()["purelib"]  # this environment's packages, without running its .pth hooks
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = _run([str(python), "-c", PROBE], cwd=tmp_path, env={**env, "PYTHONPATH": deps}).stdout

@@ -86,7 +86,7 @@ def mlflow_uris(client: MlflowClient) -> Iterator[MlflowClient]:
     saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(client.tracking_uri)
-    mlflow.set_registry_uri(client._registry_uri)
+    mlflow.set_registry_uri(client._registry_uri)  # MlflowClient keeps its registry URI only in this attribute (3.17)
     try:
         yield client
     finally:

@@ -84,6 +84,9 @@ class DataConfig(_Section):
     max_description_chars: int = Field(300, ge=0)  # bounded slice of Amazon descriptions
     min_user_interactions: int = Field(3, ge=3)  # leave-one-out needs train/valid/test
     rating_bounds: tuple[float, float] = (0.0, 10.0)  # plausible raw rating range [low, high] (validation)
+    # share of raw item rows that must have a non-empty title (validation); Amazon metadata has
+    # title-less records, which then carry the other fields only, like items with no record at all
+    min_title_fraction: float = Field(1.0, ge=0.0, le=1.0)
     duckdb_memory_limit: str = "2GB"  # DuckDB memory_limit for the transform; beyond it DuckDB spills to disk
     duckdb_threads: int = Field(0, ge=0)  # DuckDB worker threads for the transform; 0 = all cores
 

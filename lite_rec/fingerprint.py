@@ -29,7 +29,7 @@ STAGE_MODULES = ("readers.py", "transform.py", "validation.py", "ingest.py", "fi
 # DataConfig fields that do not change the outputs: the item text is rendered by a later stage,
 # DuckDB resources change speed, not results, and `source` says where the bytes came from,
 # which the raw fingerprint already covers by content.
-NOT_DATA_RELEVANT = {"item_text_template", "duckdb_memory_limit", "duckdb_threads", "source"}
+NOT_DATA_RELEVANT = {"item_text_template", "duckdb_memory_limit", "duckdb_threads", "source", "min_title_fraction"}  # change no output
 _CHUNK = 1 << 20
 
 

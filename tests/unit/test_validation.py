@@ -96,6 +96,22 @@ def test_raw_items_duplicates_and_empty_titles(tmp_path: Path) -> None:
     assert "raw_interactions" not in message  # that suite passed
 
 
+def test_title_less_items_pass_up_to_the_configured_share(tmp_path: Path) -> None:
+    """Amazon metadata has records without a title: `min_title_fraction` says how many may lack one."""
+    items = [("p", "P"), ("q", ""), ("r", None), ("s", "S"), ("t", "T"), ("u", "U"), ("v", "V"), ("w", "W")]
+    lenient = data_config(min_title_fraction=0.75)  # 6 of 8 have a title (1 null, 1 empty)
+    assert validate_raw(summarize_raw(raw_con(GOOD_ROWS, items), lenient, now=NOW), lenient, tmp_path)
+    assert json.loads((tmp_path / "raw_items.json").read_text())["success"] is True
+    strict = data_config(min_title_fraction=0.9)
+    with pytest.raises(ValidationFailed) as info:
+        validate_raw(summarize_raw(raw_con(GOOD_ROWS, items), strict, now=NOW), strict, tmp_path)
+    message = str(info.value)
+    assert "validation suite 'raw_items' failed 2 of 4 expectations" in message  # 7 of 8 non-null, 6 of 7 non-empty
+    assert "expect_column_values_to_not_be_null(column='title', mostly=0.9): 1 of 8 rows failed" in message, message
+    assert "expect_column_value_lengths_to_be_between(column='title', mostly=0.9, min_value=1): 1 of 8 rows failed" in message
+    assert "'item_id': 'q'" in message
+
+
 @pytest.fixture
 def processed(tmp_path: Path) -> tuple[duckdb.DuckDBPyConnection, Path]:
     """Good transform outputs of a 4x4 grid at k_core=3 (4 users, 4 items, 16 interactions)."""

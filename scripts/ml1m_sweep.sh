@@ -3,15 +3,19 @@
 # processes side by side (small models leave most of an H100 idle), each writing
 # $OUT/<group>/results.json after every variant, so a call cut short keeps what finished.
 #   bash scripts/ml1m_sweep.sh <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+# EXTRA="key=value ..." is appended to every variant (last wins), e.g. a CPU dry run of the script:
+#   PYTHON=.venv/bin/python EXTRA="train.device=cpu train.max_epochs=1 model.d_model=32 model.n_layers=1 \
+#     model.n_heads=2 model.d_ff=64 model.max_seq_len=20" bash scripts/ml1m_sweep.sh ... /tmp/sweep-dry
 set -u
 PROC=$1 VEC=$2 OUT=$3 LIMIT=${4:-560}
+PYTHON=${PYTHON:-python3} EXTRA=${EXTRA:-}
 COMMON="model.backbone=lean train.strategy=onepass model.max_seq_len=200 model.pooling=last train.batch_size=128 train.warmup_ratio=0.05 train.device=cuda"
 SMALL="model.n_heads=4 model.d_ff=1024 model.backbone_dropout=0.2 train.lr=1e-3 train.patience=15"
 suite() {  # group, common overrides, variants...
   local group=$1 common=$2; shift 2
   local args=()
-  for v in "$@"; do args+=(--variant "$v"); done
-  timeout "$LIMIT" python3 scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile paper \
+  for v in "$@"; do args+=(--variant "$v $EXTRA"); done
+  timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile paper \
     --out "$OUT/$group" --runs-dir "/tmp/sweep-$group" --common $common "${args[@]}" > "$OUT/$group.log" 2>&1
 }
 mkdir -p "$OUT"

@@ -126,7 +126,8 @@ def make_loader(device: str = "auto", options: FastPathOptions = FastPathOptions
 def registry_client(tracking_uri: str | None = None) -> Any:
     """An MlflowClient for `tracking_uri` (its registry too), else for MLflow's configured URIs.
 
-    Process-wide URIs are left alone: downloads name the client's stores explicitly.
+    Process-wide URIs are left alone: a download points them at the client's stores only for its
+    own duration (``lite_rec.tracking.mlflow_uris``).
     """
     from mlflow.tracking import MlflowClient
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from lite_rec.devices import resolve_device
 from lite_rec.encoder_backbone import RMSNorm
 from lite_rec.lean_runner import LeanRunner, supports
 from lite_rec.model import LiteRecModel, ModelSpec
@@ -77,17 +78,7 @@ class FastPathOptions:
 
 def choose_device(name: str = "auto") -> torch.device:
     """``auto`` -> the first CUDA device when there is one, else CPU; an explicit CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r}: only auto, cpu, cuda and cuda:N are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} but CUDA is not available here; use auto or cpu")
-    return device
+    return resolve_device(name)
 
 
 def configure_threads(threads: int) -> int:

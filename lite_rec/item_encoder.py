@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from lite_rec import devices
 from lite_rec.errors import LiteRecError
 
 if TYPE_CHECKING:
@@ -171,18 +172,8 @@ def weights_fingerprint(name_or_path: str, *, cache_dir: str | Path | None = Non
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise EncoderUnavailable(f"item_encoder.device={spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EncoderUnavailable(f"item_encoder.device={spec!r} but CUDA is not available here; use auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise EncoderUnavailable(f"item_encoder.device={spec!r}: only auto, cpu, cuda and cuda:N are supported")
-    return device
+    """``item_encoder.device`` as a torch device (``auto`` -> CUDA when available, else CPU)."""
+    return devices.resolve_device(spec, field="item_encoder.device", error=EncoderUnavailable)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from lite_rec import devices
 from lite_rec.batches import BatchMaker, build_sequence_store, epoch_plan
 from lite_rec.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
 from lite_rec.errors import LiteRecError
@@ -44,12 +45,8 @@ STOP_METRIC = "valid_recall_10"
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LiteRecError(f"train.device={name!r} but CUDA is not available here; use auto or cpu")
-    return device
+    """``train.device`` as a torch device (``auto`` -> CUDA when available, else CPU)."""
+    return devices.resolve_device(name, field="train.device", error=LiteRecError)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, eps: float, device: torch.device) -> torch.optim.AdamW:

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from lite_rec.bundle import load_bundle, save_bundle
-from lite_rec.config import ModelConfig
+from lite_rec.bundle import load_bundle
 from lite_rec.fast_path import (
     FastModel,
     FastPathOptions,
@@ -22,8 +20,8 @@ from lite_rec.fast_path import (
     fast_recommender,
 )
 from lite_rec.model import LiteRecModel
-from tests.helpers.tiny_models import tiny_model
 from lite_rec.recommender import Recommender
+from tests.helpers.tiny_models import save_tiny_bundle, tiny_model
 
 N_ITEMS = 40
 WINDOW = 8
@@ -36,13 +34,7 @@ def _model(backbone: str = "lean", item_repr: str = "text", causal: bool = False
 
 
 def _bundle(tmp_path: Path, model: LiteRecModel, name: str) -> Path:
-    cfg = ModelConfig(backbone=model.spec.backbone_name, pretrained=False, d_model=16, n_layers=2, n_heads=2, d_ff=32,
-                      dropout=0.0, max_seq_len=WINDOW, item_repr=model.spec.item_repr)
-    return save_bundle(
-        tmp_path / name, spec=model.spec.to_dict(), model_config=cfg, state_dict=model.state_dict(), dataset="tiny",
-        items=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": IDS, "title": [f"T{i}" for i in IDS]}),
-        popularity=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "count": np.arange(N_ITEMS, 0, -1)}),
-    )
+    return save_tiny_bundle(tmp_path / name, model, IDS, [f"T{i}" for i in IDS])
 
 
 def _padded(rng: np.random.Generator, batch: int, max_len: int = WINDOW) -> torch.Tensor:

@@ -8,15 +8,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
-from lite_rec.bundle import save_bundle
-from lite_rec.config import ModelConfig
 from lite_rec.micro_batch import MicroBatcher
-from lite_rec.model import build_model
 from lite_rec.recommender import RecommendError, Recommender, UnknownItems
+from tests.helpers.tiny_models import save_tiny_bundle, tiny_model
 
 N_ITEMS = 30
 IDS = [f"s{i}" for i in range(1, N_ITEMS + 1)]
@@ -24,19 +20,8 @@ IDS = [f"s{i}" for i in range(1, N_ITEMS + 1)]
 
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
-    torch.manual_seed(4)
-    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_seq_len=5)
-    vectors = torch.randn(N_ITEMS + 1, 6)
-    vectors[0] = 0
-    model, _ = build_model(cfg, N_ITEMS, vectors, causal=False)
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)
-    path = save_bundle(
-        tmp_path_factory.mktemp("mb") / "bundle", spec=model.spec.to_dict(), model_config=cfg, state_dict=model.state_dict(),
-        items=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": IDS, "title": IDS}),
-        popularity=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "count": np.arange(N_ITEMS, 0, -1)}), dataset="tiny",
-    )
-    return Recommender.from_path(path)
+    model = tiny_model(n_items=N_ITEMS, window=5, seed=4, n_layers=1)
+    return Recommender.from_path(save_tiny_bundle(tmp_path_factory.mktemp("mb") / "bundle", model, IDS))
 
 
 def _concurrently(batcher: MicroBatcher, calls: list[dict], rec: Recommender) -> list[object]:

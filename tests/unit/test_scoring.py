@@ -6,17 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from lite_rec.bundle import load_bundle, save_bundle
-from lite_rec.config import LiteRecConfig, ModelConfig, build_config
+from lite_rec.bundle import load_bundle
+from lite_rec.config import LiteRecConfig, build_config
 from lite_rec.errors import DataError
-from lite_rec.model import build_model
 from lite_rec.recommender import Recommender
 from lite_rec.scoring import default_scores_path, load_histories, read_histories, score_users
+from tests.helpers.tiny_models import save_tiny_bundle, tiny_model
 
 N_ITEMS = 25
 IDS = [f"x{i}" for i in range(1, N_ITEMS + 1)]
@@ -33,18 +31,8 @@ SEQUENCES = pd.DataFrame(
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(5)
-    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_seq_len=4)
-    vectors = torch.randn(N_ITEMS + 1, 6)
-    vectors[0] = 0
-    model, _ = build_model(cfg, N_ITEMS, vectors, causal=False)
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)
-    return save_bundle(
-        tmp_path_factory.mktemp("scoring") / "bundle", spec=model.spec.to_dict(), model_config=cfg, state_dict=model.state_dict(),
-        items=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": IDS, "title": IDS}),
-        popularity=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "count": np.arange(N_ITEMS, 0, -1)}), dataset="tiny",
-    )
+    model = tiny_model(n_items=N_ITEMS, window=4, seed=5, n_layers=1)
+    return save_tiny_bundle(tmp_path_factory.mktemp("scoring") / "bundle", model, IDS)
 
 
 @pytest.fixture(scope="module")

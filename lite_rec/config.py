@@ -189,7 +189,7 @@ class ServeConfig(_Section):
     coalesce_max_users: int = Field(16, ge=1)  # concurrent /recommend calls scored in one forward pass (1 = one at a time)
     bf16: bool = True  # CUDA only: backbone weights and activations in bf16 (the head stays fp32)
     cuda_graphs: bool = True  # CUDA only: capture one CUDA graph per (batch, length) bucket
-    cuda_attention: Literal["bmm", "sdpa", "triton"] = "bmm"  # CUDA only: attention of the lean plan (triton: one fused kernel per layer)
+    cuda_attention: Literal["auto", "bmm", "sdpa", "triton"] = "auto"  # CUDA only: attention of the lean plan (auto: the fused Triton kernel where it can run, else bmm)
     batch_buckets: tuple[int, ...] = (1, 8, 32, 128)  # CUDA graph batch sizes; requests are padded up to one
     length_buckets: tuple[int, ...] = (5, 10, 20)  # history lengths (items); trailing padding is cut to the next one
     score_batch_size: int = Field(512, ge=1)  # users per forward pass in batch scoring

@@ -41,7 +41,7 @@ from torch import nn
 
 from lite_rec.devices import resolve_device
 from lite_rec.encoder_backbone import RMSNorm
-from lite_rec.lean_runner import LeanRunner, supports
+from lite_rec.lean_runner import LeanRunner, lean_encoder_of, supports
 from lite_rec.model import LiteRecModel, ModelSpec
 
 if TYPE_CHECKING:  # the recommender needs pandas; the fast path itself must not
@@ -72,8 +72,26 @@ class FastPathOptions:
     length_buckets: tuple[int, ...] = (5, 10, 20)  # clipped to the model window, which is always one
     compile: bool = False  # torch.compile the step before capture (CUDA; slow to start)
     lean_plan: bool = True  # lean/T5 backbones run as lean_runner.LeanRunner (same function, fewer kernels)
-    cuda_attention: str = "bmm"  # plan attention on CUDA: "bmm" (bias fused into the score GEMM), "sdpa" or "triton"
+    cuda_attention: str = "auto"  # plan attention on CUDA: "auto" (triton where it can run, else bmm), "bmm", "sdpa" or "triton"
     cuda_fused_relu: bool = True  # plan FFN ReLU as a cuBLASLt GEMM epilogue on CUDA
+
+
+def resolve_cuda_attention(choice: str, device: torch.device, model: LiteRecModel) -> str:
+    """The plan's attention on a CUDA device. ``auto`` picks the fused Triton kernel (the fastest
+    measured on an H100, docs/benchmarks.md) where it can run: triton importable and a head size it
+    tiles; otherwise ``bmm``, with the reason logged. An explicit choice is passed through (an
+    explicit ``triton`` that cannot run fails loudly in ``LeanRunner``)."""
+    if choice != "auto":
+        return choice
+    head_dim = model.spec.backbone.d_model // lean_encoder_of(model).n_heads
+    try:
+        from lite_rec import triton_attention
+
+        triton_attention.check_supported(device, head_dim)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        log.info("cuda_attention=auto: using bmm attention (%s: %s)", type(exc).__name__, exc)
+        return "bmm"
+    return "triton"
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -175,10 +193,11 @@ class FastModel(nn.Module):
             # on CUDA: measured fastest on an H100 (docs/benchmarks.md); on CPU: SDPA, plain ReLU
             self.runner = LeanRunner(
                 self.inner, torch.bfloat16 if self.bf16 else torch.float32, fused_relu=on_cuda and options.cuda_fused_relu,
-                attention=options.cuda_attention if on_cuda else "sdpa",
+                attention=resolve_cuda_attention(options.cuda_attention, self.device, self.inner) if on_cuda else "sdpa",
             )
         elif self.bf16:
             cast_backbone(self.inner, torch.bfloat16)
+        self.attention = self.runner.attention if self.runner is not None else "module"  # what actually runs
         if options.compile and on_cuda:
             if self.runner is not None:
                 self.runner = torch.compile(self.runner, dynamic=False)

@@ -18,6 +18,7 @@ from lite_rec.fast_path import (
     choose_device,
     configure_threads,
     fast_recommender,
+    resolve_cuda_attention,
 )
 from lite_rec.model import LiteRecModel
 from lite_rec.recommender import Recommender
@@ -203,3 +204,18 @@ def test_lean_plan_bmm_attention_equals_sdpa(causal: bool) -> None:
     torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="attention"):
         LeanRunner(model, attention="flash")
+
+
+def test_auto_attention_picks_triton_only_where_its_kernel_can_tile_the_heads(caplog: pytest.LogCaptureFixture) -> None:
+    """`auto` = the fused Triton kernel (fastest measured) where it runs, else `bmm` with the reason
+    logged; explicit choices pass through. On this CPU the kernel runs under Triton's interpreter
+    (tests/conftest.py), so only the head size decides here."""
+    cpu = torch.device("cpu")
+    head16 = tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=32, n_heads=2)  # head size 16: tileable
+    head8 = tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=16, n_heads=2)  # head size 8: too small
+    assert resolve_cuda_attention("auto", cpu, head16) == "triton"
+    with caplog.at_level("INFO", logger="lite_rec.fast_path"):
+        assert resolve_cuda_attention("auto", cpu, head8) == "bmm"
+    assert "power of two" in caplog.text
+    for explicit in ("bmm", "sdpa", "triton"):
+        assert resolve_cuda_attention(explicit, cpu, head8) == explicit

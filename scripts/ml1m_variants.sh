@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
+# as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
+#   bash scripts/ml1m_variants.sh stride|long <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
+#   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
+# EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
+set -u
+SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
+PYTHON=${PYTHON:-python3} EXTRA=${EXTRA:-}
+BASE="model.backbone=lean train.strategy=onepass model.max_seq_len=200 model.pooling=last train.batch_size=128 train.lr=5e-4 train.warmup_ratio=0.05 train.device=cuda model.item_repr=text"
+SMALL="model.d_model=256 model.n_layers=2 model.n_heads=4 model.d_ff=1024 model.dropout=0.3 model.backbone_dropout=0.2 train.lr=1e-3"
+DO5="model.dropout=0.5 model.backbone_dropout=0.2 train.patience=15"
+run() {  # group, variant
+  timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile paper \
+    --out "$OUT/$1" --runs-dir "/tmp/ml1m-$SET-$1" --common $BASE --variant "$2 $EXTRA" > "$OUT/$1.log" 2>&1
+}
+mkdir -p "$OUT"
+case "$SET" in
+  stride)
+    run s50 "text-L6d512-s50-ft: model.dropout=0.3 train.onepass_stride=50 train.max_epochs=14 train.patience=5 train.finetune_epochs=3 train.finetune_lr=1e-4" &
+    run s100 "text-L6d512-s100-ft: model.dropout=0.3 train.onepass_stride=100 train.max_epochs=24 train.patience=6 train.finetune_epochs=5 train.finetune_lr=1e-4" &
+    run s100do "text-L6d512-s100-do4: train.onepass_stride=100 model.dropout=0.4 model.backbone_dropout=0.1 train.max_epochs=24 train.patience=6" &
+    run small50 "text-L2d256-s50: train.onepass_stride=50 $SMALL train.max_epochs=60 train.patience=10" & ;;
+  long)
+    run e90 "text-L6d512-do5-e90-ft: $DO5 train.max_epochs=90 train.finetune_epochs=5 train.finetune_lr=1e-4" &
+    run e70s100 "text-L6d512-do5-s100-ft: $DO5 train.onepass_stride=100 train.max_epochs=45 train.finetune_epochs=5 train.finetune_lr=1e-4" & ;;
+  *) echo "unknown set '$SET' (stride or long)" >&2; exit 2 ;;
+esac
+wait
+tail -n 2 "$OUT"/*.log

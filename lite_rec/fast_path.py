@@ -41,7 +41,7 @@ from torch import nn
 
 from lite_rec.devices import resolve_device
 from lite_rec.encoder_backbone import RMSNorm
-from lite_rec.lean_runner import LeanRunner, lean_encoder_of, supports
+from lite_rec.lean_runner import LeanRunner, supports
 from lite_rec.model import LiteRecModel, ModelSpec
 
 if TYPE_CHECKING:  # the recommender needs pandas; the fast path itself must not
@@ -83,7 +83,8 @@ def resolve_cuda_attention(choice: str, device: torch.device, model: LiteRecMode
     explicit ``triton`` that cannot run fails loudly in ``LeanRunner``)."""
     if choice != "auto":
         return choice
-    head_dim = model.spec.backbone.d_model // lean_encoder_of(model).n_heads
+    backbone = model.spec.backbone  # from the spec: mapping T5 weights to a lean encoder just to ask is costly
+    head_dim = backbone.d_model // backbone.n_heads
     try:
         from lite_rec import triton_attention
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import multiprocessing
 import os
 import platform
 import shutil
-import multiprocessing
 import subprocess
 import sys
 import time

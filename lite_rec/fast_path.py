@@ -78,8 +78,9 @@ class FastPathOptions:
 
 def resolve_cuda_attention(choice: str, device: torch.device, model: LiteRecModel) -> str:
     """The plan's attention on a CUDA device. ``auto`` picks the fused Triton kernel (the fastest
-    measured on an H100, docs/benchmarks.md) where it can run: triton importable and a head size it
-    tiles; otherwise ``bmm``, with the reason logged. An explicit choice is passed through (an
+    measured on an H100, docs/benchmarks.md) where it can run: triton importable, a head size it
+    tiles and, on CUDA, a trial launch that builds the kernel; otherwise ``bmm``, with the reason
+    logged. An explicit choice is passed through (an
     explicit ``triton`` that cannot run fails loudly in ``LeanRunner``)."""
     if choice != "auto":
         return choice
@@ -89,8 +90,15 @@ def resolve_cuda_attention(choice: str, device: torch.device, model: LiteRecMode
         from lite_rec import triton_attention
 
         triton_attention.check_supported(device, head_dim)
-    except (ImportError, RuntimeError, ValueError) as exc:
-        log.info("cuda_attention=auto: using bmm attention (%s: %s)", type(exc).__name__, exc)
+        if device.type == "cuda":  # one tiny launch: a host that cannot build the kernel (no C compiler, ...) says so here
+            t = 2
+            qkv = torch.zeros(t, 3 * backbone.d_model, device=device, dtype=torch.bfloat16)  # (B*T, 3D), B = 1
+            bias = torch.zeros(1, t, t, device=device, dtype=torch.bfloat16)  # (1, T, T)
+            pad = torch.zeros(1, t, dtype=torch.bool, device=device)  # (B, T)
+            triton_attention.attention(qkv, bias, pad, backbone.n_heads, 1.0, False)
+            torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - any reason the kernel cannot run means: serve with bmm
+        log.warning("cuda_attention=auto: using bmm attention (%s: %s)", type(exc).__name__, exc)
         return "bmm"
     return "triton"
 

@@ -78,25 +78,17 @@ class FastPathOptions:
 
 def resolve_cuda_attention(choice: str, device: torch.device, model: LiteRecModel) -> str:
     """The plan's attention on a CUDA device. ``auto`` picks the fused Triton kernel (the fastest
-    measured on an H100, docs/benchmarks.md) where it can run: triton importable, a head size it
-    tiles and, on CUDA, a trial launch that builds the kernel; otherwise ``bmm``, with the reason
-    logged. An explicit choice is passed through (an
-    explicit ``triton`` that cannot run fails loudly in ``LeanRunner``)."""
+    measured on an H100, docs/benchmarks.md) where it runs (``triton_attention.check_runs``: triton
+    importable, a head size it tiles, a trial launch that builds the kernel), otherwise ``bmm``
+    with the reason logged. An explicit choice is passed through; an explicit ``triton`` that
+    cannot run fails loudly in ``LeanRunner``."""
     if choice != "auto":
         return choice
-    backbone = model.spec.backbone  # from the spec: mapping T5 weights to a lean encoder just to ask is costly
-    head_dim = backbone.d_model // backbone.n_heads
+    backbone = model.spec.backbone  # sizes from the spec: no T5-to-lean weight mapping just to ask
     try:
         from lite_rec import triton_attention
 
-        triton_attention.check_supported(device, head_dim)
-        if device.type == "cuda":  # one tiny launch: a host that cannot build the kernel (no C compiler, ...) says so here
-            t = 2
-            qkv = torch.zeros(t, 3 * backbone.d_model, device=device, dtype=torch.bfloat16)  # (B*T, 3D), B = 1
-            bias = torch.zeros(1, t, t, device=device, dtype=torch.bfloat16)  # (1, T, T)
-            pad = torch.zeros(1, t, dtype=torch.bool, device=device)  # (B, T)
-            triton_attention.attention(qkv, bias, pad, backbone.n_heads, 1.0, False)
-            torch.cuda.synchronize(device)
+        triton_attention.check_runs(device, backbone.d_model, backbone.n_heads)
     except Exception as exc:  # noqa: BLE001 - any reason the kernel cannot run means: serve with bmm
         log.warning("cuda_attention=auto: using bmm attention (%s: %s)", type(exc).__name__, exc)
         return "bmm"

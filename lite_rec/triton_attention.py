@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("attention='triton' needs the triton package (the version your torch pins, e.g. "
                       "triton==3.7.1 for torch 2.13); use attention='bmm' or 'sdpa' without it") from exc
 
-__all__ = ["attention", "check_supported", "interpreted"]
+__all__ = ["attention", "check_runs", "check_supported", "interpreted"]
 
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 
@@ -106,6 +106,20 @@ def check_supported(device: torch.device, head_dim: int) -> None:
                            "interpreter (TRITON_INTERPRET=1 before lite_rec.triton_attention is imported)")
     if head_dim < MIN_BLOCK or head_dim & (head_dim - 1):
         raise ValueError(f"attention='triton' needs a head size that is a power of two >= {MIN_BLOCK}, got {head_dim}")
+
+
+def check_runs(device: torch.device, d_model: int, n_heads: int) -> None:
+    """:func:`check_supported`, then one tiny launch (one user, two items): the first launch is
+    where Triton builds the kernel, so a host that cannot (no C compiler for its launcher, a driver
+    it does not know, ...) raises here, at model load, instead of on the first request."""
+    check_supported(device, d_model // n_heads)
+    t = 2
+    qkv = torch.zeros(t, 3 * d_model, device=device, dtype=torch.bfloat16)  # (B*T, 3D), B = 1
+    bias = torch.zeros(1, t, t, device=device, dtype=torch.bfloat16)  # (1, T, T)
+    pad = torch.zeros(1, t, dtype=torch.bool, device=device)  # (B, T)
+    attention(qkv, bias, pad, n_heads, 1.0, False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads: int, qk_scale: float, causal: bool,

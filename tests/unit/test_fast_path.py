@@ -208,8 +208,9 @@ def test_lean_plan_bmm_attention_equals_sdpa(causal: bool) -> None:
 
 def test_auto_attention_picks_triton_only_where_its_kernel_can_tile_the_heads(caplog: pytest.LogCaptureFixture) -> None:
     """`auto` = the fused Triton kernel (fastest measured) where it runs, else `bmm` with the reason
-    logged; explicit choices pass through. On this CPU the kernel runs under Triton's interpreter
-    (tests/conftest.py), so only the head size decides here."""
+    logged; explicit choices pass through. On this CPU the kernel (and the trial launch of
+    `triton_attention.check_runs`) runs under Triton's interpreter (tests/conftest.py), so the head
+    size decides here."""
     cpu = torch.device("cpu")
     head16 = tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=32, n_heads=2)  # head size 16: tileable
     head8 = tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=16, n_heads=2)  # head size 8: too small

@@ -115,11 +115,16 @@ class ModelConfig(_Section):
     backbone_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout inside the backbone (attention, residual, FFN)
     head_bias: bool = False  # a learned per-item bias in the projection head (Eq. 5 has none)
     pooling: Literal["mean", "last"] = "mean"  # user vector: mean of outputs (Eq. 4) or the last position's
+    head: Literal["linear", "tied"] = "linear"  # item scores from a free W_proj (Eq. 5) or the input item representation (SASRec-style tying)
+    score: Literal["dot", "cosine"] = "dot"  # logits = h_u . w_i, or cos(h_u, w_i) / temperature
+    temperature: float = Field(0.05, gt=0.0, le=10.0)  # only with score=cosine
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.head == "tied" and self.head_bias:
+            raise ValueError("model.head_bias applies to the linear head only; with model.head=tied set it to false")
         return self
 
 

@@ -79,19 +79,15 @@ class LeanRunner(nn.Module):
         spec = model.spec
         encoder = lean_encoder_of(model)
         if attention == "triton":
-            self._triton_attention = _load_triton_attention(model.head.weight.device, spec.backbone.d_model // encoder.n_heads)
+            self._triton_attention = _load_triton_attention(model.output_items().device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
         self.num_buckets, self.max_distance = encoder.num_buckets, encoder.max_distance
         self.qk_scale = float(getattr(encoder.blocks[0], "qk_scale", 1.0))  # 1.0 for T5 weights
         self.pooling = getattr(spec, "pooling", "mean")
-        device = model.head.weight.device
+        device = model.output_items().device
         with torch.no_grad():
-            table = torch.zeros(spec.n_items + 1, self.d_model, device=device)  # (N+1, D)
-            if "text" in spec.item_repr:
-                table = table + model.adapter(model.item_vectors.float())
-            if "id" in spec.item_repr:
-                table = table + model.item_embedding.weight.float()
+            table = model.item_representation(torch.arange(spec.n_items + 1, device=device)).float()  # (N+1, D)
         self.register_buffer("table", table.to(dtype))  # row 0 (padding) as the model computes it
         encoder = encoder.to(device)
         self.register_buffer("rel_bias", encoder.rel_bias.weight.detach().float())  # (buckets, H)
@@ -106,8 +102,12 @@ class LeanRunner(nn.Module):
                                 w(blk.wi.weight), w(blk.wo.weight)])
         self.final_norm = w(encoder.final_norm.weight)
         self.register_buffer("ff_zero_bias", torch.zeros(spec.backbone.d_ff, device=device, dtype=dtype))  # for the fused epilogue
-        self.head_weight = nn.Parameter(model.head.weight.detach().float(), requires_grad=False)  # (N+1, D) fp32
-        self.head_bias = None if model.head.bias is None else nn.Parameter(model.head.bias.detach().float(), requires_grad=False)
+        with torch.no_grad():  # W_proj, or the tied item representations; cosine: normalised and / temperature
+            self.head_weight = nn.Parameter(model.output_items().detach().float(), requires_grad=False)  # (N+1, D) fp32
+        bias = getattr(model, "head", None)
+        bias = None if bias is None else bias.bias
+        self.head_bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        self.normalize_user = getattr(spec, "score", "dot") == "cosine"
         self._position: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def position_bias(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +179,8 @@ class LeanRunner(nn.Module):
 
     def item_logits(self, user: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, N+1) fp32 scores of every item (Eq. 5); padding is never recommended."""
+        if self.normalize_user:
+            user = F.normalize(user, dim=-1)
         logits = F.linear(user, self.head_weight, self.head_bias)  # (B, N+1)
         logits[:, 0] = float("-inf")
         return logits

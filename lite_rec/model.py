@@ -4,7 +4,8 @@ A user's history of item indices ``(B, T)`` (0 = padding) becomes item inputs (c
 vectors through a linear adapter, a learned id embedding, or their sum), the backbone
 contextualises them, mean pooling over the real items gives the user vector h_u (Eq. 4), and a
 linear head scores every item at once: ``logits = W_proj h_u`` (Eq. 5), trained with
-cross-entropy over all items (Eq. 6). No decoding, no beam search: top-k of one matrix product.
+cross-entropy over all items (Eq. 6). Options beyond the paper: ``head="tied"`` scores with the
+input item representation instead of a free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau. No decoding, no beam search: top-k of one matrix product.
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
 up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
@@ -44,6 +45,9 @@ class ModelSpec:
     backbone_name: str  # as configured: "t5-small", "lean" or an HF name/path
     backbone: BackboneSpec
     pooling: str = "mean"  # "mean" (Eq. 4) | "last": the output at the last real position (SASRec-style)
+    head: str = "linear"  # "linear": W_proj (Eq. 5) | "tied": the input item representation scores items
+    score: str = "dot"  # "dot" | "cosine": cos(h_u, w_i) / temperature
+    temperature: float = 1.0  # divides cosine scores (unused with "dot")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +77,10 @@ class LiteRecModel(nn.Module):
                 self.item_embedding.weight[0].zero_()
         self.input_dropout = nn.Dropout(spec.dropout)
         self.user_dropout = nn.Dropout(spec.dropout)
-        self.head = nn.Linear(d, spec.n_items + 1, bias=spec.head_bias)  # W_proj of Eq. 5
+        if spec.head == "linear":
+            self.head = nn.Linear(d, spec.n_items + 1, bias=spec.head_bias)  # W_proj of Eq. 5
+        elif spec.head != "tied":
+            raise ValueError(f"model head must be 'linear' or 'tied', got {spec.head!r}")
 
     @property
     def item_vectors_trainable(self) -> bool:
@@ -89,14 +96,41 @@ class LiteRecModel(nn.Module):
         vectors = self._buffers.pop("item_vectors")
         self.item_vectors = nn.Parameter(vectors.detach().clone())
 
-    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``)."""
+    def item_representation(self, items: torch.Tensor) -> torch.Tensor:
+        """item_idx of any shape (...) -> (..., D): adapted text vector, id embedding, or their sum."""
         x = 0
         if "text" in self.spec.item_repr:
-            x = self.adapter(self.item_vectors[items])  # (B, T, D)
+            x = self.adapter(self.item_vectors[items])  # (..., D)
         if "id" in self.spec.item_repr:
-            x = x + self.item_embedding(items)  # (B, T, D)
-        return self.input_dropout(x)
+            x = x + self.item_embedding(items)  # (..., D)
+        return x
+
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``)."""
+        return self.input_dropout(self.item_representation(items))
+
+    def output_items(self) -> torch.Tensor:
+        """(N+1, D) fp32 item side of the scores: W_proj (Eq. 5), or with ``head="tied"`` every
+        item's input representation, so the head has no parameters of its own.
+
+        Why tie: a free W_proj learns one row per item from that item's targets alone; the tied
+        head scores an item by the same (text-derived) vector the backbone reads, so rare items
+        get a representation from their text and every occurrence of an item, input or target,
+        trains the same weights (SASRec ties its embeddings the same way). With
+        ``score="cosine"`` the rows are unit-normalised and divided by the temperature here, so
+        serving needs only a matrix product with the normalised user vector.
+        """
+        if self.spec.head == "tied":
+            every = torch.arange(self.spec.n_items + 1, device=self._device())  # (N+1,)
+            weight = self.item_representation(every).float()  # callers run it outside autocast
+        else:
+            weight = self.head.weight.float()
+        if self.spec.score == "cosine":
+            weight = F.normalize(weight, dim=-1) / self.spec.temperature
+        return weight  # (N+1, D)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def contextualize(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         real = items > 0  # (B, T)
@@ -140,7 +174,11 @@ class LiteRecModel(nn.Module):
         share of the step's compute.
         """
         with torch.autocast(user.device.type, enabled=False):
-            logits = self.head(self.user_dropout(user.float()))  # (..., N+1)
+            user = self.user_dropout(user.float())
+            if self.spec.score == "cosine":
+                user = F.normalize(user, dim=-1)
+            bias = self.head.bias if self.spec.head == "linear" else None
+            logits = F.linear(user, self.output_items(), bias)  # (..., N+1)
         logits[..., 0] = float("-inf")
         return logits
 
@@ -190,7 +228,8 @@ def build_model(
         item_dim=int(item_vectors.shape[1]) if needs_text and item_vectors is not None else 0,
         item_repr=model_cfg.item_repr, max_seq_len=model_cfg.max_seq_len, dropout=model_cfg.dropout,
         causal=causal, head_bias=model_cfg.head_bias, backbone_name=model_cfg.backbone, backbone=bspec,
-        pooling=model_cfg.pooling,
+        pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
+        temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

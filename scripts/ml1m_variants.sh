@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
+#   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -25,7 +26,13 @@ case "$SET" in
   long)
     run e90 "text-L6d512-do5-e90-ft: $DO5 train.max_epochs=90 train.finetune_epochs=5 train.finetune_lr=1e-4" &
     run e70s100 "text-L6d512-do5-s100-ft: $DO5 train.onepass_stride=100 train.max_epochs=45 train.finetune_epochs=5 train.finetune_lr=1e-4" & ;;
-  *) echo "unknown set '$SET' (stride or long)" >&2; exit 2 ;;
+  head)
+    H="$DO5 train.max_epochs=50 train.finetune_epochs=3 train.finetune_lr=1e-4"
+    run tied "text-do5-tied-ft: $H model.head=tied" &
+    run tiedcos "text-do5-tied-cos05-ft: $H model.head=tied model.score=cosine model.temperature=0.05" &
+    run lincos "text-do5-cos05-ft: $H model.score=cosine model.temperature=0.05" &
+    run tiedcosid "textid-do5-tied-cos05-ft: $H model.item_repr=text+id model.head=tied model.score=cosine model.temperature=0.05" & ;;
+  *) echo "unknown set '$SET' (stride, long or head)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

@@ -15,20 +15,27 @@ from lite_rec.model import LiteRecModel, build_model
 
 def tiny_model(*, n_items: int, window: int, backbone: str = "lean", item_repr: str = "text", causal: bool = False,
                seed: int = 0, pooling: str = "mean", d_model: int = 16, n_layers: int = 2, n_heads: int = 2,
-               d_ff: int = 32) -> LiteRecModel:
+               d_ff: int = 32, head: str = "linear", score: str = "dot") -> LiteRecModel:
     """A model over `n_items` items with 6-dim item vectors, in eval mode.
 
-    The head's weights are scaled up so that logits are spread out: top-k comparisons between
-    two inference paths then have no near-ties that rounding could reorder.
+    The head's weights (or, tied, the item representation) are scaled up so that logits are
+    spread out: top-k comparisons between two inference paths then have no near-ties that
+    rounding could reorder. Cosine scores are spread by their temperature (0.05).
     """
     torch.manual_seed(seed)
     cfg = ModelConfig(backbone=backbone, pretrained=False, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
-                      dropout=0.0, max_seq_len=window, item_repr=item_repr, pooling=pooling)
+                      dropout=0.0, max_seq_len=window, item_repr=item_repr, pooling=pooling,
+                      head=head, score=score)
     vectors = torch.randn(n_items + 1, 6)  # (N+1, 6), row 0 = padding
     vectors[0] = 0
     model, _ = build_model(cfg, n_items, vectors, causal=causal)
     with torch.no_grad():
-        model.head.weight.mul_(20.0)
+        if head == "linear":
+            model.head.weight.mul_(20.0)
+        elif score == "dot":
+            for table in (getattr(model, "adapter", None), getattr(model, "item_embedding", None)):
+                if table is not None and hasattr(table, "weight"):
+                    table.weight.mul_(5.0)
     return model.eval()
 
 
@@ -37,7 +44,8 @@ def save_tiny_bundle(path: Path, model: LiteRecModel, item_ids: list[str], title
     spec, n = model.spec, len(item_ids)
     cfg = ModelConfig(backbone=spec.backbone_name, pretrained=False, d_model=spec.backbone.d_model,
                       n_layers=spec.backbone.n_layers, n_heads=spec.backbone.n_heads, d_ff=spec.backbone.d_ff,
-                      dropout=spec.dropout, max_seq_len=spec.max_seq_len, item_repr=spec.item_repr, pooling=spec.pooling)
+                      dropout=spec.dropout, max_seq_len=spec.max_seq_len, item_repr=spec.item_repr, pooling=spec.pooling,
+                      head=spec.head, score=spec.score, temperature=spec.temperature)
     return save_bundle(
         path, spec=spec.to_dict(), model_config=cfg, state_dict=model.state_dict(), dataset="tiny",
         items=pd.DataFrame({"item_idx": range(1, n + 1), "item_id": item_ids, "title": titles or item_ids}),

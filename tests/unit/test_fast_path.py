@@ -29,9 +29,10 @@ WINDOW = 8
 IDS = [f"it{i}" for i in range(1, N_ITEMS + 1)]
 
 
-def _model(backbone: str = "lean", item_repr: str = "text", causal: bool = False, seed: int = 0, pooling: str = "mean") -> LiteRecModel:
+def _model(backbone: str = "lean", item_repr: str = "text", causal: bool = False, seed: int = 0, pooling: str = "mean",
+           head: str = "linear", score: str = "dot") -> LiteRecModel:
     return tiny_model(n_items=N_ITEMS, window=WINDOW, backbone=backbone, item_repr=item_repr, causal=causal, seed=seed,
-                      pooling=pooling)
+                      pooling=pooling, head=head, score=score)
 
 
 def _bundle(tmp_path: Path, model: LiteRecModel, name: str) -> Path:
@@ -150,17 +151,22 @@ def test_bf16_backbone_keeps_fp32_inputs_and_head() -> None:
     assert 0 < rel < 3e-2  # changed (it is bf16), but only by bf16 rounding
 
 
-@pytest.mark.parametrize(("backbone", "item_repr", "causal", "pooling"), [
-    ("lean", "text", False, "mean"), ("t5-small", "text", False, "mean"), ("t5-small", "id", True, "mean"),
-    ("lean", "text+id", False, "mean"), ("lean", "text", False, "last"), ("t5-small", "text", True, "last"),
+@pytest.mark.parametrize(("backbone", "item_repr", "causal", "pooling", "head", "score"), [
+    ("lean", "text", False, "mean", "linear", "dot"), ("t5-small", "text", False, "mean", "linear", "dot"),
+    ("t5-small", "id", True, "mean", "linear", "dot"), ("lean", "text+id", False, "mean", "linear", "dot"),
+    ("lean", "text", False, "last", "linear", "dot"), ("t5-small", "text", True, "last", "linear", "dot"),
+    ("lean", "text", True, "last", "tied", "dot"), ("lean", "text+id", True, "last", "tied", "cosine"),
+    ("lean", "id", False, "mean", "linear", "cosine"),
 ])
-def test_lean_plan_computes_the_models_function(backbone: str, item_repr: str, causal: bool, pooling: str) -> None:
+def test_lean_plan_computes_the_models_function(backbone: str, item_repr: str, causal: bool, pooling: str, head: str,
+                                                 score: str) -> None:
     """The re-planned step (precomputed item table, cached position bias, fused norms and
     residuals; HF T5 weights mapped into the lean layout) equals the model's forward, with the
-    model's attention scale (random lean starts use 1/sqrt(dk), T5 1) and pooling."""
-    model = _model(backbone, item_repr, causal, seed=11, pooling=pooling)
-    planned = FastModel(_model(backbone, item_repr, causal, seed=11, pooling=pooling), "cpu")
-    generic = FastModel(_model(backbone, item_repr, causal, seed=11, pooling=pooling), "cpu", FastPathOptions(lean_plan=False))
+    model's attention scale (random lean starts use 1/sqrt(dk), T5 1), pooling and head."""
+    kw = dict(seed=11, pooling=pooling, head=head, score=score)
+    model = _model(backbone, item_repr, causal, **kw)
+    planned = FastModel(_model(backbone, item_repr, causal, **kw), "cpu")
+    generic = FastModel(_model(backbone, item_repr, causal, **kw), "cpu", FastPathOptions(lean_plan=False))
     assert planned.runner is not None and generic.runner is None
     items = _padded(np.random.default_rng(2), 12)
     with torch.inference_mode():

@@ -157,3 +157,40 @@ def test_last_pooling_uses_only_the_last_real_output() -> None:
         torch.testing.assert_close(h_last, last.prefix_user_vectors(a)[:, -1])
         assert not torch.allclose(h_last, mean.user_vectors(a))
         assert not torch.allclose(last.user_vectors(b), h_last)
+
+
+@pytest.mark.parametrize("item_repr", ["text", "id", "text+id"])
+def test_tied_head_scores_items_by_their_input_representation(item_repr: str) -> None:
+    """head=tied: no W_proj of its own; an item's score is h_u . (its input representation), so
+    the loss trains the adapter / id table through the head too."""
+    model = _model(causal=True, item_repr=item_repr, head="tied", pooling="last").train()
+    assert not hasattr(model, "head")
+    items = torch.tensor([[3, 5, 2, 7]])
+    with torch.no_grad():
+        model.eval()
+        user = model.user_vectors(items)  # (1, D)
+        logits, _ = model(items)
+        every = model.item_representation(torch.arange(N_ITEMS + 1))  # (N+1, D)
+        torch.testing.assert_close(logits[:, 1:], user @ every[1:].T)
+    model.train()
+    model.zero_grad()
+    _, loss = model(items, torch.tensor([[5, 2, 7, 9]]))
+    loss.backward()
+    table = model.adapter.weight if "text" in item_repr else model.item_embedding.weight
+    assert table.grad is not None and table.grad.abs().sum() > 0
+    assert model.item_representation(torch.tensor([9])).abs().sum() > 0  # 9 is only ever a target here
+
+
+@pytest.mark.parametrize("head", ["linear", "tied"])
+def test_cosine_scores_ignore_vector_lengths_and_are_bounded_by_the_temperature(head: str) -> None:
+    model = _model(causal=True, head=head, score="cosine", temperature=0.1)
+    user = torch.randn(3, 16)
+    with torch.no_grad():
+        logits = model.item_logits(user)[:, 1:]
+        assert logits.abs().max() <= 1 / 0.1 + 1e-4
+        torch.testing.assert_close(model.item_logits(7.0 * user)[:, 1:], logits)
+
+
+def test_tied_head_has_no_bias_option() -> None:
+    with pytest.raises(ValueError, match="head_bias applies to the linear head"):
+        ModelConfig(head="tied", head_bias=True)

@@ -138,6 +138,7 @@ class TrainConfig(_Section):
     adam_eps: float = Field(1e-6, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)  # share of total steps spent warming up
     lr_schedule: Literal["constant", "cosine"] = "constant"  # lr shape after the linear warm-up
+    loss_excludes_history: bool = False  # Eq. 6's softmax without the items already in the input (as eval.exclude_history)
     onepass_stride: int = Field(0, ge=0)  # items between onepass window starts; 0 = max_seq_len (no overlap)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     max_epochs: int = Field(200, ge=1)

@@ -182,13 +182,19 @@ class LiteRecModel(nn.Module):
         logits[..., 0] = float("-inf")
         return logits
 
-    def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
+                exclude_history: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
         - ``targets`` (B, T) on a causal model: the next item at every position (IGNORE_INDEX where
           none) -> logits (B, T, N+1) and the mean cross-entropy over supervised positions.
         - no targets: scores for inference, (B, N+1).
+
+        ``exclude_history`` (training only, ``train.loss_excludes_history``): the softmax leaves
+        out the items already in each sample's input (each prefix's, for (B, T) targets), the
+        training counterpart of ``eval.exclude_history``: the model is then never asked to push
+        down items the ranking removes anyway. The target itself always stays in.
         """
         if targets is not None and targets.dim() == 2:
             logits = self.item_logits(self.prefix_user_vectors(items))  # (B, T, N+1)
@@ -196,8 +202,31 @@ class LiteRecModel(nn.Module):
             logits = self.item_logits(self.user_vectors(items))  # (B, N+1)
         if targets is None:
             return logits, None
+        if exclude_history:
+            logits = logits.masked_fill(history_mask(items, targets, logits.shape[-1]), float("-inf"))
         loss = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+
+def history_mask(items: torch.Tensor, targets: torch.Tensor, width: int) -> torch.Tensor:
+    """Which item columns are in a sample's input, bool, shaped like the logits.
+
+    - targets (B,): items (B, T) -> (B, width): the items of each row.
+    - targets (B, T): items (B, T) -> (B, T, width): at position t, the items at positions 0..t
+      (a running union over T, as an int16 running count of one-hot rows).
+    Padding (column 0) is left out, and so is each sample's target.
+    """
+    if targets.dim() == 1:
+        seen = torch.zeros(items.shape[0], width, dtype=torch.bool, device=items.device)  # (B, N+1)
+        seen.scatter_(1, items, True)
+        keep = targets.clamp(min=0)[:, None]  # (B, 1)
+    else:
+        onehot = torch.zeros(*items.shape, width, dtype=torch.int16, device=items.device)  # (B, T, N+1)
+        onehot.scatter_(2, items[..., None], 1)
+        seen = onehot.cumsum(1, dtype=torch.int16) > 0  # (B, T, N+1)
+        keep = targets.clamp(min=0)[..., None]  # (B, T, 1); IGNORE_INDEX -> column 0
+    seen[..., 0] = False
+    return seen.scatter_(-1, keep, False)
 
 
 def build_model(

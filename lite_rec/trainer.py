@@ -19,6 +19,7 @@ a restart continues exactly where the interrupted run was.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -120,7 +121,8 @@ class Trainer:
         self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device)
         self.valid_set = build_eval_set(sequences, "valid")
         self.bf16 = self.tc.bf16 and device.type == "cuda"
-        self.forward = torch.compile(model) if self.tc.compile else model
+        compiled = torch.compile(model) if self.tc.compile else model
+        self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history)
         self.s: dict[str, Any] = {}
 
     def _steps_per_epoch(self, stage: int) -> int:

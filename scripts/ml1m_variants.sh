@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
+#   loss:   the same recipe with train.loss_excludes_history and/or a cosine lr schedule, beside its control
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -32,7 +33,13 @@ case "$SET" in
     run tiedcos "text-do5-tied-cos05-ft: $H model.head=tied model.score=cosine model.temperature=0.05" &
     run lincos "text-do5-cos05-ft: $H model.score=cosine model.temperature=0.05" &
     run tiedcosid "textid-do5-tied-cos05-ft: $H model.item_repr=text+id model.head=tied model.score=cosine model.temperature=0.05" & ;;
-  *) echo "unknown set '$SET' (stride, long or head)" >&2; exit 2 ;;
+  loss)
+    H="$DO5 train.max_epochs=50 train.finetune_epochs=3 train.finetune_lr=1e-4"
+    run control "text-do5-ft: $H" &
+    run nohist "text-do5-nohist-ft: $H train.loss_excludes_history=true" &
+    run nohistid "textid-do5-tied-cos05-nohist-ft: $H model.item_repr=text+id model.head=tied model.score=cosine model.temperature=0.05 train.loss_excludes_history=true" &
+    run lrcos "text-do5-lrcos-ft: $H train.lr_schedule=cosine" & ;;
+  *) echo "unknown set '$SET' (stride, long, head or loss)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

@@ -194,3 +194,34 @@ def test_cosine_scores_ignore_vector_lengths_and_are_bounded_by_the_temperature(
 def test_tied_head_has_no_bias_option() -> None:
     with pytest.raises(ValueError, match="head_bias applies to the linear head"):
         ModelConfig(head="tied", head_bias=True)
+
+
+def test_history_mask_marks_each_prefixs_items_but_never_the_target_or_padding() -> None:
+    from lite_rec.model import history_mask
+
+    items = torch.tensor([[3, 5, 2, 0]])  # (1, T=4), right-padded
+    targets = torch.tensor([[5, 2, 3, IGNORE_INDEX]])  # 3 at position 2 is a repeat: it stays in
+    mask = history_mask(items, targets, 7)  # (1, 4, 7)
+    want = torch.zeros(1, 4, 7, dtype=torch.bool)
+    want[0, 0, [3]] = True
+    want[0, 1, [3, 5]] = True
+    want[0, 2, [5, 2]] = True  # 3 is this position's target
+    want[0, 3, [3, 5, 2]] = True
+    assert torch.equal(mask, want)
+    flat = history_mask(torch.tensor([[4, 1, 0], [2, 0, 0]]), torch.tensor([1, 6]), 7)  # (B=2, 7)
+    assert flat[0].nonzero().flatten().tolist() == [4] and flat[1].nonzero().flatten().tolist() == [2]
+
+
+def test_loss_without_history_is_the_cross_entropy_over_unseen_items_only() -> None:
+    model = _model(causal=True, pooling="last")
+    items, targets = torch.tensor([[3, 5, 2, 7]]), torch.tensor([[5, 2, 7, 9]])
+    with torch.no_grad():
+        logits, full = model(items, targets)
+        _, masked = model(items, targets, exclude_history=True)
+    by_hand = []
+    for t in range(4):
+        allowed = [i for i in range(1, N_ITEMS + 1) if i not in items[0, : t + 1].tolist()]
+        row = logits[0, t, allowed]
+        by_hand.append(torch.logsumexp(row, 0) - logits[0, t, targets[0, t]])
+    torch.testing.assert_close(masked, torch.stack(by_hand).mean())
+    assert masked < full  # fewer competitors

@@ -6,6 +6,7 @@
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
 #   loss:   the same recipe with train.loss_excludes_history and/or a cosine lr schedule, beside its control
+#   seeds:  the loss set's control and train.loss_excludes_history=true, seeds 1 and 2
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -39,7 +40,13 @@ case "$SET" in
     run nohist "text-do5-nohist-ft: $H train.loss_excludes_history=true" &
     run nohistid "textid-do5-tied-cos05-nohist-ft: $H model.item_repr=text+id model.head=tied model.score=cosine model.temperature=0.05 train.loss_excludes_history=true" &
     run lrcos "text-do5-lrcos-ft: $H train.lr_schedule=cosine" & ;;
-  *) echo "unknown set '$SET' (stride, long, head or loss)" >&2; exit 2 ;;
+  seeds)
+    H="$DO5 train.max_epochs=50 train.finetune_epochs=3 train.finetune_lr=1e-4"
+    for seed in 1 2; do
+      run "control$seed" "text-do5-ft-seed$seed: $H train.seed=$seed" &
+      run "nohist$seed" "text-do5-nohist-ft-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" &
+    done ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss or seeds)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

@@ -87,7 +87,7 @@ def _client(stack: Stack):
 def test_deployments_carry_schedule_pools_and_typed_parameters(stack: Stack, first_run: str) -> None:
     info = json.loads(stack.prefect("deployment", "inspect", "train/ml1m", "--output", "json"))
     assert info["work_pool_name"] == "gpu"
-    assert info["parameters"] == {"dataset": "ml-1m", "profile": "paper"}
+    assert info["parameters"] == {"dataset": "ml-1m", "profile": "gpu"}
     assert [s["schedule"]["cron"] for s in info["schedules"]] == ["0 3 * * 1"]
     smoke = json.loads(stack.prefect("deployment", "inspect", "train/ml100k-smoke", "--output", "json"))
     assert smoke["work_pool_name"] == "cpu"

@@ -66,6 +66,6 @@ def test_wheel_install_reads_its_installed_resources(tmp_path: Path) -> None:
     assert Path(got["configs"]).resolve() == share / "configs"
     assert got["signature_exists"] and Path(got["signature"]).resolve() == share / "mlflow" / "signature.json"
     assert (got["epochs"], got["backbone"]) == (3, "lean")  # dataset YAML + profile YAML read from share/
-    assert set(got["datasets"]) >= {"ml-1m", "ml-100k", "amazon-movies"} and set(got["profiles"]) == {"cpu", "paper", "smoke"}
+    assert set(got["datasets"]) >= {"ml-1m", "ml-100k", "amazon-movies"} and set(got["profiles"]) == {"cpu", "gpu", "paper", "smoke"}
     # the data stage's code fingerprint is the same installed or checked out: outputs stay current
     assert got["code_files"] == code_files()

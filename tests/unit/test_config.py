@@ -80,3 +80,17 @@ def test_config_is_frozen_and_flattens_for_logging() -> None:
     flat = cfg.to_flat_dict()
     assert flat["train.lr"] == "0.0005"
     assert flat["dataset.source.format"] == "ml-1m"
+
+
+def test_gpu_profile_is_the_recipe_of_the_published_best_ml1m_row() -> None:
+    """configs/profiles/gpu.yaml claims docs/results.md's best row: the profile must build the same
+    model and training settings as that run's recorded profile + overrides (device aside)."""
+    import json
+
+    record = json.loads((Path(__file__).parents[2] / "docs/runs/ml1m-gpu-call6.json").read_text())
+    run = record["runs"]["text-do5-nohist-ft"]
+    measured = build_config("ml-1m", [o for o in run["overrides"] if not o.startswith("train.device=")], profile=run["profile"])
+    shipped = build_config("ml-1m", profile="gpu")
+    assert shipped.model == measured.model
+    assert shipped.train.model_dump(exclude={"device"}) == measured.train.model_dump(exclude={"device"})
+    assert shipped.train.loss_excludes_history and shipped.model.pooling == "last"

@@ -14,4 +14,5 @@ COMMON="train.device=cpu train.max_epochs=30 train.patience=5 model.max_seq_len=
   --variant "text-onepass-stage2: model.item_repr=text train.finetune_epochs=5 train.finetune_lr=2e-4" \
   --variant "id-onepass: model.item_repr=id" \
   --variant "textid-onepass: model.item_repr=text+id" \
+  --variant "text-onepass-stage2-nohist: model.item_repr=text train.finetune_epochs=5 train.finetune_lr=2e-4 train.loss_excludes_history=true" \
   --variant "text-sampling: model.item_repr=text train.strategy=sampling model.max_seq_len=20 train.max_epochs=300 train.eval_every=5"

@@ -78,14 +78,14 @@ class LeanRunner(nn.Module):
         self.attention = attention
         spec = model.spec
         encoder = lean_encoder_of(model)
+        device = next(model.parameters()).device
         if attention == "triton":
-            self._triton_attention = _load_triton_attention(model.output_items().device, spec.backbone.d_model // encoder.n_heads)
+            self._triton_attention = _load_triton_attention(device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
         self.num_buckets, self.max_distance = encoder.num_buckets, encoder.max_distance
         self.qk_scale = float(getattr(encoder.blocks[0], "qk_scale", 1.0))  # 1.0 for T5 weights
         self.pooling = getattr(spec, "pooling", "mean")
-        device = model.output_items().device
         with torch.no_grad():
             table = model.item_representation(torch.arange(spec.n_items + 1, device=device)).float()  # (N+1, D)
         self.register_buffer("table", table.to(dtype))  # row 0 (padding) as the model computes it

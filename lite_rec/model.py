@@ -4,8 +4,10 @@ A user's history of item indices ``(B, T)`` (0 = padding) becomes item inputs (c
 vectors through a linear adapter, a learned id embedding, or their sum), the backbone
 contextualises them, mean pooling over the real items gives the user vector h_u (Eq. 4), and a
 linear head scores every item at once: ``logits = W_proj h_u`` (Eq. 5), trained with
-cross-entropy over all items (Eq. 6). Options beyond the paper: ``head="tied"`` scores with the
-input item representation instead of a free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau. No decoding, no beam search: top-k of one matrix product.
+cross-entropy over all items (Eq. 6). No decoding, no beam search: top-k of one matrix product.
+Options beyond the paper: ``head="tied"`` scores with the input item representation instead of a
+free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, and the loss can leave the input's
+items out of the softmax (``mask_history``).
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
 up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
@@ -116,7 +118,9 @@ class LiteRecModel(nn.Module):
         Why tie: a free W_proj learns one row per item from that item's targets alone; the tied
         head scores an item by the same (text-derived) vector the backbone reads, so rare items
         get a representation from their text and every occurrence of an item, input or target,
-        trains the same weights (SASRec ties its embeddings the same way). With
+        trains the same weights (SASRec ties its embeddings the same way). Measured on ML-1m
+        (docs/results.md, session 4): worse than W_proj with ``text`` alone (a linear adapter over
+        frozen text vectors is too narrow to separate every target), equal with ``text+id``. With
         ``score="cosine"`` the rows are unit-normalised and divided by the temperature here, so
         serving needs only a matrix product with the normalised user vector.
         """
@@ -203,30 +207,29 @@ class LiteRecModel(nn.Module):
         if targets is None:
             return logits, None
         if exclude_history:
-            logits = logits.masked_fill(history_mask(items, targets, logits.shape[-1]), float("-inf"))
+            logits = mask_history(logits, items, targets)
         loss = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
 
-def history_mask(items: torch.Tensor, targets: torch.Tensor, width: int) -> torch.Tensor:
-    """Which item columns are in a sample's input, bool, shaped like the logits.
+def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``logits`` with -inf at the items of each sample's input, except its target; a new tensor.
 
-    - targets (B,): items (B, T) -> (B, width): the items of each row.
-    - targets (B, T): items (B, T) -> (B, T, width): at position t, the items at positions 0..t
-      (a running union over T, as an int16 running count of one-hot rows).
-    Padding (column 0) is left out, and so is each sample's target.
+    - targets (B,): logits (B, N+1), items (B, T): the items of each row.
+    - targets (B, T): logits (B, T, N+1): at position t, the items at positions 0..t.
+
+    One scatter with a (B, T, T) index (item ids of each prefix; later positions and the target
+    point at column 0, the padding column, which is -inf anyway): no (B, T, N+1) mask is ever
+    built, which matters for large catalogues where the logits alone take gigabytes.
     """
     if targets.dim() == 1:
-        seen = torch.zeros(items.shape[0], width, dtype=torch.bool, device=items.device)  # (B, N+1)
-        seen.scatter_(1, items, True)
-        keep = targets.clamp(min=0)[:, None]  # (B, 1)
+        index = items.masked_fill(items == targets[:, None], 0)  # (B, T)
     else:
-        onehot = torch.zeros(*items.shape, width, dtype=torch.int16, device=items.device)  # (B, T, N+1)
-        onehot.scatter_(2, items[..., None], 1)
-        seen = onehot.cumsum(1, dtype=torch.int16) > 0  # (B, T, N+1)
-        keep = targets.clamp(min=0)[..., None]  # (B, T, 1); IGNORE_INDEX -> column 0
-    seen[..., 0] = False
-    return seen.scatter_(-1, keep, False)
+        t = items.shape[1]
+        prefix = items[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
+        later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
+        index = prefix.masked_fill(later | (prefix == targets[..., None]), 0)  # (B, T, T)
+    return logits.scatter(-1, index, float("-inf"))
 
 
 def build_model(

@@ -196,20 +196,22 @@ def test_tied_head_has_no_bias_option() -> None:
         ModelConfig(head="tied", head_bias=True)
 
 
-def test_history_mask_marks_each_prefixs_items_but_never_the_target_or_padding() -> None:
-    from lite_rec.model import history_mask
+def test_history_masking_hides_each_prefixs_items_but_never_the_target() -> None:
+    from lite_rec.model import mask_history
 
     items = torch.tensor([[3, 5, 2, 0]])  # (1, T=4), right-padded
     targets = torch.tensor([[5, 2, 3, IGNORE_INDEX]])  # 3 at position 2 is a repeat: it stays in
-    mask = history_mask(items, targets, 7)  # (1, 4, 7)
+    logits = torch.zeros(1, 4, 7)
+    hidden = torch.isneginf(mask_history(logits, items, targets))  # (1, 4, 7)
     want = torch.zeros(1, 4, 7, dtype=torch.bool)
+    want[..., 0] = True  # padding column
     want[0, 0, [3]] = True
     want[0, 1, [3, 5]] = True
     want[0, 2, [5, 2]] = True  # 3 is this position's target
     want[0, 3, [3, 5, 2]] = True
-    assert torch.equal(mask, want)
-    flat = history_mask(torch.tensor([[4, 1, 0], [2, 0, 0]]), torch.tensor([1, 6]), 7)  # (B=2, 7)
-    assert flat[0].nonzero().flatten().tolist() == [4] and flat[1].nonzero().flatten().tolist() == [2]
+    assert torch.equal(hidden, want) and not torch.isneginf(logits).any()  # a new tensor
+    flat = torch.isneginf(mask_history(torch.zeros(2, 7), torch.tensor([[4, 1, 0], [2, 0, 0]]), torch.tensor([1, 6])))
+    assert flat[0].nonzero().flatten().tolist() == [0, 4] and flat[1].nonzero().flatten().tolist() == [0, 2]
 
 
 def test_loss_without_history_is_the_cross_entropy_over_unseen_items_only() -> None:

@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lite_rec.tracking import resolve_tracking_uri
 
     summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
-                         register=not args.no_register)
+                         register_model=not args.no_register)
     print("\nmetrics (test, history excluded):")
     for key in ("test_recall_10", "test_recall_20", "test_ndcg_10", "test_ndcg_20"):
         print(f"  {key:16s} {summary['metrics'].get(key, float('nan')):.4f}")

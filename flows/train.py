@@ -20,14 +20,14 @@ def train_flow(
     dataset: str = "ml-1m",
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
-    register: bool = True,
+    register_model: bool = True,
 ) -> dict[str, Any]:
     cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
     build_sequences_task(cfg, fetch_raw_task(cfg))
     result = train_task(cfg, embed_task(cfg))
     summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir), "resumed": result.resumed,
                                "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test_")}}
-    if register:
+    if register_model:
         version = register_task(cfg, result)
         summary.update(model_uri=version.model_uri, aliases=list(version.aliases))
     print(summary)

@@ -26,3 +26,18 @@ def test_invalid_parameters_fail_before_any_work(tmp_path: Path, flow_path: str,
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         flow.fn(dataset="ml-100k", overrides={**overrides, "data_dir": str(tmp_path)})
     assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing written
+
+
+@pytest.mark.parametrize("flow_path", ["flows.train:train_flow", "flows.ingest:ingest_flow", "flows.promote:promote_flow"])
+def test_flow_parameters_validate_without_shadowing_warnings(flow_path: str) -> None:
+    """Prefect builds a pydantic model of a flow's parameters; a parameter named like one of that
+    model's attributes (e.g. ``register``) warns on every run and is unusable with warnings as errors."""
+    import importlib
+    import warnings
+
+    module, name = flow_path.split(":")
+    flow = getattr(importlib.import_module(module), name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        params = flow.validate_parameters({"dataset": "ml-100k"})
+    assert params["dataset"] == "ml-100k"

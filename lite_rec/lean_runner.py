@@ -104,10 +104,9 @@ class LeanRunner(nn.Module):
         self.register_buffer("ff_zero_bias", torch.zeros(spec.backbone.d_ff, device=device, dtype=dtype))  # for the fused epilogue
         with torch.no_grad():  # W_proj, or the tied item representations; cosine: normalised and / temperature
             self.head_weight = nn.Parameter(model.output_items().detach().float(), requires_grad=False)  # (N+1, D) fp32
-        bias = getattr(model, "head", None)
-        bias = None if bias is None else bias.bias
+        bias = model.head.bias if spec.head == "linear" else None  # a tied head has none
         self.head_bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
-        self.normalize_user = getattr(spec, "score", "dot") == "cosine"
+        self.normalize_user = spec.score == "cosine"
         self._position: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def position_bias(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,6 +142,7 @@ class TrainConfig(_Section):
     onepass_stride: int = Field(0, ge=0)  # items between onepass window starts; 0 = max_seq_len (no overlap)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     max_epochs: int = Field(200, ge=1)
+    max_stage1_minutes: float | None = Field(None, gt=0)  # wall budget of stage 1 (epochs + validation); None = no limit
     patience: int = Field(10, ge=1)  # evaluations without validation R@10 improvement
     eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
     finetune_epochs: int = Field(0, ge=0)  # stage 2: item vectors trainable (0 = off)

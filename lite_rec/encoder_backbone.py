@@ -268,6 +268,7 @@ def build_backbone(
     config = AutoConfig.from_pretrained(path)
     cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
     hf = cls.from_pretrained(path) if pretrained else cls.from_config(config)
+    hf = hf.float()  # fp32 master weights however the checkpoint was stored (fp16 copies travel lighter)
     _drop_token_embeddings(hf)
     width = getattr(hf.config, "hidden_size", None) or hf.config.d_model
     spec = BackboneSpec("hf", int(width), 0, 0, 0, 0.0, hf_config=hf.config.to_dict())

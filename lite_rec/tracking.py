@@ -200,6 +200,7 @@ def _tags(cfg: LiteRecConfig, result: "TrainResult", bundle: "Bundle", commit: s
         "backbone_init": result.backbone_init,
         "backbone_weights": "pretrained" if result.backbone_init.startswith("pretrained") else "random",
         "stopped_early": str(result.stopped_early),
+        "budget_exhausted": str(result.budget_exhausted),
         "bundle_sha256": bundle.fingerprint,
     }
 

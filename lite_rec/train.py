@@ -45,6 +45,7 @@ class TrainResult:
     history: list[dict[str, Any]]  # one entry per epoch: stage, epoch, loss, lr, seconds, samples_per_s, valid_*
     backbone_init: str  # "pretrained ..." or "random init (why)": tag the run with it
     stopped_early: bool
+    budget_exhausted: bool  # stage 1 ended at train.max_stage1_minutes, not by early stopping or max_epochs
     resumed: bool  # this call continued a checkpoint
     out_dir: Path  # holds model.safetensors, model.json, metrics.json, history.json, checkpoints/
 
@@ -109,7 +110,8 @@ def train_model(
         write_json(out_dir / "metrics.json", metrics)
         write_json(out_dir / "history.json", s["history"])
         return TrainResult(model=model.eval(), metrics=metrics, history=list(s["history"]), backbone_init=backbone_init,
-                           stopped_early=bool(s["stopped_early"]), resumed=saved is not None, out_dir=out_dir)
+                           stopped_early=bool(s["stopped_early"]),
+                           budget_exhausted=bool(s.get("budget_exhausted", False)), resumed=saved is not None, out_dir=out_dir)
     finally:
         torch.set_num_threads(threads)
 

@@ -11,6 +11,12 @@ weights with the item vectors as a trainable parameter initialised from the cach
 ``finetune_lr`` (constant), and replaces the best weights only where validation improves on
 stage 1.
 
+A wall budget (``max_stage1_minutes``) ends stage 1 at the first epoch end past it, counting
+training and validation time of every stage-1 epoch (also across resumes); the best weights so
+far are kept and stage 2 runs as configured. Why a budget and not only ``max_epochs``: retraining
+runs in a fixed nightly window, and lent GPU calls have a hard time limit; an epoch count cannot
+promise either. A resumed run may raise the budget (it is not part of the run's fingerprint).
+
 Resume: every ``checkpoint_every_steps`` optimizer steps and at each epoch end the whole state
 (model, optimizer, scheduler, RNGs, stage/epoch/step, early-stopping state, history) is written
 atomically. The batches of (stage, epoch) depend only on the seed and the RNGs are restored, so
@@ -41,7 +47,7 @@ from lite_rec.model import IGNORE_INDEX, LiteRecModel
 if TYPE_CHECKING:
     from lite_rec.config import LiteRecConfig
 
-RUNTIME_ONLY = ("device", "compile", "num_threads", "checkpoint_every_steps")  # may change on resume
+RUNTIME_ONLY = ("device", "compile", "num_threads", "checkpoint_every_steps", "max_stage1_minutes")  # may change on resume
 STOP_METRIC = "valid_recall_10"
 
 
@@ -144,7 +150,7 @@ class Trainer:
         self.s = {"fingerprint": fingerprint, "backbone_init": backbone_init, "stage": 1, "epoch": 0, "step": 0,
                   "global_step": 0, "best": {"metric": -1.0, "stage": 0, "epoch": -1}, "bad_evals": 0,
                   "history": [], "loss_sum": 0.0, "n_targets": 0, "epoch_seconds": 0.0, "stage_done": False,
-                  "stopped_early": False, "done": False}
+                  "stopped_early": False, "budget_exhausted": False, "done": False}
         self._build_optim(1)
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -223,14 +229,20 @@ class Trainer:
         if (epoch + 1) % tc.eval_every == 0 or last:
             self._evaluate(entry)
         s["history"].append(entry)
+        if stage == 1 and tc.max_stage1_minutes is not None and not s["stage_done"]:
+            spent = sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in s["history"] if h["stage"] == 1)
+            if spent >= 60.0 * tc.max_stage1_minutes and epoch + 1 < self._stage_epochs(1):
+                s["stage_done"] = s["budget_exhausted"] = True
         s.update(epoch=epoch + 1, step=0, loss_sum=0.0, n_targets=0, epoch_seconds=0.0)
         self.checkpoint()
 
     def _evaluate(self, entry: dict[str, Any]) -> None:
         s, ev = self.s, self.cfg.eval
+        t0 = time.perf_counter()
         metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,
                                  exclude_history=ev.exclude_history, device=self.device, bf16=self.bf16, progress=False)
         entry.update({k: v for k, v in metrics.items() if k.startswith(("valid_recall", "valid_ndcg"))})
+        entry["eval_seconds"] = time.perf_counter() - t0
         if metrics[STOP_METRIC] > s["best"]["metric"]:
             s["best"] = {"metric": metrics[STOP_METRIC], "stage": s["stage"], "epoch": s["epoch"] + 1}
             s["bad_evals"] = 0

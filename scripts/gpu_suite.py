@@ -70,7 +70,8 @@ def main() -> int:
             wall = time.perf_counter() - start
             results["runs"][name] = {"overrides": [*args.common, *overrides], "profile": args.profile,
                                      "seed": cfg.train.seed, "wall_seconds": wall, "backbone_init": res.backbone_init,
-                                     "stopped_early": res.stopped_early, "metrics": res.metrics,
+                                     "stopped_early": res.stopped_early,
+                                     "budget_exhausted": res.budget_exhausted, "metrics": res.metrics,
                                      "history": res.history}
             short = {k: round(v, 4) for k, v in res.metrics.items() if k.startswith("test_")}
             print(f"{name}: {wall:.0f}s {short}", flush=True)

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
 #   loss:   the same recipe with train.loss_excludes_history and/or a cosine lr schedule, beside its control
 #   seeds:  the loss set's control and train.loss_excludes_history=true, seeds 1 and 2
+#   minilm: the recommendation LLM initialised from pretrained all-MiniLM-L6-v2 (its body, without the
+#           word-embedding table, in $MINILM, default .carry/minilm-body: see docs/results.md for
+#           how to write it), beside the same architecture from random weights; stage 1 capped at
+#           $BUDGET minutes (train.max_stage1_minutes, default 6.8) so four runs fit one device call
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -46,7 +50,13 @@ case "$SET" in
       run "control$seed" "text-do5-ft-seed$seed: $H train.seed=$seed" &
       run "nohist$seed" "text-do5-nohist-ft-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" &
     done ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss or seeds)" >&2; exit 2 ;;
+  minilm)
+    M="model.backbone=${MINILM:-.carry/minilm-body} $DO5 train.max_epochs=200 train.max_stage1_minutes=${BUDGET:-6.8} train.finetune_epochs=3 train.finetune_lr=1e-4"
+    run mini "minilm-nohist-ft: $M train.loss_excludes_history=true" &
+    run minictl "minilm-ft: $M" &
+    run minirand "minilm-random-nohist-ft: $M model.pretrained=false train.loss_excludes_history=true" &
+    run miniid "minilm-textid-nohist-ft: $M model.item_repr=text+id train.loss_excludes_history=true" & ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds or minilm)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

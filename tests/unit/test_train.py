@@ -128,3 +128,20 @@ def test_cli_reports_a_missing_sequences_file(tmp_path: Path, capsys: pytest.Cap
     code = main(["--processed-dir", str(tmp_path / "ml-100k"), "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 2
     assert "sequences.parquet does not exist" in capsys.readouterr().err
+
+
+def test_stage_one_time_budget_ends_stage_one_and_stage_two_still_runs(tmp_path: Path) -> None:
+    # a budget any epoch overruns: stage 1 stops after its first epoch, stage 2 runs in full
+    cfg = _cfg(**{"train.max_epochs": 5, "train.max_stage1_minutes": 1e-9, "train.finetune_epochs": 2})
+    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    assert [h["stage"] for h in result.history] == [1, 2, 2]
+    assert result.budget_exhausted and not result.stopped_early
+    assert result.history[0]["eval_seconds"] > 0
+
+
+def test_a_budget_that_is_never_reached_changes_nothing(tmp_path: Path) -> None:
+    plain = train_model(_cfg(), tiny_sequences(), tiny_vectors(), tmp_path / "plain", progress=False)
+    budget = train_model(_cfg(**{"train.max_stage1_minutes": 60.0}), tiny_sequences(), tiny_vectors(),
+                         tmp_path / "budget", progress=False)
+    assert len(budget.history) == len(plain.history) and not budget.budget_exhausted
+    assert budget.metrics["test_recall_10"] == plain.metrics["test_recall_10"]

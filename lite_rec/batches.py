@@ -70,6 +70,7 @@ class SamplePlan:
     end: np.ndarray  # (S,) int64, exclusive
     sup_start: np.ndarray | None  # (S,) int64 for onepass windows, else None
     n_targets: int  # supervised targets in the plan (samples/s counts these)
+    last: np.ndarray | None = None  # (S,) int64 for onepass windows: flat index of the user's last training item
 
     def __len__(self) -> int:
         return len(self.start)
@@ -112,7 +113,7 @@ def plan_onepass(store: SequenceStore, max_len: int, stride: int = 0) -> SampleP
     start = off + j * stride
     end = off + np.minimum(j * stride + max_len, n_inputs[user])
     sup_start = np.where(j == 0, start, off + (j - 1) * stride + max_len)  # end of the previous window
-    return SamplePlan(start, end, sup_start, int(n_inputs.sum()))
+    return SamplePlan(start, end, sup_start, int(n_inputs.sum()), last=off + n_inputs[user])
 
 
 def epoch_plan(
@@ -134,9 +135,10 @@ def epoch_plan(
 class BatchMaker:
     """Gathers (items (B, L), targets) batches of a plan on the training device."""
 
-    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu", future: int = 1) -> None:
         self.device = torch.device(device)
         self.max_len = max_len
+        self.future = future  # windows: next items supervised per position (train.future_targets)
         self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
         self.arange = torch.arange(max_len, device=self.device)  # (L,)
 
@@ -146,13 +148,16 @@ class BatchMaker:
         self.start = torch.as_tensor(plan.start, device=self.device)[perm]
         self.end = torch.as_tensor(plan.end, device=self.device)[perm]
         self.sup = None if plan.sup_start is None else torch.as_tensor(plan.sup_start, device=self.device)[perm]
+        self.last = None if plan.last is None else torch.as_tensor(plan.last, device=self.device)[perm]
         self.n_samples = len(plan)
 
     def n_batches(self, batch_size: int) -> int:
         return (self.n_samples + batch_size - 1) // batch_size
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded inputs (B, L) and targets: (B,) next items, or (B, L) for windows."""
+        """Right-padded inputs (B, L) and targets: (B,) next items, or (B, L) for windows, or
+        (B, L, F) for windows with ``future`` F > 1: the next F items of each position, each
+        IGNORE_INDEX past the user's training items."""
         sl = slice(step * batch_size, (step + 1) * batch_size)
         start, end = self.start[sl], self.end[sl]  # (B,)
         pos = start[:, None] + self.arange  # (B, L) offsets into flat
@@ -163,7 +168,11 @@ class BatchMaker:
             return items, self.flat[end]  # (B, L), (B,)
         nxt = self.flat[(pos + 1).clamp(max=last)]  # (B, L)
         supervised = real & (pos >= self.sup[sl][:, None])
-        return items, torch.where(supervised, nxt, IGNORE_INDEX)  # (B, L), (B, L)
+        if self.future == 1:
+            return items, torch.where(supervised, nxt, IGNORE_INDEX)  # (B, L), (B, L)
+        ahead = pos[..., None] + torch.arange(1, self.future + 1, device=self.device)  # (B, L, F)
+        inside = supervised[..., None] & (ahead <= self.last[sl][:, None, None])  # (B, L, F)
+        return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")

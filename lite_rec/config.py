@@ -140,6 +140,8 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "cosine"] = "constant"  # lr shape after the linear warm-up
     loss_excludes_history: bool = False  # Eq. 6's softmax without the items already in the input (as eval.exclude_history)
     onepass_stride: int = Field(0, ge=0)  # items between onepass window starts; 0 = max_seq_len (no overlap)
+    future_targets: int = Field(1, ge=1)  # onepass: next items supervised per position (1 = Eq. 6's next item only)
+    future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     max_epochs: int = Field(200, ge=1)
     max_stage1_minutes: float | None = Field(None, gt=0)  # wall budget of stage 1 (epochs + validation); None = no limit
@@ -153,6 +155,13 @@ class TrainConfig(_Section):
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the recommendation LLM
     num_threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch default
+
+    @model_validator(mode="after")
+    def _future_needs_windows(self) -> "TrainConfig":
+        if self.future_targets > 1 and self.strategy != "onepass":
+            raise ValueError(f"train.future_targets={self.future_targets} needs train.strategy=onepass "
+                             f"(got {self.strategy}): only one-pass windows have a loss at every position")
+        return self
 
 
 class EvalConfig(_Section):

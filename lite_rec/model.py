@@ -187,12 +187,16 @@ class LiteRecModel(nn.Module):
         return logits
 
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
-                exclude_history: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                exclude_history: bool = False, future_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
         - ``targets`` (B, T) on a causal model: the next item at every position (IGNORE_INDEX where
           none) -> logits (B, T, N+1) and the mean cross-entropy over supervised positions.
+        - ``targets`` (B, T, F) on a causal model: the next F items of every position (F > 1,
+          ``train.future_targets``) -> logits (B, T, N+1) and a weighted mean cross-entropy of
+          one softmax against each of them: weight 1 for the next item, ``future_weight`` for
+          the F - 1 after it (``future_loss``).
         - no targets: scores for inference, (B, N+1).
 
         ``exclude_history`` (training only, ``train.loss_excludes_history``): the softmax leaves
@@ -200,16 +204,41 @@ class LiteRecModel(nn.Module):
         training counterpart of ``eval.exclude_history``: the model is then never asked to push
         down items the ranking removes anyway. The target itself always stays in.
         """
-        if targets is not None and targets.dim() == 2:
+        if targets is not None and targets.dim() >= 2:
             logits = self.item_logits(self.prefix_user_vectors(items))  # (B, T, N+1)
         else:
             logits = self.item_logits(self.user_vectors(items))  # (B, N+1)
         if targets is None:
             return logits, None
+        nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, T) or (B,): the next item
         if exclude_history:
-            logits = mask_history(logits, items, targets)
+            logits = mask_history(logits, items, nxt)
+        if targets.dim() == 3:
+            return logits, future_loss(logits, targets, future_weight)
         loss = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+
+def future_loss(logits: torch.Tensor, targets: torch.Tensor, future_weight: float) -> torch.Tensor:
+    """Weighted mean of -log softmax(logits)[target] over the next F items of every position.
+
+    logits (B, T, N+1); targets (B, T, F), IGNORE_INDEX where there is no such item. Column 0 is
+    the next item (weight 1), columns 1.. the items after it (weight ``future_weight``). A later
+    item that the softmax leaves out (-inf: already in the input, under ``mask_history``) is
+    skipped, not an infinite loss.
+
+    Why: on MovieLens many ratings share a timestamp, and their order in the log is arbitrary;
+    the items a few steps ahead are nearly as much "what this user watches next" as the very
+    next one. Supervising them (as PinnerFormer's dense all-action loss does) gives every
+    position several targets from the same forward pass, at the cost of one gather each.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, N+1)
+    picked = logp.gather(-1, targets.clamp(min=0))  # (B, T, F)
+    weight = torch.full((targets.shape[-1],), future_weight, device=logits.device)  # (F,)
+    weight[0] = 1.0
+    use = (targets != IGNORE_INDEX) & torch.isfinite(picked)  # (B, T, F)
+    w = use * weight  # (B, T, F)
+    return -(picked.masked_fill(~use, 0.0) * w).sum() / w.sum().clamp(min=1e-12)
 
 
 def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -124,11 +124,12 @@ class Trainer:
         self.cfg, self.tc, self.model, self.device = cfg, cfg.train, model, device
         self.ckpt_dir, self.progress, self.step_sleep = ckpt_dir, progress, step_sleep
         self.store = build_sequence_store(sequences["train_seq"])
-        self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device)
+        self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets)
         self.valid_set = build_eval_set(sequences, "valid")
         self.bf16 = self.tc.bf16 and device.type == "cuda"
         compiled = torch.compile(model) if self.tc.compile else model
-        self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history)
+        self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
+                                         future_weight=self.tc.future_weight)
         self.s: dict[str, Any] = {}
 
     def _steps_per_epoch(self, stage: int) -> int:
@@ -204,7 +205,8 @@ class Trainer:
             items, targets = self.batches.batch(step, tc.batch_size)
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16)
-            count = (targets != IGNORE_INDEX).sum() if targets.dim() == 2 else targets.numel()
+            nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position
+            count = (nxt != IGNORE_INDEX).sum() if nxt.dim() == 2 else nxt.numel()
             loss_sum += loss.double() * count
             n_targets = n_targets + count
             s["global_step"] += 1

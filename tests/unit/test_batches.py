@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from lite_rec.batches import (
     BatchMaker, build_sequence_store, check_sequences, epoch_plan, plan_all, plan_onepass, plan_sampling,
@@ -55,6 +56,23 @@ def test_onepass_stride_overlaps_windows_but_supervises_each_target_once() -> No
     items, targets = _materialise(store, plan_onepass(store, max_len=3, stride=1), 3)
     assert items == [[1, 2, 3], [2, 3, 4], [3, 4, 5]]
     assert targets == [[2, 3, 4], [IGN, IGN, 5], [IGN, IGN, 6]]  # 5 and 6 see 3 items of context
+
+
+def test_onepass_future_targets_are_the_next_items_within_the_users_training_items() -> None:
+    store = build_sequence_store([[1, 2, 3, 4, 5], [6, 7, 8]])
+    plan = plan_onepass(store, max_len=3)
+    maker = BatchMaker(store, 3, future=3)
+    maker.set_plan(plan, np.arange(len(plan)))
+    items, targets = maker.batch(0, len(plan))
+    assert items.tolist() == [[1, 2, 3], [4, 0, 0], [6, 7, 0]]
+    assert targets.tolist() == [
+        [[2, 3, 4], [3, 4, 5], [4, 5, IGN]],  # never past item 5, never into the next user's items
+        [[5, IGN, IGN], [IGN] * 3, [IGN] * 3],
+        [[7, 8, IGN], [8, IGN, IGN], [IGN] * 3],
+    ]
+    one = BatchMaker(store, 3)
+    one.set_plan(plan, np.arange(len(plan)))
+    assert torch.equal(one.batch(0, len(plan))[1], targets[..., 0])  # column 0 is the usual next item
 
 
 def test_onepass_rejects_a_stride_longer_than_the_window() -> None:

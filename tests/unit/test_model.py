@@ -227,3 +227,30 @@ def test_loss_without_history_is_the_cross_entropy_over_unseen_items_only() -> N
         by_hand.append(torch.logsumexp(row, 0) - logits[0, t, targets[0, t]])
     torch.testing.assert_close(masked, torch.stack(by_hand).mean())
     assert masked < full  # fewer competitors
+
+
+def test_future_loss_weights_the_next_item_one_and_each_later_item_future_weight() -> None:
+    model = _model(causal=True, pooling="last")
+    items = torch.tensor([[3, 5, 2, 0]])
+    targets = torch.tensor([[[5, 2, 7], [2, 7, IGNORE_INDEX], [IGNORE_INDEX] * 3, [IGNORE_INDEX] * 3]])  # (1, T, F=3)
+    with torch.no_grad():
+        logits, loss = model(items, targets, future_weight=0.25)
+    lp = logits[0].log_softmax(-1)  # (T, N+1)
+    terms = [(1.0, lp[0, 5]), (0.25, lp[0, 2]), (0.25, lp[0, 7]), (1.0, lp[1, 2]), (0.25, lp[1, 7])]
+    expected = -sum(w * v for w, v in terms) / sum(w for w, _ in terms)
+    torch.testing.assert_close(loss, expected)
+    with torch.no_grad():  # one future column is the plain next-item loss
+        _, only_next = model(items, targets[..., :1])
+        _, plain = model(items, targets[..., 0])
+    torch.testing.assert_close(only_next, plain)
+
+
+def test_future_loss_skips_later_items_the_history_mask_removed() -> None:
+    model = _model(causal=True, pooling="last")
+    items = torch.tensor([[3, 5, 2]])
+    targets = torch.tensor([[[5, 3], [2, 9], [7, IGNORE_INDEX]]])  # 3 at (0, 1) is already in the input
+    with torch.no_grad():
+        logits, loss = model(items, targets, exclude_history=True, future_weight=1.0)
+    assert torch.isfinite(loss)
+    lp = logits[0].log_softmax(-1)
+    torch.testing.assert_close(loss, -(lp[0, 5] + lp[1, 2] + lp[1, 9] + lp[2, 7]) / 4)

@@ -145,3 +145,11 @@ def test_a_budget_that_is_never_reached_changes_nothing(tmp_path: Path) -> None:
                          tmp_path / "budget", progress=False)
     assert len(budget.history) == len(plain.history) and not budget.budget_exhausted
     assert budget.metrics["test_recall_10"] == plain.metrics["test_recall_10"]
+
+
+def test_future_targets_train_onepass_and_are_refused_elsewhere(tmp_path: Path) -> None:
+    cfg = _cfg(**{"train.future_targets": 3, "train.max_epochs": 1})
+    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    assert result.history[0]["loss"] > 0 and "test_recall_10" in result.metrics
+    with pytest.raises(ValueError, match="future_targets=3 needs train.strategy=onepass"):
+        _cfg(**{"train.future_targets": 3, "train.strategy": "all"})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
@@ -14,6 +14,8 @@
 #   future: the history-free recipe with train.future_targets (the next 3 or 5 items supervised at every
 #           position, later ones at train.future_weight), and one with the plain loss for the unmasked rows
 #   knobs:  the history-free recipe with batch 64, lr 1e-3, a longer/faster stage 2, or text+id inputs
+#   textid: text+id inputs at lr 1e-3 (the two best knobs together), history-free loss over seeds 42, 1, 2,
+#           and its plain-loss control
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -71,7 +73,13 @@ case "$SET" in
     run lr1e3 "text-do5-nohist-lr1e3-ft: $H train.lr=1e-3" &
     run ft5 "text-do5-nohist-ft5-lr3e4: $H train.finetune_epochs=5 train.finetune_lr=3e-4" &
     run textid "textid-do5-nohist-ft: $H model.item_repr=text+id" & ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future or knobs)" >&2; exit 2 ;;
+  textid)
+    H="$DO5 train.max_epochs=50 train.max_stage1_minutes=${BUDGET:-7.0} train.finetune_epochs=3 train.finetune_lr=1e-4 model.item_repr=text+id train.lr=1e-3"
+    for seed in 42 1 2; do
+      run "nohist$seed" "textid-do5-nohist-lr1e3-ft-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" &
+    done
+    run control "textid-do5-lr1e3-ft: $H" & ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs or textid)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

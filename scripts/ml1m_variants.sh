@@ -8,8 +8,8 @@
 #   loss:   the same recipe with train.loss_excludes_history and/or a cosine lr schedule, beside its control
 #   seeds:  the loss set's control and train.loss_excludes_history=true, seeds 1 and 2
 #   minilm: the recommendation LLM initialised from pretrained all-MiniLM-L6-v2 (its body, without the
-#           word-embedding table, in $MINILM, default .carry/minilm-body: see docs/results.md for
-#           how to write it), beside the same architecture from random weights; stage 1 capped at
+#           word-embedding table, in $MINILM, default .carry/minilm-body, written by
+#           scripts/export_encoder_body.py), beside the same architecture from random weights; stage 1 capped at
 #           $BUDGET minutes (train.max_stage1_minutes, default 6.8) so four runs fit one device call
 #   future: the history-free recipe with train.future_targets (the next 3 or 5 items supervised at every
 #           position, later ones at train.future_weight), and one with the plain loss for the unmasked rows

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -74,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lite_rec.tracking import resolve_tracking_uri
 
     summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
-                         register_model=not args.no_register)
+                         register_model=not args.no_register, progress=not args.no_progress)
     print("\nmetrics (test, history excluded):")
     for key in ("test_recall_10", "test_recall_20", "test_ndcg_10", "test_ndcg_20"):
         print(f"  {key:16s} {summary['metrics'].get(key, float('nan')):.4f}")
@@ -223,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if getattr(args, "no_progress", False):
+        # our own bars take the flag explicitly; this also silences third-party tqdm bars
+        # (transformers' weight loading, pip downloads of registry packages run from here)
+        os.environ["TQDM_DISABLE"] = "1"
     func = cmd_stack if args.command == "stack" else COMMANDS[args.command][0]
     try:
         return func(args)

@@ -21,10 +21,13 @@ def train_flow(
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
     register_model: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
+    """`progress` only switches the progress bars of the data stage, item encoding and training
+    (off for logs that a scheduler collects); it never changes a result."""
     cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
-    build_sequences_task(cfg, fetch_raw_task(cfg))
-    result = train_task(cfg, embed_task(cfg))
+    build_sequences_task(cfg, fetch_raw_task(cfg), progress=progress)
+    result = train_task(cfg, embed_task(cfg, progress=progress), progress=progress)
     summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir), "resumed": result.resumed,
                                "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test_")}}
     if register_model:

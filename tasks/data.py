@@ -16,6 +16,6 @@ def fetch_raw_task(cfg: LiteRecConfig) -> RawFiles:
 
 
 @task(name="build-sequences")
-def build_sequences_task(cfg: LiteRecConfig, raw: RawFiles, force: bool = False) -> IngestResult:
+def build_sequences_task(cfg: LiteRecConfig, raw: RawFiles, force: bool = False, progress: bool = True) -> IngestResult:
     """Raw files -> validated Parquet sequences; skipped when the fingerprints match."""
-    return ingest(cfg, raw=raw, force=force)
+    return ingest(cfg, raw=raw, force=force, progress=progress)

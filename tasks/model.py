@@ -10,15 +10,15 @@ from lite_rec.promotion import PromotionDecision, promote
 
 
 @task(name="embed-items")
-def embed_task(cfg: LiteRecConfig):
+def embed_task(cfg: LiteRecConfig, progress: bool = True):
     """Item texts -> (N+1, D) item vectors, encoding only new or changed items."""
-    return offline.embed_items(cfg)
+    return offline.embed_items(cfg, progress=progress)
 
 
 @task(name="train-evaluate")
-def train_task(cfg: LiteRecConfig, item_vectors):
+def train_task(cfg: LiteRecConfig, item_vectors, progress: bool = True):
     """Train with early stopping, resume from checkpoints, evaluate valid and test."""
-    return offline.train(cfg, item_vectors)
+    return offline.train(cfg, item_vectors, progress=progress)
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=10)

@@ -15,7 +15,8 @@ A wall budget (``max_stage1_minutes``) ends stage 1 at the first epoch end past 
 training and validation time of every stage-1 epoch (also across resumes); the best weights so
 far are kept and stage 2 runs as configured. Why a budget and not only ``max_epochs``: retraining
 runs in a fixed nightly window, and lent GPU calls have a hard time limit; an epoch count cannot
-promise either. A resumed run may raise the budget (it is not part of the run's fingerprint).
+promise either. A run resumed before its stage 1 ended may raise the budget (it is not part of
+the run's fingerprint).
 
 Resume: every ``checkpoint_every_steps`` optimizer steps and at each epoch end the whole state
 (model, optimizer, scheduler, RNGs, stage/epoch/step, early-stopping state, history) is written

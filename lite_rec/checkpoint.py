@@ -144,10 +144,34 @@ def load_resume(ckpt_dir: Path) -> dict[str, Any] | None:
         raise CacheMismatch(f"{path}: unreadable resume checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
 
 
-def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written for other settings or data; name what differs."""
-    keys = sorted(set(saved) | set(current))
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], path: Path,
+                      defaults: dict[str, Any] | None = None) -> None:
+    """Refuse to resume a checkpoint written for other settings or data; name what differs.
+
+    Settings compare one by one (``train.lr``, ...). A setting the checkpoint does not record
+    (added to lite-rec after it was written) matches when its current value is its default in
+    ``defaults`` (same nesting as the fingerprint): an upgrade must not strand a running job.
+    """
+    old, new, default = _flat(saved), _flat(current), _flat(defaults or {})
+    missing = object()
+    diff = []
+    for key in sorted(set(old) | set(new)):
+        before, now = old.get(key, missing), new.get(key, missing)
+        if before is missing and key in default and now == default[key]:
+            continue
+        if before != now:
+            shown = ["(not recorded)" if v is missing else repr(v) for v in (before, now)]
+            diff.append(f"{key}: checkpoint {shown[0]} vs now {shown[1]}")
     if diff:
         raise CacheMismatch(
             f"{path} was written by a different run ({'; '.join(diff[:5])}"

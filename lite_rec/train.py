@@ -32,7 +32,7 @@ from lite_rec.checkpoint import BEST_WEIGHTS, RESUME_FILE, check_fingerprint, lo
 from lite_rec.errors import DataError, LiteRecError
 from lite_rec.evaluate import build_eval_set, evaluate_model
 from lite_rec.model import LiteRecModel, build_model
-from lite_rec.trainer import Trainer, n_items_of, resolve_device, run_fingerprint
+from lite_rec.trainer import Trainer, fingerprint_defaults, n_items_of, resolve_device, run_fingerprint
 
 if TYPE_CHECKING:
     from lite_rec.config import LiteRecConfig
@@ -85,7 +85,7 @@ def train_model(
         fingerprint = run_fingerprint(cfg, sequences, item_vectors)
         saved = load_resume(ckpt_dir)
         if saved is not None:
-            check_fingerprint(saved["state"]["fingerprint"], fingerprint, ckpt_dir / RESUME_FILE)
+            check_fingerprint(saved["state"]["fingerprint"], fingerprint, ckpt_dir / RESUME_FILE, fingerprint_defaults(cfg))
             trainer.restore(saved)
             backbone_init = trainer.s["backbone_init"]
         else:

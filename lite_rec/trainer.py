@@ -112,9 +112,19 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
-    train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
-    return {"model": cfg.model.model_dump(mode="json"), "train": train, "eval": cfg.eval.model_dump(mode="json"),
+    return {**_settings(cfg.model, cfg.train, cfg.eval),
             "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors}
+
+
+def fingerprint_defaults(cfg: "LiteRecConfig") -> dict[str, Any]:
+    """The settings part of a fingerprint at every field's default: what a checkpoint written
+    before a setting existed implicitly ran with (``check_fingerprint``)."""
+    return _settings(type(cfg.model)(), type(cfg.train)(), type(cfg.eval)())
+
+
+def _settings(model: Any, train: Any, evaluation: Any) -> dict[str, Any]:
+    kept = {k: v for k, v in train.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
+    return {"model": model.model_dump(mode="json"), "train": kept, "eval": evaluation.model_dump(mode="json")}
 
 
 class Trainer:

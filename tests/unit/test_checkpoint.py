@@ -58,8 +58,18 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
 def test_resume_refuses_other_settings_and_names_them(tmp_path: Path) -> None:
     saved = {"train": {"lr": 0.001, "seed": 1}, "sequences_sha256": "aa"}
     check_fingerprint(saved, dict(saved), tmp_path / RESUME_FILE)
-    with pytest.raises(CacheMismatch, match=r"resume\.pt.*train: checkpoint .*'lr': 0\.001.*'lr': 0\.002"):
+    with pytest.raises(CacheMismatch, match=r"resume\.pt.*train\.lr: checkpoint 0\.001 vs now 0\.002\)"):
         check_fingerprint(saved, {**saved, "train": {"lr": 0.002, "seed": 1}}, tmp_path / RESUME_FILE)
+
+
+def test_a_setting_added_after_the_checkpoint_matches_only_at_its_default(tmp_path: Path) -> None:
+    saved = {"train": {"lr": 0.001}, "sequences_sha256": "aa"}  # written before train.new_knob existed
+    defaults = {"train": {"lr": 5e-4, "new_knob": 1}}
+    check_fingerprint(saved, {**saved, "train": {"lr": 0.001, "new_knob": 1}}, tmp_path / RESUME_FILE, defaults)
+    with pytest.raises(CacheMismatch, match=r"train\.new_knob: checkpoint \(not recorded\) vs now 3"):
+        check_fingerprint(saved, {**saved, "train": {"lr": 0.001, "new_knob": 3}}, tmp_path / RESUME_FILE, defaults)
+    with pytest.raises(CacheMismatch, match=r"train\.new_knob"):  # without defaults nothing is assumed
+        check_fingerprint(saved, {**saved, "train": {"lr": 0.001, "new_knob": 1}}, tmp_path / RESUME_FILE)
 
 
 def test_unreadable_resume_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:

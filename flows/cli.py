@@ -46,7 +46,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.prefect:
         from flows.ingest import ingest_flow
 
-        result = ingest_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg))
+        result = ingest_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
+                             force=args.force, progress=not args.no_progress)
     else:
         from lite_rec.ingest import ingest
 
@@ -225,8 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     if getattr(args, "no_progress", False):
-        # our own bars take the flag explicitly; this also silences third-party tqdm bars
-        # (transformers' weight loading, pip downloads of registry packages run from here)
+        # our own bars (and pip's, for registry packages) take the flag explicitly; this also
+        # silences third-party tqdm bars such as transformers' weight loading
         os.environ["TQDM_DISABLE"] = "1"
     func = cmd_stack if args.command == "stack" else COMMANDS[args.command][0]
     try:

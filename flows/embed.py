@@ -12,8 +12,9 @@ from tasks.model import embed_task
 
 
 @flow(name="embed", log_prints=True)
-def embed_flow(dataset: str = "ml-1m", profile: str | None = None, overrides: dict[str, Any] | None = None) -> list[int]:
+def embed_flow(dataset: str = "ml-1m", profile: str | None = None, overrides: dict[str, Any] | None = None,
+               progress: bool = True) -> list[int]:
     cfg = build_config(dataset, overrides, profile=profile)
-    build_sequences_task(cfg, fetch_raw_task(cfg))
-    vectors = embed_task(cfg)
+    build_sequences_task(cfg, fetch_raw_task(cfg, progress=progress), progress=progress)
+    vectors = embed_task(cfg, progress=progress)
     return [] if vectors is None else list(vectors.shape)

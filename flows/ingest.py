@@ -17,7 +17,8 @@ def ingest_flow(
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
     force: bool = False,
+    progress: bool = True,
 ) -> IngestResult:
     cfg = build_config(dataset, overrides, profile=profile)  # validated before any work
-    raw = fetch_raw_task(cfg)
-    return build_sequences_task(cfg, raw, force=force)
+    raw = fetch_raw_task(cfg, progress=progress)
+    return build_sequences_task(cfg, raw, force=force, progress=progress)

@@ -26,7 +26,7 @@ def train_flow(
     """`progress` only switches the progress bars of the data stage, item encoding and training
     (off for logs that a scheduler collects); it never changes a result."""
     cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
-    build_sequences_task(cfg, fetch_raw_task(cfg), progress=progress)
+    build_sequences_task(cfg, fetch_raw_task(cfg, progress=progress), progress=progress)
     result = train_task(cfg, embed_task(cfg, progress=progress), progress=progress)
     summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir), "resumed": result.resumed,
                                "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test_")}}

@@ -10,9 +10,9 @@ from lite_rec.sources import RawFiles, fetch_raw
 
 
 @task(name="fetch-raw", retries=3, retry_delay_seconds=[5, 30, 120])
-def fetch_raw_task(cfg: LiteRecConfig) -> RawFiles:
+def fetch_raw_task(cfg: LiteRecConfig, progress: bool = True) -> RawFiles:
     """Download (or resolve from the registry mirror / a local path) the raw dump."""
-    return fetch_raw(cfg)
+    return fetch_raw(cfg, progress=progress)
 
 
 @task(name="build-sequences")

@@ -1,4 +1,5 @@
-"""`lite-rec train` end to end on real ml-100k (the embedded default: Prefect in-process, no servers)."""
+"""`lite-rec train` and `lite-rec ingest --prefect` on real ml-100k (Prefect in-process, no servers):
+the CLI's flags reach the flows."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from lite_rec.config import REPO_ROOT, LiteRecConfig
 BAR = "%|"  # what every tqdm bar prints, ours and third-party ones
 
 
-def _train(data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(data_dir / "prefect-home")}
-    cmd = [sys.executable, "-m", "flows.cli", "train", "ml-100k", "--profile", "smoke", "--no-register",
-           "--data-dir", str(data_dir), *flags]
+    cmd = [sys.executable, "-m", "flows.cli", *args, "--data-dir", str(data_dir)]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _train(data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    return _cli(data_dir, "train", "ml-100k", "--profile", "smoke", "--no-register", *flags)
 
 
 def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
@@ -31,3 +35,13 @@ def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k
     assert "eval test" in loud.stderr and BAR in loud.stderr
     assert loud.stdout.split("metrics (test")[1].split("model folder")[0] == \
         quiet.stdout.split("metrics (test")[1].split("model folder")[0]  # bars never change a result
+
+
+def test_ingest_through_prefect_honours_force_and_no_progress(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
+    (tmp_path / "raw").symlink_to(ml100k_config.data_dir / "raw")
+    runs = [_cli(tmp_path, "ingest", "ml-100k", "--prefect", "--no-progress", *flags) for flags in ([], [], ["--force"])]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert BAR not in run.stderr + run.stdout
+    assert "written in" in runs[0].stdout and "up to date (skipped)" in runs[1].stdout
+    assert "written in" in runs[2].stdout  # --force redoes the data stage through the flow too

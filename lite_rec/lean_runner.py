@@ -104,7 +104,7 @@ class LeanRunner(nn.Module):
         self.register_buffer("ff_zero_bias", torch.zeros(spec.backbone.d_ff, device=device, dtype=dtype))  # for the fused epilogue
         with torch.no_grad():  # W_proj, or the tied item representations; cosine: normalised and / temperature
             self.head_weight = nn.Parameter(model.output_items().detach().float(), requires_grad=False)  # (N+1, D) fp32
-        bias = model.head.bias if spec.head == "linear" else None  # a tied head has none
+        bias = model.output_bias()
         self.head_bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.normalize_user = spec.score == "cosine"
         self._position: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

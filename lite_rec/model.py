@@ -133,6 +133,10 @@ class LiteRecModel(nn.Module):
             weight = F.normalize(weight, dim=-1) / self.spec.temperature
         return weight  # (N+1, D)
 
+    def output_bias(self) -> torch.Tensor | None:
+        """(N+1,) per-item score bias of the linear head (``model.head_bias``); None otherwise."""
+        return self.head.bias if self.spec.head == "linear" else None
+
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -181,8 +185,7 @@ class LiteRecModel(nn.Module):
             user = self.user_dropout(user.float())
             if self.spec.score == "cosine":
                 user = F.normalize(user, dim=-1)
-            bias = self.head.bias if self.spec.head == "linear" else None
-            logits = F.linear(user, self.output_items(), bias)  # (..., N+1)
+            logits = F.linear(user, self.output_items(), self.output_bias())  # (..., N+1)
         logits[..., 0] = float("-inf")
         return logits
 

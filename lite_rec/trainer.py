@@ -11,6 +11,10 @@ weights with the item vectors as a trainable parameter initialised from the cach
 ``finetune_lr`` (constant), and replaces the best weights only where validation improves on
 stage 1.
 
+With ``ema_decay > 0`` an exponential moving average of the trainable weights (``ema.py``) is what
+gets validated and kept as the best weights; the live weights keep training. Each stage starts
+its own average.
+
 A wall budget (``max_stage1_minutes``) ends stage 1 at the first epoch end past it, counting
 training and validation time of every stage-1 epoch (also across resumes); the best weights so
 far are kept and stage 2 runs as configured. Why a budget and not only ``max_epochs``: retraining
@@ -26,6 +30,7 @@ a restart continues exactly where the interrupted run was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -41,6 +46,7 @@ from tqdm.auto import tqdm
 from lite_rec import devices
 from lite_rec.batches import BatchMaker, build_sequence_store, epoch_plan
 from lite_rec.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
+from lite_rec.ema import WeightEMA
 from lite_rec.errors import LiteRecError
 from lite_rec.evaluate import build_eval_set, evaluate_model
 from lite_rec.model import IGNORE_INDEX, LiteRecModel
@@ -142,6 +148,7 @@ class Trainer:
         self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
                                          future_weight=self.tc.future_weight)
         self.s: dict[str, Any] = {}
+        self.ema: WeightEMA | None = None
 
     def _steps_per_epoch(self, stage: int) -> int:
         plan, order = epoch_plan(self.tc.strategy, self.store, self.cfg.model.max_seq_len, seed=self.tc.seed,
@@ -157,6 +164,12 @@ class Trainer:
         total = self._stage_epochs(stage) * self._steps_per_epoch(stage)
         warmup, schedule = (self.tc.warmup_ratio, self.tc.lr_schedule) if stage == 1 else (0.0, "constant")
         self.scheduler = make_scheduler(self.optimizer, total, warmup, schedule)
+        # a stage's average starts at its first weights, over the parameters it trains
+        self.ema = WeightEMA(self.model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
+
+    def _averaged(self) -> Any:
+        """The weights that are validated and kept: the EMA when configured, else the live ones."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def fresh(self, fingerprint: dict[str, Any], backbone_init: str) -> None:
         self.s = {"fingerprint": fingerprint, "backbone_init": backbone_init, "stage": 1, "epoch": 0, "step": 0,
@@ -173,12 +186,15 @@ class Trainer:
         self._build_optim(self.s["stage"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
         restore_rng(saved["rng"])
 
     def checkpoint(self) -> None:
         save_resume(self.ckpt_dir, {
             "state": self.s, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": capture_rng(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             **{k: self.s[k] for k in ("stage", "epoch", "step", "global_step", "done")},
         })
 
@@ -216,6 +232,8 @@ class Trainer:
             items, targets = self.batches.batch(step, tc.batch_size)
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16)
+            if self.ema is not None:
+                self.ema.update()
             nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position
             count = (nxt != IGNORE_INDEX).sum() if nxt.dim() == 2 else nxt.numel()
             loss_sum += loss.double() * count
@@ -252,14 +270,18 @@ class Trainer:
     def _evaluate(self, entry: dict[str, Any]) -> None:
         s, ev = self.s, self.cfg.eval
         t0 = time.perf_counter()
-        metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,
-                                 exclude_history=ev.exclude_history, device=self.device, bf16=self.bf16, progress=False)
+        with self._averaged():
+            metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,
+                                     exclude_history=ev.exclude_history, device=self.device, bf16=self.bf16,
+                                     progress=False)
+            improved = metrics[STOP_METRIC] > s["best"]["metric"]
+            if improved:
+                save_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
         entry.update({k: v for k, v in metrics.items() if k.startswith(("valid_recall", "valid_ndcg"))})
         entry["eval_seconds"] = time.perf_counter() - t0
-        if metrics[STOP_METRIC] > s["best"]["metric"]:
+        if improved:
             s["best"] = {"metric": metrics[STOP_METRIC], "stage": s["stage"], "epoch": s["epoch"] + 1}
             s["bad_evals"] = 0
-            save_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
         else:
             s["bad_evals"] += 1
             if s["bad_evals"] >= self.tc.patience:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
@@ -16,6 +16,8 @@
 #   knobs:  the history-free recipe with batch 64, lr 1e-3, a longer/faster stage 2, or text+id inputs
 #   textid: text+id inputs at lr 1e-3 (the two best knobs together), history-free loss over seeds 42, 1, 2,
 #           and its plain-loss control
+#   ema:    the textid recipe validated and kept as an EMA of its weights (train.ema_decay 0.999 / 0.9997),
+#           and at lr 2e-3 with and without the EMA
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -79,7 +81,13 @@ case "$SET" in
       run "nohist$seed" "textid-do5-nohist-lr1e3-ft-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" &
     done
     run control "textid-do5-lr1e3-ft: $H" & ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs or textid)" >&2; exit 2 ;;
+  ema)
+    H="$DO5 train.max_epochs=50 train.max_stage1_minutes=${BUDGET:-7.0} train.finetune_epochs=3 train.finetune_lr=1e-4 model.item_repr=text+id train.lr=1e-3 train.loss_excludes_history=true"
+    run ema999 "textid-nohist-ema999-ft: $H train.ema_decay=0.999" &
+    run ema9997 "textid-nohist-ema9997-ft: $H train.ema_decay=0.9997" &
+    run lr2e3 "textid-nohist-lr2e3-ft: $H train.lr=2e-3" &
+    run lr2e3ema "textid-nohist-lr2e3-ema999-ft: $H train.lr=2e-3 train.ema_decay=0.999" & ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid or ema)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

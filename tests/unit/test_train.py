@@ -153,3 +153,41 @@ def test_future_targets_train_onepass_and_are_refused_elsewhere(tmp_path: Path) 
     assert result.history[0]["loss"] > 0 and "test_recall_10" in result.metrics
     with pytest.raises(ValueError, match="future_targets=3 needs train.strategy=onepass"):
         _cfg(**{"train.future_targets": 3, "train.strategy": "all"})
+
+
+def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
+    cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 1})
+    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    last = torch.load(tmp_path / "checkpoints" / "resume.pt", weights_only=True)
+    averaged = dict(zip(last["ema"]["names"], last["ema"]["shadow"]))
+    kept = load_file(str(tmp_path / "model.safetensors"))
+    assert averaged.keys() <= kept.keys() and last["ema"]["steps"] == result.history[0]["steps"]
+    for name, tensor in averaged.items():  # one epoch, so the best weights are the epoch's average ...
+        torch.testing.assert_close(kept[name], tensor)
+    assert any(not torch.equal(last["model"][n], t) for n, t in averaged.items())  # ... not the live weights
+    assert result.metrics["valid_recall_10"] == pytest.approx(result.history[0]["valid_recall_10"])
+
+
+def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 3, "train.finetune_epochs": 1})
+    whole = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "whole", progress=False)
+    import lite_rec.trainer as trainer_module
+
+    real_step, calls = trainer_module.train_step, []
+
+    def step_then_die(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 8:  # 3 steps per epoch: dies in the middle of epoch 3, its first step is replayed
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    resumed = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "cut", progress=False)
+    assert resumed.resumed
+    assert resumed.metrics["test_recall_10"] == pytest.approx(whole.metrics["test_recall_10"], abs=1e-6)
+    kept, reference = load_file(str(tmp_path / "cut" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    for name in reference:
+        torch.testing.assert_close(kept[name], reference[name], atol=1e-5, rtol=1e-5)

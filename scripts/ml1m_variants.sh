@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
@@ -18,6 +18,8 @@
 #           and its plain-loss control
 #   ema:    the textid recipe validated and kept as an EMA of its weights (train.ema_decay 0.999 / 0.9997),
 #           and at lr 2e-3 with and without the EMA
+#   emalong: lr 2e-3 + EMA 0.999 for 70 stage-1 epochs, history-free ("nohist") or plain ("plain") softmax;
+#           RUNS="nohist42 nohist1 plain42" picks the runs (kind + seed), three side by side fit one call
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
@@ -87,7 +89,17 @@ case "$SET" in
     run ema9997 "textid-nohist-ema9997-ft: $H train.ema_decay=0.9997" &
     run lr2e3 "textid-nohist-lr2e3-ft: $H train.lr=2e-3" &
     run lr2e3ema "textid-nohist-lr2e3-ema999-ft: $H train.lr=2e-3 train.ema_decay=0.999" & ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid or ema)" >&2; exit 2 ;;
+  emalong)
+    H="$DO5 train.max_epochs=70 train.max_stage1_minutes=${BUDGET:-8.3} train.finetune_epochs=3 train.finetune_lr=1e-4 model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
+    for r in ${RUNS:-nohist42 nohist1 plain42}; do
+      seed=${r//[a-z]/} kind=${r//[0-9]/}
+      case "$kind" in
+        nohist) run "$r" "textid-nohist-lr2e3-ema999-e70-ft-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" & ;;
+        plain) run "$r" "textid-lr2e3-ema999-e70-ft-seed$seed: $H train.seed=$seed" & ;;
+        *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
+      esac
+    done ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema or emalong)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

@@ -20,7 +20,8 @@
 #           and at lr 2e-3 with and without the EMA
 #   emalong: lr 2e-3 + EMA 0.999 for 70 stage-1 epochs, history-free ("nohist") or plain ("plain") softmax;
 #           RUNS="nohist42 nohist1 plain42" picks the runs (kind + seed), three side by side fit one call
-# EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh.
+# EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh. Checkpoints go to
+# /tmp/ml1m-<set>-<basename of out-dir>-<group>: give concurrent invocations different out-dirs.
 set -u
 SET=$1 PROC=$2 VEC=$3 OUT=$4 LIMIT=${5:-540}
 PYTHON=${PYTHON:-python3} EXTRA=${EXTRA:-}
@@ -29,7 +30,7 @@ SMALL="model.d_model=256 model.n_layers=2 model.n_heads=4 model.d_ff=1024 model.
 DO5="model.dropout=0.5 model.backbone_dropout=0.2 train.patience=15"
 run() {  # group, variant
   timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile paper \
-    --out "$OUT/$1" --runs-dir "/tmp/ml1m-$SET-$1" --common $BASE --variant "$2 $EXTRA" > "$OUT/$1.log" 2>&1
+    --out "$OUT/$1" --runs-dir "/tmp/ml1m-$SET-$(basename "$OUT")-$1" --common $BASE --variant "$2 $EXTRA" > "$OUT/$1.log" 2>&1
 }
 mkdir -p "$OUT"
 case "$SET" in

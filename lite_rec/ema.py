@@ -31,13 +31,13 @@ class WeightEMA:
         self.model, self.decay = model, decay
         self.reset()
 
-    def _params(self) -> list[torch.nn.Parameter]:
-        return [p for _, p in sorted(self.model.named_parameters()) if p.requires_grad]
-
     def reset(self) -> None:
-        """Start a new average at the current weights (and the current set of trainable parameters)."""
-        self.names = [n for n, p in sorted(self.model.named_parameters()) if p.requires_grad]
-        self.shadow = [p.detach().clone() for p in self._params()]
+        """Start a new average at the current weights, over the parameters trainable now (call it
+        again after freezing or unfreezing any)."""
+        trainable = [(n, p) for n, p in sorted(self.model.named_parameters()) if p.requires_grad]
+        self.names = [n for n, _ in trainable]
+        self.params = [p for _, p in trainable]
+        self.shadow = [p.detach().clone() for p in self.params]
         self.steps = 0
 
     def current_decay(self) -> float:
@@ -46,21 +46,20 @@ class WeightEMA:
     @torch.no_grad()
     def update(self) -> None:
         """shadow <- d * shadow + (1 - d) * weights, one fused kernel over all parameters."""
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params()], 1.0 - self.current_decay())
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.current_decay())
         self.steps += 1
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """The averaged weights inside the block (for evaluation and saving); the live ones after it."""
-        params = self._params()
-        live = [p.detach().clone() for p in params]
+        live = [p.detach().clone() for p in self.params]
         with torch.no_grad():
-            torch._foreach_copy_([p.data for p in params], self.shadow)
+            torch._foreach_copy_([p.data for p in self.params], self.shadow)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([p.data for p in params], live)
+                torch._foreach_copy_([p.data for p in self.params], live)
 
     def state_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "shadow": [t.detach().cpu() for t in self.shadow], "steps": self.steps}

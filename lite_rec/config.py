@@ -143,7 +143,7 @@ class TrainConfig(_Section):
     future_targets: int = Field(1, ge=1)  # onepass: next items supervised per position (1 = Eq. 6's next item only; more measured worse on ML-1m)
     future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
-    ema_decay: float = Field(0.0, ge=0, lt=1)  # validate and keep an EMA of the weights (ema.py); 0 = off, 0.999 ~ last 1,000 steps
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # validate and keep an EMA of the weights (ema.py); 0 = off; the memory's upper bound ~1/(1-d) steps (warm-up: ~last tenth of the steps)
     max_epochs: int = Field(200, ge=1)
     max_stage1_minutes: float | None = Field(None, gt=0)  # wall budget of stage 1 (epochs + validation); None = no limit
     patience: int = Field(10, ge=1)  # evaluations without validation R@10 improvement

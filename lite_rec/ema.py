@@ -3,14 +3,18 @@
 Why: stage 1 runs at a constant learning rate (a cosine decay to 0 measured worse on ML-1m:
 docs/results.md, session 4), so the weights at any epoch end are one noisy point of a wide
 basin. Averaging the recent iterates removes that noise without lowering the step size that
-keeps training productive. With ``train.ema_decay = d`` the average spans about ``1 / (1 - d)``
-optimizer steps; an ML-1m onepass epoch at batch 128 is 68 steps, so d = 0.999 averages about
-the last 15 epochs.
+keeps training productive.
 
-The effective decay of step t (counted from the last ``reset``) is ``min(d, (1 + t) / (10 + t))``:
-the first steps after a start follow the weights closely instead of dragging the random init
-along for 1 / (1 - d) steps. Stage 2 resets the average at its start (its item vectors become a
-trainable parameter, and it starts from the best stage-1 weights).
+The decay of step t (counted from the last ``reset``) is ``min(d, (1 + t) / (10 + t))``, the
+warm-up of TensorFlow's ExponentialMovingAverage: the first steps after a start follow the
+weights instead of dragging the random init along. Until ``(1 + t) / (10 + t)`` reaches d, at
+t = 9 d / (1 - d) (about 9,000 steps for d = 0.999), the average covers roughly the last tenth
+of the steps so far; only after that does it settle at about ``1 / (1 - d)`` steps. So d is an
+upper bound on how long the memory gets, and on short runs it never binds: ML-1m's 70 onepass
+epochs at batch 128 are 4,760 steps, so with d = 0.999 (or 0.9997) the kept weights average
+about the last 500 steps (7 epochs) at the end of stage 1. Stage 2 resets the average at its
+start (its item vectors become a trainable parameter, and it starts from the best stage-1
+weights).
 """
 
 from __future__ import annotations

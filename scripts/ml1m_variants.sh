@@ -16,7 +16,8 @@
 #   knobs:  the history-free recipe with batch 64, lr 1e-3, a longer/faster stage 2, or text+id inputs
 #   textid: text+id inputs at lr 1e-3 (the two best knobs together), history-free loss over seeds 42, 1, 2,
 #           and its plain-loss control
-#   ema:    the textid recipe validated and kept as an EMA of its weights (train.ema_decay 0.999 / 0.9997),
+#   ema:    the textid recipe validated and kept as an EMA of its weights (train.ema_decay 0.999 / 0.9997: the same
+#           average on runs this short, its warm-up decides; lite_rec/ema.py),
 #           and at lr 2e-3 with and without the EMA
 #   emalong: lr 2e-3 + EMA 0.999 for 70 stage-1 epochs, history-free ("nohist") or plain ("plain") softmax;
 #           RUNS="nohist42 nohist1 plain42" picks the runs (kind + seed), three side by side fit one call

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lite_rec.config import dotted
 from lite_rec.errors import CacheMismatch
 from lite_rec.model import LiteRecModel, ModelSpec, model_from_spec
 
@@ -144,16 +145,6 @@ def load_resume(ckpt_dir: Path) -> dict[str, Any] | None:
         raise CacheMismatch(f"{path}: unreadable resume checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], path: Path,
                       defaults: dict[str, Any] | None = None) -> None:
     """Refuse to resume a checkpoint written for other settings or data; name what differs.
@@ -162,7 +153,7 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], path: Path
     (added to lite-rec after it was written) matches when its current value is its default in
     ``defaults`` (same nesting as the fingerprint): an upgrade must not strand a running job.
     """
-    old, new, default = _flat(saved), _flat(current), _flat(defaults or {})
+    old, new, default = dotted(saved), dotted(current), dotted(defaults or {})
     missing = object()
     diff = []
     for key in sorted(set(old) | set(new)):

@@ -128,6 +128,18 @@ class ModelConfig(_Section):
         return self
 
 
+def dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level of dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``):
+    how settings are named in overrides, MLflow params and resume-fingerprint errors."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class TrainConfig(_Section):
     """Optimisation (PAPER.md Appendix E defaults)."""
 
@@ -250,17 +262,7 @@ class LiteRecConfig(_Section):
 
     def to_flat_dict(self) -> dict[str, str]:
         """Dotted key -> string value, for logging the whole config as MLflow params."""
-        out: dict[str, str] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                out[prefix] = str(value)
-
-        walk("", self.model_dump(mode="json"))
-        return out
+        return {k: str(v) for k, v in dotted(self.model_dump(mode="json")).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,14 +330,14 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
     lines = [f"invalid configuration ({origin}):"]
     for err in exc.errors():
         loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             names = _field_names(LiteRecConfig, loc)
             hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
             fix = f"; did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else ""
-            lines.append(f"  - unknown key '{dotted}'{fix} (valid here: {', '.join(names)})")
+            lines.append(f"  - unknown key '{key}'{fix} (valid here: {', '.join(names)})")
         else:
-            lines.append(f"  - {dotted or '<root>'}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  - {key or '<root>'}: {err['msg']} (got {err.get('input')!r})")
     return ConfigError("\n".join(lines))
 
 

@@ -155,7 +155,12 @@ class TrainConfig(_Section):
     future_targets: int = Field(1, ge=1)  # onepass: next items supervised per position (1 = Eq. 6's next item only; more measured worse on ML-1m)
     future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
+    item_dropout: float = Field(0.0, ge=0, lt=1)  # chance that an input item's whole vector is zeroed in training (model.embed_items)
+    # "train+valid": a refit whose settings (epochs included) come from a validated run: the validation item
+    # becomes one more training target, so nothing is validated, nothing stops early, the last weights are kept
+    fit_on: Literal["train", "train+valid"] = "train"
     ema_decay: float = Field(0.0, ge=0, lt=1)  # validate and keep an EMA of the weights (ema.py); 0 = off; the memory's upper bound ~1/(1-d) steps (warm-up: ~last tenth of the steps)
+    ema_warmup: Literal["tf", "unbiased"] = "tf"  # tf: min(d, (1+t)/(10+t)); unbiased: d sets the memory from the start (ema.py)
     max_epochs: int = Field(200, ge=1)
     max_stage1_minutes: float | None = Field(None, gt=0)  # wall budget of stage 1 (epochs + validation); None = no limit
     patience: int = Field(10, ge=1)  # evaluations without validation R@10 improvement

@@ -15,6 +15,12 @@ epochs at batch 128 are 4,760 steps, so with d = 0.999 (or 0.9997) the kept weig
 about the last 500 steps (7 epochs) at the end of stage 1. Stage 2 resets the average at its
 start (its item vectors become a trainable parameter, and it starts from the best stage-1
 weights).
+
+``warmup="unbiased"`` lets d decide the memory from the start: the decay of step t is
+``d (1 - d^t) / (1 - d^(t+1))``, which makes the shadow exactly the normalised exponentially
+weighted mean of the weights after every step so far (weights d^(age)), as Adam's bias
+correction would, so neither the random init nor a step count caps how far back it reaches: with
+d = 0.999 it averages about the last 1,000 steps (~15 ML-1m epochs) at any point past that.
 """
 
 from __future__ import annotations
@@ -25,14 +31,18 @@ from typing import Any
 
 import torch
 
+WARMUPS = ("tf", "unbiased")
+
 
 class WeightEMA:
     """Shadow copies of a module's trainable parameters, updated in place after each optimizer step."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: str = "tf") -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema_decay must be in (0, 1) to average weights, got {decay}")
-        self.model, self.decay = model, decay
+        if warmup not in WARMUPS:
+            raise ValueError(f"train.ema_warmup must be one of {WARMUPS}, got {warmup!r}")
+        self.model, self.decay, self.warmup = model, decay, warmup
         self.reset()
 
     def reset(self) -> None:
@@ -45,7 +55,10 @@ class WeightEMA:
         self.steps = 0
 
     def current_decay(self) -> float:
-        return min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
+        d, t = self.decay, self.steps
+        if self.warmup == "unbiased":  # 0 at the first step: the shadow starts at the first trained weights
+            return d * (1.0 - d**t) / (1.0 - d ** (t + 1))
+        return min(d, (1.0 + t) / (10.0 + t))
 
     @torch.no_grad()
     def update(self) -> None:

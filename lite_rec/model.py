@@ -107,9 +107,20 @@ class LiteRecModel(nn.Module):
             x = x + self.item_embedding(items)  # (..., D)
         return x
 
-    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``)."""
-        return self.input_dropout(self.item_representation(items))
+    def embed_items(self, items: torch.Tensor, item_dropout: float = 0.0) -> torch.Tensor:
+        """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``).
+
+        ``item_dropout`` (training only, ``train.item_dropout``): each input item's whole vector
+        is zeroed with this probability, unscaled (a missing item, not noise on its features).
+        Why: on ML-1m 53% of consecutive ratings share a timestamp, so which of them came just
+        before a target is arbitrary in the log; a model that cannot always lean on the previous
+        item has to read the rest of the history.
+        """
+        x = self.item_representation(items)  # (B, T, D)
+        if self.training and item_dropout > 0:
+            keep = torch.rand(items.shape, device=items.device) >= item_dropout  # (B, T)
+            x = x * keep[..., None].to(x.dtype)
+        return self.input_dropout(x)
 
     def output_items(self) -> torch.Tensor:
         """(N+1, D) fp32 item side of the scores: W_proj (Eq. 5), or with ``head="tied"`` every
@@ -140,19 +151,19 @@ class LiteRecModel(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def contextualize(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def contextualize(self, items: torch.Tensor, item_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         real = items > 0  # (B, T)
-        hidden = self.backbone(self.embed_items(items), real, self.spec.causal)  # (B, T, D)
+        hidden = self.backbone(self.embed_items(items, item_dropout), real, self.spec.causal)  # (B, T, D)
         return hidden, real
 
-    def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
+    def user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0) -> torch.Tensor:
         """Eq. 4: h_u = mean of the outputs over the real (non-padding) positions. (B, T) -> (B, D).
 
         With ``pooling="last"`` h_u is the output at the last real position instead: over long
         histories (max_seq_len 200) a mean dilutes the most recent items, which carry most of
         the next-item signal on MovieLens; the paper's 20-item window hides that effect.
         """
-        hidden, real = self.contextualize(items)
+        hidden, real = self.contextualize(items, item_dropout)
         if self.spec.pooling == "last":
             positions = torch.arange(items.shape[1], device=items.device)  # (T,)
             last = (real.long() * positions).argmax(1)  # (B,) index of the last real item, any padding side
@@ -160,7 +171,7 @@ class LiteRecModel(nn.Module):
         summed = hidden.float().masked_fill(~real[..., None], 0.0).sum(1)  # (B, D); where(), not *: no NaN leak
         return summed / real.sum(1, keepdim=True).clamp(min=1)
 
-    def prefix_user_vectors(self, items: torch.Tensor) -> torch.Tensor:
+    def prefix_user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0) -> torch.Tensor:
         """Causal models: h_u of every prefix from one pass. (B, T) right-padded -> (B, T, D).
 
         Row t is the mean of the causal outputs 0..t, which equals ``user_vectors`` of the prefix
@@ -168,7 +179,7 @@ class LiteRecModel(nn.Module):
         """
         if not self.spec.causal:
             raise ValueError("prefix_user_vectors needs a causal model (train.strategy=onepass)")
-        hidden, real = self.contextualize(items)
+        hidden, real = self.contextualize(items, item_dropout)
         if self.spec.pooling == "last":
             return hidden.float().masked_fill(~real[..., None], 0.0)  # (B, T, D): the prefix's own last output
         running = hidden.float().masked_fill(~real[..., None], 0.0).cumsum(1)  # (B, T, D)
@@ -190,7 +201,8 @@ class LiteRecModel(nn.Module):
         return logits
 
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
-                exclude_history: bool = False, future_weight: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
+                exclude_history: bool = False, future_weight: float = 0.5,
+                item_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
@@ -205,12 +217,13 @@ class LiteRecModel(nn.Module):
         ``exclude_history`` (training only, ``train.loss_excludes_history``): the softmax leaves
         out the items already in each sample's input (each prefix's, for (B, T) targets), the
         training counterpart of ``eval.exclude_history``: the model is then never asked to push
-        down items the ranking removes anyway. The target itself always stays in.
+        down items the ranking removes anyway. The target itself always stays in. ``item_dropout``:
+        ``embed_items``.
         """
         if targets is not None and targets.dim() >= 2:
-            logits = self.item_logits(self.prefix_user_vectors(items))  # (B, T, N+1)
+            logits = self.item_logits(self.prefix_user_vectors(items, item_dropout))  # (B, T, N+1)
         else:
-            logits = self.item_logits(self.user_vectors(items))  # (B, N+1)
+            logits = self.item_logits(self.user_vectors(items, item_dropout))  # (B, N+1)
         if targets is None:
             return logits, None
         nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, T) or (B,): the next item

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 @dataclass
 class TrainResult:
     model: LiteRecModel  # best weights, eval mode
-    metrics: dict[str, float]  # valid_* / test_* (both protocols), best_*, epochs_run, train_seconds
+    metrics: dict[str, float]  # valid_* (not with fit_on=train+valid) / test_* (both protocols), best_*, epochs_run, train_seconds
     history: list[dict[str, Any]]  # one entry per epoch: stage, epoch, loss, lr, seconds, samples_per_s, valid_*
     backbone_init: str  # "pretrained ..." or "random init (why)": tag the run with it
     stopped_early: bool
@@ -96,7 +96,7 @@ def train_model(
         load_weights(model, ckpt_dir / BEST_WEIGHTS)
         ev = cfg.eval
         metrics: dict[str, float] = {}
-        for split in ("valid", "test"):
+        for split in ("valid", "test") if tc.fit_on == "train" else ("test",):  # a refit trained on valid
             metrics.update(evaluate_model(model, build_eval_set(sequences, split), ks=ev.ks, batch_size=ev.batch_size,
                                           exclude_history=ev.exclude_history, device=device, bf16=trainer.bf16,
                                           progress=progress))
@@ -104,7 +104,7 @@ def train_model(
         metrics.update(best_stage=float(s["best"]["stage"]), best_epoch=float(s["best"]["epoch"]),
                        epochs_run=float(len(s["history"])), train_seconds=sum(h["seconds"] for h in s["history"]))
         protocol = {"exclude_history": ev.exclude_history, "max_seq_len": cfg.model.max_seq_len, "ks": list(ev.ks),
-                    "strategy": tc.strategy, "seed": tc.seed}
+                    "strategy": tc.strategy, "seed": tc.seed, "fit_on": tc.fit_on}
         save_model(model, out_dir, {"backbone_init": backbone_init, "protocol": protocol, "best": s["best"],
                                     "config": cfg.model_dump(mode="json")})
         write_json(out_dir / "metrics.json", metrics)

@@ -11,6 +11,13 @@ weights with the item vectors as a trainable parameter initialised from the cach
 ``finetune_lr`` (constant), and replaces the best weights only where validation improves on
 stage 1.
 
+With ``fit_on=train+valid`` (a refit) each user's validation item is one more training target, as
+in the test input: validation would score items the model was trained on, so there is none. No
+early stopping; the weights at each evaluation point replace the kept ones, so the last are kept.
+Settings, the number of epochs included, come from a run validated with ``fit_on=train``. Why:
+the item after the training part is the most recent signal there is, and the test item follows
+it; a model that never saw it is a step behind at test and at serving time.
+
 With ``ema_decay > 0`` an exponential moving average of the trainable weights (``ema.py``) is what
 gets validated and kept as the best weights; the live weights keep training. Each stage starts
 its own average.
@@ -140,13 +147,15 @@ class Trainer:
                  ckpt_dir: Path, progress: bool, step_sleep: float) -> None:
         self.cfg, self.tc, self.model, self.device = cfg, cfg.train, model, device
         self.ckpt_dir, self.progress, self.step_sleep = ckpt_dir, progress, step_sleep
-        self.store = build_sequence_store(sequences["train_seq"])
+        # a refit learns from each user's test input (train + validation item); else from the train part
+        refit = self.tc.fit_on == "train+valid"
+        self.store = build_eval_set(sequences, "test").histories if refit else build_sequence_store(sequences["train_seq"])
         self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets)
-        self.valid_set = build_eval_set(sequences, "valid")
+        self.valid_set = None if refit else build_eval_set(sequences, "valid")
         self.bf16 = self.tc.bf16 and device.type == "cuda"
         compiled = torch.compile(model) if self.tc.compile else model
         self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
-                                         future_weight=self.tc.future_weight)
+                                         future_weight=self.tc.future_weight, item_dropout=self.tc.item_dropout)
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
 
@@ -165,7 +174,7 @@ class Trainer:
         warmup, schedule = (self.tc.warmup_ratio, self.tc.lr_schedule) if stage == 1 else (0.0, "constant")
         self.scheduler = make_scheduler(self.optimizer, total, warmup, schedule)
         # a stage's average starts at its first weights, over the parameters it trains
-        self.ema = WeightEMA(self.model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
+        self.ema = WeightEMA(self.model, self.tc.ema_decay, self.tc.ema_warmup) if self.tc.ema_decay > 0 else None
 
     def _averaged(self) -> Any:
         """The weights that are validated and kept: the EMA when configured, else the live ones."""
@@ -270,6 +279,12 @@ class Trainer:
     def _evaluate(self, entry: dict[str, Any]) -> None:
         s, ev = self.s, self.cfg.eval
         t0 = time.perf_counter()
+        if self.valid_set is None:  # refit: nothing to validate on; the latest weights are the kept ones
+            with self._averaged():
+                save_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
+            entry["eval_seconds"] = time.perf_counter() - t0
+            s["best"] = {"metric": -1.0, "stage": s["stage"], "epoch": s["epoch"] + 1}
+            return
         with self._averaged():
             metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,
                                      exclude_history=ev.exclude_history, device=self.device, bf16=self.bf16,

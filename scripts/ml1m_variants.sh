@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong|refit <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
@@ -21,6 +21,8 @@
 #           and at lr 2e-3 with and without the EMA
 #   emalong: lr 2e-3 + EMA 0.999 for 70 stage-1 epochs, history-free ("nohist") or plain ("plain") softmax;
 #           RUNS="nohist42 nohist1 plain42" picks the runs (kind + seed), three side by side fit one call
+#   refit:  the emalong recipe refitted on train + validation item (train.fit_on=train+valid: 70 epochs, the
+#           best epoch of its validated runs; no validation, no stage 2, the last EMA weights are tested)
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh. Checkpoints go to
 # /tmp/ml1m-<set>-<basename of out-dir>-<group>: give concurrent invocations different out-dirs.
 set -u
@@ -101,7 +103,17 @@ case "$SET" in
         *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
       esac
     done ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema or emalong)" >&2; exit 2 ;;
+  refit)
+    H="$DO5 train.max_epochs=70 train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999 train.fit_on=train+valid"
+    for r in ${RUNS:-nohist42 plain42 nohist1}; do
+      seed=${r//[a-z]/} kind=${r//[0-9]/}
+      case "$kind" in
+        nohist) run "$r" "refit-textid-nohist-lr2e3-ema999-e70-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" & ;;
+        plain) run "$r" "refit-textid-lr2e3-ema999-e70-seed$seed: $H train.seed=$seed" & ;;
+        *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
+      esac
+    done ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema, emalong or refit)" >&2; exit 2 ;;
 esac
 wait
 tail -n 2 "$OUT"/*.log

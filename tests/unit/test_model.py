@@ -254,3 +254,19 @@ def test_future_loss_skips_later_items_the_history_mask_removed() -> None:
     assert torch.isfinite(loss)
     lp = logits[0].log_softmax(-1)
     torch.testing.assert_close(loss, -(lp[0, 5] + lp[1, 2] + lp[1, 9] + lp[2, 7]) / 4)
+
+
+def test_item_dropout_zeroes_whole_item_vectors_in_training_only() -> None:
+    model = _model(item_repr="text+id")
+    model.input_dropout = torch.nn.Identity()  # only the item dropout here
+    items = torch.tensor([[3, 5, 2, 7, 1, 4]] * 64)  # (64, 6)
+    plain = model.item_representation(items)  # (64, 6, D)
+    assert torch.equal(model.embed_items(items, item_dropout=0.5), plain)  # eval mode: untouched
+    model.train()
+    torch.manual_seed(1)
+    dropped = model.embed_items(items, item_dropout=0.5)  # (64, 6, D)
+    gone = (dropped == 0).all(-1)  # (64, 6): whole vectors zeroed ...
+    kept = ~gone
+    torch.testing.assert_close(dropped[kept], plain[kept])  # ... the others unscaled
+    assert 0.35 < gone.float().mean() < 0.65
+    assert torch.equal(model.embed_items(items, item_dropout=0.0), plain)

@@ -191,3 +191,20 @@ def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monke
     kept, reference = load_file(str(tmp_path / "cut" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
     for name in reference:
         torch.testing.assert_close(kept[name], reference[name], atol=1e-5, rtol=1e-5)
+
+
+def test_a_refit_on_train_and_valid_learns_the_valid_item_and_keeps_its_last_weights(tmp_path: Path) -> None:
+    # patience 1: a validated run stops at its first epoch without a gain; a refit has nothing to stop on
+    cfg = _cfg(**{"train.fit_on": "train+valid", "train.strategy": "all", "train.max_epochs": 3, "train.patience": 1})
+    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    samples = sum(len(s) for s in tiny_sequences()["train_seq"])  # every prefix of train + valid item: one more each
+    assert [h["steps"] for h in result.history] == [-(-samples // 8)] * 3 and not result.stopped_early
+    assert not any(k.startswith("valid_") for k in result.metrics) and "test_recall_10" in result.metrics
+    assert not any(k.startswith("valid_") for h in result.history for k in h)
+    assert result.metrics["best_epoch"] == 3.0
+    last = torch.load(tmp_path / "checkpoints" / "resume.pt", weights_only=True)
+    kept = load_file(str(tmp_path / "model.safetensors"))
+    for name, tensor in kept.items():  # the kept weights are the last ones
+        torch.testing.assert_close(tensor, last["model"][name])
+    _, meta = load_model(tmp_path)
+    assert meta["protocol"]["fit_on"] == "train+valid"

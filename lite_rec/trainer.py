@@ -13,10 +13,11 @@ stage 1.
 
 With ``fit_on=train+valid`` (a refit) each user's validation item is one more training target, as
 in the test input: validation would score items the model was trained on, so there is none. No
-early stopping; the weights at each evaluation point replace the kept ones, so the last are kept.
+early stopping; each epoch's final weights replace the kept ones, so the last are kept.
 Settings, the number of epochs included, come from a run validated with ``fit_on=train``. Why:
-the item after the training part is the most recent signal there is, and the test item follows
-it; a model that never saw it is a step behind at test and at serving time.
+a model to serve should have seen every user's latest interaction; the test item stays held out
+for ``lite-rec promote``. On ML-1m a refit tested the same as the validated runs
+(docs/results.md, session 7): it is for freshness, not for the benchmark.
 
 With ``ema_decay > 0`` an exponential moving average of the trainable weights (``ema.py``) is what
 gets validated and kept as the best weights; the live weights keep training. Each stage starts
@@ -266,7 +267,7 @@ class Trainer:
             "samples_per_s": plan.n_targets / max(seconds, 1e-9),
         }
         last = epoch + 1 >= self._stage_epochs(stage)
-        if (epoch + 1) % tc.eval_every == 0 or last:
+        if (epoch + 1) % tc.eval_every == 0 or last or self.valid_set is None:  # a refit keeps every epoch's end
             self._evaluate(entry)
         s["history"].append(entry)
         if stage == 1 and tc.max_stage1_minutes is not None and not s["stage_done"]:

@@ -35,6 +35,17 @@ run() {  # group, variant
   timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile paper \
     --out "$OUT/$1" --runs-dir "/tmp/ml1m-$SET-$(basename "$OUT")-$1" --common $BASE --variant "$2 $EXTRA" > "$OUT/$1.log" 2>&1
 }
+recipe_runs() {  # name prefix, name suffix, overrides: the session-6 recipe for each of $RUNS (kind + seed), side by side
+  for r in ${RUNS:-nohist42 nohist1 plain42}; do
+    seed=${r//[a-z]/} kind=${r//[0-9]/}
+    case "$kind" in
+      nohist) run "$r" "$1textid-nohist-lr2e3-ema999-e70$2-seed$seed: $3 train.loss_excludes_history=true train.seed=$seed" & ;;
+      plain) run "$r" "$1textid-lr2e3-ema999-e70$2-seed$seed: $3 train.seed=$seed" & ;;
+      *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
+    esac
+  done
+}
+E70="$DO5 train.max_epochs=70 train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
 mkdir -p "$OUT"
 case "$SET" in
   stride)
@@ -94,25 +105,9 @@ case "$SET" in
     run lr2e3 "textid-nohist-lr2e3-ft: $H train.lr=2e-3" &
     run lr2e3ema "textid-nohist-lr2e3-ema999-ft: $H train.lr=2e-3 train.ema_decay=0.999" & ;;
   emalong)
-    H="$DO5 train.max_epochs=70 train.max_stage1_minutes=${BUDGET:-8.3} train.finetune_epochs=3 train.finetune_lr=1e-4 model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
-    for r in ${RUNS:-nohist42 nohist1 plain42}; do
-      seed=${r//[a-z]/} kind=${r//[0-9]/}
-      case "$kind" in
-        nohist) run "$r" "textid-nohist-lr2e3-ema999-e70-ft-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" & ;;
-        plain) run "$r" "textid-lr2e3-ema999-e70-ft-seed$seed: $H train.seed=$seed" & ;;
-        *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
-      esac
-    done ;;
+    recipe_runs "" "-ft" "$E70 train.finetune_epochs=3 train.finetune_lr=1e-4" ;;
   refit)
-    H="$DO5 train.max_epochs=70 train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999 train.fit_on=train+valid"
-    for r in ${RUNS:-nohist42 plain42 nohist1}; do
-      seed=${r//[a-z]/} kind=${r//[0-9]/}
-      case "$kind" in
-        nohist) run "$r" "refit-textid-nohist-lr2e3-ema999-e70-seed$seed: $H train.loss_excludes_history=true train.seed=$seed" & ;;
-        plain) run "$r" "refit-textid-lr2e3-ema999-e70-seed$seed: $H train.seed=$seed" & ;;
-        *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
-      esac
-    done ;;
+    recipe_runs "refit-" "" "$E70 train.fit_on=train+valid" ;;
   *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema, emalong or refit)" >&2; exit 2 ;;
 esac
 wait

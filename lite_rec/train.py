@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step (demos, kill tests)")
     parser.add_argument("overrides", nargs="*", help="config overrides: section.field=value, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lite_rec.config import ConfigError, build_config  # pydantic + yaml: only the CLI needs them
 
     try:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ from lite_rec.model import IGNORE_INDEX, LiteRecModel
 if TYPE_CHECKING:
     from lite_rec.config import LiteRecConfig
 
+log = logging.getLogger(__name__)
 RUNTIME_ONLY = ("device", "compile", "num_threads", "checkpoint_every_steps", "max_stage1_minutes")  # may change on resume
 STOP_METRIC = "valid_recall_10"
 
@@ -110,6 +112,14 @@ def train_step(
     optimizer.step()
     scheduler.step()
     return loss.detach()
+
+
+def epoch_line(entry: dict[str, Any], best: dict[str, Any], epochs: int) -> str:
+    """One plain log line per epoch (for logs without progress bars, and for runs cut short)."""
+    line = f"stage {entry['stage']} epoch {entry['epoch']}/{epochs}: loss {entry['loss']:.4f}, {entry['seconds']:.1f} s"
+    if STOP_METRIC in entry:
+        line += f", {STOP_METRIC} {entry[STOP_METRIC]:.4f} (best {best['metric']:.4f}, stage {best['stage']} epoch {best['epoch']})"
+    return line
 
 
 def n_items_of(sequences: pd.DataFrame, item_vectors: torch.Tensor | None) -> int:
@@ -270,6 +280,7 @@ class Trainer:
         if (epoch + 1) % tc.eval_every == 0 or last or self.valid_set is None:  # a refit keeps every epoch's end
             self._evaluate(entry)
         s["history"].append(entry)
+        log.info("%s", epoch_line(entry, s["best"], self._stage_epochs(stage)))
         if stage == 1 and tc.max_stage1_minutes is not None and not s["stage_done"]:
             spent = sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in s["history"] if h["stage"] == 1)
             if spent >= 60.0 * tc.max_stage1_minutes and epoch + 1 < self._stage_epochs(1):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import time
@@ -46,6 +47,7 @@ def main() -> int:
     p.add_argument("--variant", action="append", required=True, help="'name: key=value key=value ...'")
     p.add_argument("--common", nargs="*", default=[], help="overrides applied to every variant")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the trainer's line per epoch
     args.out.mkdir(parents=True, exist_ok=True)
     sequences = read_sequences(args.processed_dir / "sequences.parquet")
     vectors = read_item_vectors(args.item_vectors)

@@ -208,3 +208,12 @@ def test_a_refit_on_train_and_valid_learns_the_valid_item_and_keeps_its_last_wei
         torch.testing.assert_close(tensor, last["model"][name])
     _, meta = load_model(tmp_path)
     assert meta["protocol"]["fit_on"] == "train+valid"
+
+
+def test_every_epoch_logs_one_plain_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="lite_rec.trainer"):
+        result = train_model(_cfg(), tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "lite_rec.trainer"]
+    assert len(lines) == len(result.history) == 2
+    assert lines[1].startswith("stage 1 epoch 2/2: loss ")
+    assert f"valid_recall_10 {result.history[1]['valid_recall_10']:.4f}" in lines[1]

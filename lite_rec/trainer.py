@@ -295,7 +295,7 @@ class Trainer:
             with self._averaged():
                 save_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
             entry["eval_seconds"] = time.perf_counter() - t0
-            s["best"] = {"metric": -1.0, "stage": s["stage"], "epoch": s["epoch"] + 1}
+            s["best"] = {"metric": None, "stage": s["stage"], "epoch": s["epoch"] + 1}  # no validation score
             return
         with self._averaged():
             metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,

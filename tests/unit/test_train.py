@@ -207,7 +207,7 @@ def test_a_refit_on_train_and_valid_learns_the_valid_item_and_keeps_its_last_wei
     for name, tensor in kept.items():  # the kept weights are the last ones
         torch.testing.assert_close(tensor, last["model"][name])
     _, meta = load_model(tmp_path)
-    assert meta["protocol"]["fit_on"] == "train+valid"
+    assert meta["protocol"]["fit_on"] == "train+valid" and meta["best"] == {"metric": None, "stage": 1, "epoch": 3}
 
 
 def test_every_epoch_logs_one_plain_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

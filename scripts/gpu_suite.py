@@ -2,7 +2,9 @@
 
 Why a suite: GPU time comes in few, full calls, so one process trains every variant of the
 results table (docs/results.md) and writes ``results.json`` after each one, so a call that runs
-out of time still returns what finished. Needs only torch, transformers, pandas, pyarrow,
+out of time still returns what finished. A SIGTERM (``timeout``'s signal) stops the running
+variant and records it as ``interrupted`` with the epochs its last checkpoint holds, so a run cut
+short still returns its validation curve (exit code 124, as ``timeout``'s own). Needs only torch, transformers, pandas, pyarrow,
 safetensors, pydantic and pyyaml (no duckdb/prefect/mlflow), like the GPU workers.
 
     python3 scripts/gpu_suite.py --processed-dir .carry/ml1m --item-vectors .carry/ml1m/vectors.safetensors \
@@ -17,6 +19,7 @@ import argparse
 import json
 import logging
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lite_rec.batches import read_sequences  # noqa: E402
+from lite_rec.checkpoint import load_resume  # noqa: E402
 from lite_rec.config import build_config  # noqa: E402
 from lite_rec.popularity import evaluate_popularity  # noqa: E402
 from lite_rec.train import read_item_vectors, train_model  # noqa: E402
@@ -34,6 +38,14 @@ from lite_rec.train import read_item_vectors, train_model  # noqa: E402
 def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, rest = text.partition(":")
     return name.strip(), rest.split()
+
+
+class Terminated(BaseException):
+    """SIGTERM: not an Exception, so the per-variant ``except Exception`` does not swallow it."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def main() -> int:
@@ -54,6 +66,7 @@ def main() -> int:
     env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
            "torch": torch.__version__, "users": len(sequences), "items": int(vectors.shape[0] - 1)}
     results: dict = {"env": env, "runs": {}}
+    signal.signal(signal.SIGTERM, _terminate)
     cfg0 = build_config(args.dataset, args.common, profile=args.profile)
     for masked in (True, False):
         m = evaluate_popularity(sequences, env["items"], ks=cfg0.eval.ks, exclude_history=masked, progress=False)
@@ -65,6 +78,14 @@ def main() -> int:
         try:
             res = train_model(cfg, sequences, None if cfg.model.item_repr == "id" else vectors,
                               args.runs_dir / name, progress=False)
+        except Terminated:
+            saved = load_resume(args.runs_dir / name / "checkpoints")
+            history = saved["state"]["history"] if saved else []
+            results["runs"][name] = {"overrides": [*args.common, *overrides], "interrupted": True,
+                                     "wall_seconds": time.perf_counter() - start, "history": history}
+            (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+            print(f"{name}: INTERRUPTED after {len(history)} epochs (history in results.json)", flush=True)
+            return 124
         except Exception as exc:  # keep the other variants going; the error is the result
             results["runs"][name] = {"overrides": overrides, "error": repr(exc)}
             print(f"{name}: FAILED {exc!r}", flush=True)

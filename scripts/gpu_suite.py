@@ -4,8 +4,9 @@ Why a suite: GPU time comes in few, full calls, so one process trains every vari
 results table (docs/results.md) and writes ``results.json`` after each one, so a call that runs
 out of time still returns what finished. A SIGTERM (``timeout``'s signal) stops the running
 variant and records it as ``interrupted`` with the epochs its last checkpoint holds, so a run cut
-short still returns its validation curve (exit code 124, as ``timeout``'s own). Needs only torch, transformers, pandas, pyarrow,
-safetensors, pydantic and pyyaml (no duckdb/prefect/mlflow), like the GPU workers.
+short still returns its validation curve (exit code 124, as ``timeout``'s own). Needs only
+torch, transformers, pandas, pyarrow, safetensors, pydantic and pyyaml (no
+duckdb/prefect/mlflow), like the GPU workers.
 
     python3 scripts/gpu_suite.py --processed-dir .carry/ml1m --item-vectors .carry/ml1m/vectors.safetensors \
         --out $OUT --profile paper \

@@ -68,6 +68,10 @@ def main() -> int:
            "torch": torch.__version__, "users": len(sequences), "items": int(vectors.shape[0] - 1)}
     results: dict = {"env": env, "runs": {}}
     signal.signal(signal.SIGTERM, _terminate)
+
+    def save() -> None:
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
     cfg0 = build_config(args.dataset, args.common, profile=args.profile)
     for masked in (True, False):
         m = evaluate_popularity(sequences, env["items"], ks=cfg0.eval.ks, exclude_history=masked, progress=False)
@@ -84,7 +88,7 @@ def main() -> int:
             history = saved["state"]["history"] if saved else []
             results["runs"][name] = {"overrides": [*args.common, *overrides], "interrupted": True,
                                      "wall_seconds": time.perf_counter() - start, "history": history}
-            (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+            save()
             print(f"{name}: INTERRUPTED after {len(history)} epochs (history in results.json)", flush=True)
             return 124
         except Exception as exc:  # keep the other variants going; the error is the result
@@ -99,7 +103,7 @@ def main() -> int:
                                      "history": res.history}
             short = {k: round(v, 4) for k, v in res.metrics.items() if k.startswith("test_")}
             print(f"{name}: {wall:.0f}s {short}", flush=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        save()
     return 0
 
 

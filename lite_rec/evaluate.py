@@ -128,6 +128,38 @@ def model_scorer(model: torch.nn.Module, *, device: torch.device | str, bf16: bo
     return score
 
 
+COMBINES = ("logprob", "prob")
+
+
+def ensemble_scorer(scorers: Iterable[Scorer], combine: str = "logprob") -> Scorer:
+    """One scorer from several models' scorers: the mean of their per-item log-probabilities
+    (``logprob``, a normalised geometric mean of the softmaxes) or of their probabilities (``prob``).
+
+    Why normalise first: raw logits of separately trained models live on different scales and
+    offsets, so a plain logit mean lets the most confident model decide. Used to measure seed
+    ensembles (``scripts/ensemble_eval.py``, docs/results.md); the models must read the same
+    input window, since the scorers all get the same (B, L) items.
+    """
+    scorers = list(scorers)
+    if not scorers:
+        raise ValueError("ensemble_scorer needs at least one scorer")
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}; got {combine!r}")
+
+    @torch.no_grad()
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        total = None
+        for scorer in scorers:
+            logp = torch.log_softmax(scorer(inputs).float(), dim=-1)  # (B, N+1); padding column -inf
+            part = logp if combine == "logprob" else logp.exp()
+            total = part if total is None else total + part
+        mean = total / len(scorers)  # (B, N+1)
+        mean[:, 0] = float("-inf")  # padding is never recommended, also under "prob" (where it is 0)
+        return mean
+
+    return score
+
+
 def evaluate_model(
     model: torch.nn.Module,
     eval_set: EvalSet,

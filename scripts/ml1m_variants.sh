@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong|refit <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong|refit|ensemble <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
@@ -19,10 +19,14 @@
 #   ema:    the textid recipe validated and kept as an EMA of its weights (train.ema_decay 0.999 / 0.9997: the same
 #           average on runs this short, its warm-up decides; lite_rec/ema.py),
 #           and at lr 2e-3 with and without the EMA
-#   emalong: lr 2e-3 + EMA 0.999 for 70 stage-1 epochs, history-free ("nohist") or plain ("plain") softmax;
-#           RUNS="nohist42 nohist1 plain42" picks the runs (kind + seed), three side by side fit one call
+#   emalong: lr 2e-3 + EMA 0.999 for $EPOCHS (default 70) stage-1 epochs, history-free ("nohist") or plain
+#           ("plain") softmax; RUNS="nohist42 nohist1 plain42" picks the runs (kind + seed), three side by side
+#           fit one call at 70 epochs
 #   refit:  the emalong recipe refitted on train + validation item (train.fit_on=train+valid: 70 epochs, the
 #           best epoch of its validated runs; no validation, no stage 2, the last EMA weights are tested)
+#   ensemble: --profile gpu as shipped, one run per seed in $SEEDS (default "42 1 2") side by side, then
+#           scripts/ensemble_eval.py scores them alone and as an ensemble ($OUT/ensemble.json)
+# EPOCHS=N sets the stage-1 epochs of emalong and refit (and their names' "e70").
 # EXTRA="key=value ..." is appended to every variant (last wins), as in ml1m_sweep.sh. Checkpoints go to
 # /tmp/ml1m-<set>-<basename of out-dir>-<group>: give concurrent invocations different out-dirs.
 set -u
@@ -39,13 +43,14 @@ recipe_runs() {  # name prefix, name suffix, overrides: the session-6 recipe for
   for r in ${RUNS:-nohist42 nohist1 plain42}; do
     seed=${r//[a-z]/} kind=${r//[0-9]/}
     case "$kind" in
-      nohist) run "$r" "$1textid-nohist-lr2e3-ema999-e70$2-seed$seed: $3 train.loss_excludes_history=true train.seed=$seed" & ;;
-      plain) run "$r" "$1textid-lr2e3-ema999-e70$2-seed$seed: $3 train.seed=$seed" & ;;
+      nohist) run "$r" "$1textid-nohist-lr2e3-ema999-e$EPOCHS$2-seed$seed: $3 train.loss_excludes_history=true train.seed=$seed" & ;;
+      plain) run "$r" "$1textid-lr2e3-ema999-e$EPOCHS$2-seed$seed: $3 train.seed=$seed" & ;;
       *) echo "unknown run '$r' (nohist<seed> or plain<seed>)" >&2; exit 2 ;;
     esac
   done
 }
-E70="$DO5 train.max_epochs=70 train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
+EPOCHS=${EPOCHS:-70}
+E70="$DO5 train.max_epochs=$EPOCHS train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
 mkdir -p "$OUT"
 case "$SET" in
   stride)
@@ -108,7 +113,18 @@ case "$SET" in
     recipe_runs "" "-ft" "$E70 train.finetune_epochs=3 train.finetune_lr=1e-4" ;;
   refit)
     recipe_runs "refit-" "" "$E70 train.fit_on=train+valid" ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema, emalong or refit)" >&2; exit 2 ;;
+  ensemble)
+    for seed in ${SEEDS:-42 1 2}; do
+      timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile gpu \
+        --out "$OUT/s$seed" --runs-dir "/tmp/ml1m-$SET-$(basename "$OUT")" \
+        --common train.device=cuda train.max_stage1_minutes=${BUDGET:-8.3} $EXTRA --variant "gpu-seed$seed: train.seed=$seed" \
+        > "$OUT/s$seed.log" 2>&1 &
+    done ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema, emalong, refit or ensemble)" >&2; exit 2 ;;
 esac
 wait
+if [ "$SET" = ensemble ]; then
+  members=() && for seed in ${SEEDS:-42 1 2}; do members+=(--model "/tmp/ml1m-$SET-$(basename "$OUT")/gpu-seed$seed"); done
+  "$PYTHON" scripts/ensemble_eval.py --processed-dir "$PROC" "${members[@]}" --out "$OUT/ensemble.json" > "$OUT/ensemble.log" 2>&1
+fi
 tail -n 2 "$OUT"/*.log

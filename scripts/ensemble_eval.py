@@ -1,0 +1,68 @@
+"""Evaluate trained models alone and as a seed ensemble (mean of their log-probabilities or
+probabilities), on validation and test, both ranking protocols.
+
+Why: after seven sessions of tuning one model on ML-1m (docs/results.md) every single-model change
+lands within the seed noise; averaging independently trained seeds is the one lever left that
+needs no new information. This measures it; it is not part of the shipped method (serving one
+model is the product). Needs only torch, pandas, pyarrow and safetensors, like the GPU workers.
+
+    python3 scripts/ensemble_eval.py --processed-dir .carry/ml1m \\
+        --model /tmp/ens/s42/gpu-seed42 --model /tmp/ens/s1/gpu-seed1 --out $OUT/ensemble.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lite_rec.batches import read_sequences  # noqa: E402
+from lite_rec.checkpoint import load_model  # noqa: E402
+from lite_rec.errors import DataError  # noqa: E402
+from lite_rec.evaluate import COMBINES, build_eval_set, ensemble_scorer, evaluate_scores, model_scorer  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--processed-dir", type=Path, required=True, help="holds sequences.parquet")
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="a trained model folder (model.safetensors + model.json); repeat for each member")
+    p.add_argument("--out", type=Path, required=True, help="results JSON")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    sequences = read_sequences(args.processed_dir / "sequences.parquet")
+    models = {str(d): load_model(d, args.device)[0] for d in args.model}
+    lengths = {m.spec.max_seq_len for m in models.values()}
+    if len(lengths) != 1:
+        raise DataError(f"ensemble members read different input windows (model.max_seq_len {sorted(lengths)}): "
+                        f"{', '.join(map(str, args.model))}")
+    max_len = lengths.pop()
+    scorers = {name: model_scorer(m, device=args.device) for name, m in models.items()}
+    candidates = dict(scorers)
+    for combine in COMBINES:
+        candidates[f"ensemble-{combine}"] = ensemble_scorer(scorers.values(), combine)
+    results: dict = {"members": list(scorers), "device": args.device, "scores": {}}
+    for name, scorer in candidates.items():
+        start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        for split in ("valid", "test"):
+            metrics.update(evaluate_scores(scorer, build_eval_set(sequences, split), max_len=max_len,
+                                           device=args.device, progress=False))
+        results["scores"][name] = {"metrics": metrics, "seconds": time.perf_counter() - start}
+        short = {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall_10") or k.endswith("ndcg_10")}
+        print(f"{name}: {short}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

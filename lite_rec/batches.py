@@ -71,6 +71,7 @@ class SamplePlan:
     sup_start: np.ndarray | None  # (S,) int64 for onepass windows, else None
     n_targets: int  # supervised targets in the plan (samples/s counts these)
     last: np.ndarray | None = None  # (S,) int64 for onepass windows: flat index of the user's last training item
+    first: np.ndarray | None = None  # (S,) int64: flat index of the user's first item (items before ``start`` are seen)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -88,7 +89,7 @@ def plan_all(store: SequenceStore, max_len: int) -> SamplePlan:
     e = np.arange(per_user.sum()) - np.repeat(first, per_user) + 1
     end = store.offsets[user] + e
     start = np.maximum(store.offsets[user], end - max_len)
-    return SamplePlan(start, end, None, int(len(end)))
+    return SamplePlan(start, end, None, int(len(end)), first=store.offsets[user])
 
 
 def plan_sampling(store: SequenceStore, max_len: int, rng: np.random.Generator) -> SamplePlan:
@@ -97,7 +98,7 @@ def plan_sampling(store: SequenceStore, max_len: int, rng: np.random.Generator) 
     e = rng.integers(1, n[users])  # uniform over 1..n-1 per user
     end = store.offsets[users] + e
     start = np.maximum(store.offsets[users], end - max_len)
-    return SamplePlan(start, end, None, int(len(end)))
+    return SamplePlan(start, end, None, int(len(end)), first=store.offsets[users])
 
 
 def plan_onepass(store: SequenceStore, max_len: int, stride: int = 0) -> SamplePlan:
@@ -113,7 +114,7 @@ def plan_onepass(store: SequenceStore, max_len: int, stride: int = 0) -> SampleP
     start = off + j * stride
     end = off + np.minimum(j * stride + max_len, n_inputs[user])
     sup_start = np.where(j == 0, start, off + (j - 1) * stride + max_len)  # end of the previous window
-    return SamplePlan(start, end, sup_start, int(n_inputs.sum()), last=off + n_inputs[user])
+    return SamplePlan(start, end, sup_start, int(n_inputs.sum()), last=off + n_inputs[user], first=off)
 
 
 def epoch_plan(
@@ -149,6 +150,9 @@ class BatchMaker:
         self.end = torch.as_tensor(plan.end, device=self.device)[perm]
         self.sup = None if plan.sup_start is None else torch.as_tensor(plan.sup_start, device=self.device)[perm]
         self.last = None if plan.last is None else torch.as_tensor(plan.last, device=self.device)[perm]
+        self.first = None if plan.first is None else torch.as_tensor(plan.first, device=self.device)[perm]
+        # longest run of items before a window, from the host copy: a fixed width, no sync per batch
+        self.max_before = 0 if plan.first is None or not len(plan) else max(int((plan.start - plan.first).max()), 0)
         self.n_samples = len(plan)
 
     def n_batches(self, batch_size: int) -> int:
@@ -173,6 +177,29 @@ class BatchMaker:
         ahead = pos[..., None] + torch.arange(1, self.future + 1, device=self.device)  # (B, L, F)
         inside = supervised[..., None] & (ahead <= self.last[sl][:, None, None])  # (B, L, F)
         return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
+
+    def seen_before(self, step: int, batch_size: int, n_items: int) -> torch.Tensor:
+        """(B, N+1) bool: the items each sample's user interacted with *before* its input window.
+
+        Why: ``train.loss_history_scope=user`` leaves these out of the training softmax too, as
+        the evaluation masks the user's whole history, not only the last ``max_seq_len`` items.
+        On ML-1m a third of the supervised positions sit in a later window of a user with more
+        than 200 training items, where the input window alone misses hundreds of seen items.
+        A mask over the catalogue, not a list of items: its shape is fixed, so a compiled model
+        does not recompile per batch. Column 0 (padding) is never set.
+        """
+        if self.first is None:
+            raise ValueError("seen_before needs a plan with user offsets (SamplePlan.first)")
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        start, first = self.start[sl], self.first[sl]  # (B,)
+        seen = torch.zeros(start.shape[0], n_items + 1, dtype=torch.bool, device=self.device)  # (B, N+1)
+        if self.max_before == 0:
+            return seen
+        pos = first[:, None] + torch.arange(self.max_before, device=self.device)  # (B, E)
+        items = torch.where(pos < start[:, None], self.flat[pos.clamp(max=self.flat.shape[0] - 1)], 0)  # (B, E)
+        seen.scatter_(1, items, True)
+        seen[:, 0] = False
+        return seen
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")

@@ -151,6 +151,9 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.0, ge=0, le=1)  # share of total steps spent warming up
     lr_schedule: Literal["constant", "cosine"] = "constant"  # lr shape after the linear warm-up
     loss_excludes_history: bool = False  # Eq. 6's softmax without the items already in the input (as eval.exclude_history)
+    # which items "already seen" means for loss_excludes_history: "input", those in the sample's input window;
+    # "user", every item of the user before the target, also those before the window (as the evaluation's mask)
+    loss_history_scope: Literal["input", "user"] = "input"
     onepass_stride: int = Field(0, ge=0)  # items between onepass window starts; 0 = max_seq_len (no overlap)
     future_targets: int = Field(1, ge=1)  # onepass: next items supervised per position (1 = Eq. 6's next item only; more measured worse on ML-1m)
     future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)

@@ -202,7 +202,7 @@ class LiteRecModel(nn.Module):
 
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
                 exclude_history: bool = False, future_weight: float = 0.5,
-                item_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                item_dropout: float = 0.0, seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
@@ -217,7 +217,9 @@ class LiteRecModel(nn.Module):
         ``exclude_history`` (training only, ``train.loss_excludes_history``): the softmax leaves
         out the items already in each sample's input (each prefix's, for (B, T) targets), the
         training counterpart of ``eval.exclude_history``: the model is then never asked to push
-        down items the ranking removes anyway. The target itself always stays in. ``item_dropout``:
+        down items the ranking removes anyway. The target itself always stays in. ``seen`` (B, N+1)
+        bool, with ``exclude_history``: items the user had before the input window, also left out
+        (``train.loss_history_scope=user``; ``BatchMaker.seen_before``). ``item_dropout``:
         ``embed_items``.
         """
         if targets is not None and targets.dim() >= 2:
@@ -228,7 +230,7 @@ class LiteRecModel(nn.Module):
             return logits, None
         nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, T) or (B,): the next item
         if exclude_history:
-            logits = mask_history(logits, items, nxt)
+            logits = mask_history(logits, items, nxt, seen)
         if targets.dim() == 3:
             return logits, future_loss(logits, targets, future_weight)
         loss = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
@@ -259,11 +261,14 @@ def future_loss(logits: torch.Tensor, targets: torch.Tensor, future_weight: floa
     return -(picked.masked_fill(~use, 0.0) * w).sum() / w.sum().clamp(min=1e-12)
 
 
-def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                 seen: torch.Tensor | None = None) -> torch.Tensor:
     """``logits`` with -inf at the items of each sample's input, except its target; a new tensor.
 
     - targets (B,): logits (B, N+1), items (B, T): the items of each row.
     - targets (B, T): logits (B, T, N+1): at position t, the items at positions 0..t.
+    - seen (B, N+1) bool, optional: items from before the input window, masked at every position
+      of the row, again except each position's target (a repeat of an earlier item stays learnable).
 
     One scatter with a (B, T, T) index (item ids of each prefix; later positions and the target
     point at column 0, the padding column, which is -inf anyway): no (B, T, N+1) mask is ever
@@ -276,7 +281,13 @@ def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
         prefix = items[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
         later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
         index = prefix.masked_fill(later | (prefix == targets[..., None]), 0)  # (B, T, T)
-    return logits.scatter(-1, index, float("-inf"))
+    logits = logits.scatter(-1, index, float("-inf"))
+    if seen is None:
+        return logits
+    target = targets.clamp(min=0)[..., None]  # (B, 1) or (B, T, 1); IGNORE_INDEX -> column 0, -inf anyway
+    kept = logits.gather(-1, target)  # the target's logit, before the seen items go
+    rows = seen if logits.dim() == 2 else seen[:, None, :]  # (B, N+1) or (B, 1, N+1)
+    return logits.masked_fill(rows, float("-inf")).scatter(-1, target, kept)
 
 
 def build_model(

@@ -101,11 +101,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ra
 
 def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool,
+    items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on a batch; returns the detached loss (no host sync)."""
+    """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
+    (B, N+1) items before each input window, for a softmax without the user's whole history."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
-        _, loss = forward(items, targets)
+        _, loss = forward(items, targets) if seen is None else forward(items, targets, seen=seen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -167,6 +168,9 @@ class Trainer:
         compiled = torch.compile(model) if self.tc.compile else model
         self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
                                          future_weight=self.tc.future_weight, item_dropout=self.tc.item_dropout)
+        # the softmax also leaves out what the user had before the window (as the evaluation's mask)
+        self.mask_seen = self.tc.loss_excludes_history and self.tc.loss_history_scope == "user"
+        self.n_items = model.spec.n_items
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
 
@@ -250,8 +254,9 @@ class Trainer:
                    desc=f"stage {stage} epoch {epoch + 1}/{self._stage_epochs(stage)}", leave=False)
         for step in bar:
             items, targets = self.batches.batch(step, tc.batch_size)
+            seen = self.batches.seen_before(step, tc.batch_size, self.n_items) if self.mask_seen else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
-                              grad_clip=tc.grad_clip, bf16=self.bf16)
+                              grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen)
             if self.ema is not None:
                 self.ema.update()
             nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position

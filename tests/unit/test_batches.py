@@ -51,6 +51,25 @@ def test_onepass_windows_cover_each_target_once_without_overlap() -> None:
     assert plan.n_targets == plan_all(STORE, 2).n_targets == 4
 
 
+@pytest.mark.parametrize("strategy", ["onepass", "all"])
+def test_seen_before_holds_exactly_the_users_items_before_each_window(strategy: str) -> None:
+    store = build_sequence_store([[1, 2, 3, 4, 5, 6], [7, 8]])
+    plan = plan_onepass(store, max_len=2) if strategy == "onepass" else plan_all(store, max_len=2)
+    maker = BatchMaker(store, 2)
+    order = np.arange(len(plan))[::-1].copy()  # a shuffled order: rows follow it
+    maker.set_plan(plan, order)
+    items, _ = maker.batch(0, len(plan))
+    seen = maker.seen_before(0, len(plan), n_items=8)  # (S, 9)
+    assert seen.shape == (len(plan), 9) and not seen[:, 0].any()
+    for row, sample in enumerate(order):
+        user_first, start = int(plan.first[sample]), int(plan.start[sample])
+        want = set(store.flat[user_first:start].tolist())
+        assert set(seen[row].nonzero().flatten().tolist()) == want
+        assert not want & set(items[row].tolist()) - {0}  # the window's own items are not repeated here
+    if strategy == "onepass":  # windows [1, 2], [3, 4], [5], [7]: the third saw 1-4 before it
+        assert [sorted(seen[r].nonzero().flatten().tolist()) for r in range(len(plan))][::-1] == [[], [1, 2], [1, 2, 3, 4], []]
+
+
 def test_onepass_stride_overlaps_windows_but_supervises_each_target_once() -> None:
     store = build_sequence_store([[1, 2, 3, 4, 5, 6]])
     items, targets = _materialise(store, plan_onepass(store, max_len=3, stride=1), 3)

@@ -214,6 +214,21 @@ def test_history_masking_hides_each_prefixs_items_but_never_the_target() -> None
     assert flat[0].nonzero().flatten().tolist() == [0, 4] and flat[1].nonzero().flatten().tolist() == [0, 2]
 
 
+def test_history_masking_with_seen_items_hides_them_everywhere_except_at_their_own_target() -> None:
+    from lite_rec.model import mask_history
+
+    items = torch.tensor([[3, 5, 0]])  # (1, T=3)
+    targets = torch.tensor([[5, 6, IGNORE_INDEX]])  # 6 was seen before the window: a repeat, kept as a target
+    seen = torch.zeros(1, 7, dtype=torch.bool)
+    seen[0, [1, 6]] = True  # items 1 and 6 came before this window
+    hidden = torch.isneginf(mask_history(torch.zeros(1, 3, 7), items, targets, seen))  # (1, 3, 7)
+    assert hidden[0, 0].nonzero().flatten().tolist() == [0, 1, 3, 6]
+    assert hidden[0, 1].nonzero().flatten().tolist() == [0, 1, 3, 5]  # 6 is this position's target
+    assert hidden[0, 2].nonzero().flatten().tolist() == [0, 1, 3, 5, 6]
+    flat = torch.isneginf(mask_history(torch.zeros(1, 7), torch.tensor([[3, 0]]), torch.tensor([1]), seen))
+    assert flat[0].nonzero().flatten().tolist() == [0, 3, 6]  # 1 is the target
+
+
 def test_loss_without_history_is_the_cross_entropy_over_unseen_items_only() -> None:
     model = _model(causal=True, pooling="last")
     items, targets = torch.tensor([[3, 5, 2, 7]]), torch.tensor([[5, 2, 7, 9]])

@@ -217,3 +217,14 @@ def test_every_epoch_logs_one_plain_line(tmp_path: Path, caplog: pytest.LogCaptu
     assert len(lines) == len(result.history) == 2
     assert lines[1].startswith("stage 1 epoch 2/2: loss ")
     assert f"valid_recall_10 {result.history[1]['valid_recall_10']:.4f}" in lines[1]
+
+
+def test_user_scope_also_leaves_items_before_the_window_out_of_the_softmax(tmp_path: Path) -> None:
+    """max_seq_len 5 against 4-12 training items: later windows have seen items the window lacks."""
+    losses = {}
+    for scope in ("input", "user"):
+        cfg = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "train.loss_excludes_history": "true",
+                      "train.loss_history_scope": scope})
+        result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / scope, progress=False)
+        losses[scope] = result.history[0]["loss"]
+    assert losses["user"] < losses["input"]  # the same start, fewer competitors in every later window

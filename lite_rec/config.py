@@ -110,6 +110,7 @@ class ModelConfig(_Section):
     n_heads: int = Field(8, ge=1)
     d_ff: int = Field(2048, ge=8)
     dropout: float = Field(0.7, ge=0.0, lt=1.0)  # on item inputs and the user vector
+    user_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # on the user vector alone; None = model.dropout
     item_repr: Literal["text", "id", "text+id"] = "text"
     max_seq_len: int = Field(20, ge=1)  # input items per user (the paper uses 20 + target)
     backbone_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout inside the backbone (attention, residual, FFN)

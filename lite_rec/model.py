@@ -50,6 +50,7 @@ class ModelSpec:
     head: str = "linear"  # "linear": W_proj (Eq. 5) | "tied": the input item representation scores items
     score: str = "dot"  # "dot" | "cosine": cos(h_u, w_i) / temperature
     temperature: float = 1.0  # divides cosine scores (unused with "dot")
+    user_dropout: float | None = None  # on the user vector before the head; None = ``dropout`` (the paper's one rate)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +79,7 @@ class LiteRecModel(nn.Module):
             with torch.no_grad():
                 self.item_embedding.weight[0].zero_()
         self.input_dropout = nn.Dropout(spec.dropout)
-        self.user_dropout = nn.Dropout(spec.dropout)
+        self.user_dropout = nn.Dropout(spec.dropout if spec.user_dropout is None else spec.user_dropout)
         if spec.head == "linear":
             self.head = nn.Linear(d, spec.n_items + 1, bias=spec.head_bias)  # W_proj of Eq. 5
         elif spec.head != "tied":
@@ -320,6 +321,7 @@ def build_model(
         causal=causal, head_bias=model_cfg.head_bias, backbone_name=model_cfg.backbone, backbone=bspec,
         pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
+        user_dropout=model_cfg.user_dropout,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

@@ -285,3 +285,15 @@ def test_item_dropout_zeroes_whole_item_vectors_in_training_only() -> None:
     torch.testing.assert_close(dropped[kept], plain[kept])  # ... the others unscaled
     assert 0.35 < gone.float().mean() < 0.65
     assert torch.equal(model.embed_items(items, item_dropout=0.0), plain)
+
+
+def test_user_vector_dropout_can_differ_from_the_input_dropout_and_survives_a_reload() -> None:
+    from lite_rec.model import ModelSpec
+
+    same, apart = _model(), _model(user_dropout=0.0)
+    assert same.user_dropout.p == same.input_dropout.p == 0.2
+    assert apart.user_dropout.p == 0.0 and apart.input_dropout.p == 0.2
+    spec = ModelSpec.from_dict(apart.spec.to_dict())
+    assert model_from_spec(spec).user_dropout.p == 0.0
+    legacy = {k: v for k, v in same.spec.to_dict().items() if k != "user_dropout"}  # saved before the option
+    assert model_from_spec(ModelSpec.from_dict(legacy)).user_dropout.p == 0.2

@@ -36,12 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="results JSON")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    sequences = read_sequences(args.processed_dir / "sequences.parquet")
-    models = {str(d): load_model(d, args.device)[0] for d in args.model}
-    lengths = {m.spec.max_seq_len for m in models.values()}
-    if len(lengths) != 1:
-        raise DataError(f"ensemble members read different input windows (model.max_seq_len {sorted(lengths)}): "
-                        f"{', '.join(map(str, args.model))}")
+    try:
+        sequences = read_sequences(args.processed_dir / "sequences.parquet")
+        models = {str(d): load_model(d, args.device)[0] for d in args.model}
+        lengths = {m.spec.max_seq_len for m in models.values()}
+        if len(lengths) != 1:
+            raise DataError(f"ensemble members read different input windows (model.max_seq_len {sorted(lengths)}): "
+                            f"{', '.join(map(str, args.model))}")
+    except (DataError, OSError) as exc:  # a missing or foreign model folder: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     max_len = lengths.pop()
     scorers = {name: model_scorer(m, device=args.device) for name, m in models.items()}
     candidates = dict(scorers)

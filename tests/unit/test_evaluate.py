@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lite_rec.config import ModelConfig
-from lite_rec.evaluate import build_eval_set, evaluate_model, evaluate_scores, iter_eval_batches
+from lite_rec.evaluate import build_eval_set, ensemble_scorer, evaluate_model, evaluate_scores, iter_eval_batches
 from lite_rec.model import build_model
 
 SEQUENCES = pd.DataFrame({
@@ -80,3 +80,25 @@ def test_evaluation_does_not_depend_on_the_batch_size_and_restores_train_mode() 
     many = evaluate_model(model, test, ks=(1, 2, 5), batch_size=64, progress=False)
     assert one == many
     assert one["test_masked_recall_5"] == 1.0  # with history masked, 5 - |history| items remain
+
+
+def test_ensemble_averages_normalised_scores_not_raw_logits() -> None:
+    inputs = torch.tensor([[1, 2]])
+    # model a is sure of item 1 with huge logits; model b mildly prefers item 2 at a small scale
+    a = lambda items: torch.tensor([[float("-inf"), 100.0, 0.0, 0.0]])  # noqa: E731
+    b = lambda items: torch.tensor([[float("-inf"), 0.0, 2.0, 1.0]])  # noqa: E731
+    logp = [torch.log_softmax(f(inputs), -1) for f in (a, b)]
+    by_hand = (logp[0] + logp[1]) / 2
+    got = ensemble_scorer([a, b], "logprob")(inputs)
+    torch.testing.assert_close(got[:, 1:], by_hand[:, 1:])
+    assert torch.isneginf(got[:, 0]).all()
+    prob = ensemble_scorer([a, b], "prob")(inputs)
+    torch.testing.assert_close(prob[:, 1:], ((logp[0].exp() + logp[1].exp()) / 2)[:, 1:])
+    assert torch.isneginf(prob[:, 0]).all()  # padding is 0 probability, still never recommended
+    assert prob[0, 1:].sum().item() == pytest.approx(1.0)
+    alone = ensemble_scorer([b])(inputs)  # one member ranks as the member does
+    assert alone[0, 1:].argsort().tolist() == b(inputs)[0, 1:].argsort().tolist()
+    with pytest.raises(ValueError, match="at least one"):
+        ensemble_scorer([])
+    with pytest.raises(ValueError, match="combine must be one of"):
+        ensemble_scorer([a], "mean")

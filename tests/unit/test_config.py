@@ -84,14 +84,22 @@ def test_config_is_frozen_and_flattens_for_logging() -> None:
 
 def test_gpu_profile_is_the_recipe_of_the_published_best_ml1m_row() -> None:
     """configs/profiles/gpu.yaml claims docs/results.md's best row: the profile must build the same
-    model and training settings as that run's recorded profile + overrides (device aside)."""
+    model and training settings as the session-6 run's recorded profile + overrides (device aside)
+    plus session 8's one change (the whole user history out of the softmax), and the session-8
+    row must be that profile run as shipped (no overrides beyond the device)."""
     import json
 
-    record = json.loads((Path(__file__).parents[2] / "docs/runs/ml1m-gpu-call8.json").read_text())
+    runs = Path(__file__).parents[2] / "docs/runs"
+    latest = json.loads((runs / "ml1m-gpu-call10.json").read_text())["runs"]["call5/alone/gpu/gpu-profile-s8-seed42"]
+    assert latest["profile"] == "gpu" and latest["overrides"] == ["train.device=cuda"]
+    assert not latest["budget_exhausted"] and not latest.get("interrupted")
+    record = json.loads((runs / "ml1m-gpu-call8.json").read_text())
     run = record["runs"]["textid-nohist-lr2e3-ema999-e70-ft-seed42"]
     assert not run["budget_exhausted"]  # the run's time cap (a device-call limit) never acted
     runtime = ("train.device=", "train.max_stage1_minutes=")
-    measured = build_config("ml-1m", [o for o in run["overrides"] if not o.startswith(runtime)], profile=run["profile"])
+    session8 = ["train.loss_history_scope=user"]
+    measured = build_config("ml-1m", [o for o in run["overrides"] if not o.startswith(runtime)] + session8,
+                            profile=run["profile"])
     shipped = build_config("ml-1m", profile="gpu")
     assert shipped.model == measured.model
     assert shipped.train.model_dump(exclude={"device"}) == measured.train.model_dump(exclude={"device"})

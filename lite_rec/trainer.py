@@ -106,7 +106,7 @@ def train_step(
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a softmax without the user's whole history."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
-        _, loss = forward(items, targets) if seen is None else forward(items, targets, seen=seen)
+        _, loss = forward(items, targets, seen=seen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -170,7 +170,6 @@ class Trainer:
                                          future_weight=self.tc.future_weight, item_dropout=self.tc.item_dropout)
         # the softmax also leaves out what the user had before the window (as the evaluation's mask)
         self.mask_seen = self.tc.loss_excludes_history and self.tc.loss_history_scope == "user"
-        self.n_items = model.spec.n_items
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
 
@@ -254,7 +253,7 @@ class Trainer:
                    desc=f"stage {stage} epoch {epoch + 1}/{self._stage_epochs(stage)}", leave=False)
         for step in bar:
             items, targets = self.batches.batch(step, tc.batch_size)
-            seen = self.batches.seen_before(step, tc.batch_size, self.n_items) if self.mask_seen else None
+            seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.mask_seen else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen)
             if self.ema is not None:

@@ -50,6 +50,7 @@ recipe_runs() {  # name prefix, name suffix, overrides: the session-6 recipe for
   done
 }
 EPOCHS=${EPOCHS:-70}
+MODELS="/tmp/ml1m-$SET-$(basename "$OUT")"  # the ensemble set's trained models, one folder per seed
 E70="$DO5 train.max_epochs=$EPOCHS train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
 mkdir -p "$OUT"
 case "$SET" in
@@ -116,7 +117,7 @@ case "$SET" in
   ensemble)
     for seed in ${SEEDS:-42 1 2}; do
       timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile gpu \
-        --out "$OUT/s$seed" --runs-dir "/tmp/ml1m-$SET-$(basename "$OUT")" \
+        --out "$OUT/s$seed" --runs-dir "$MODELS" \
         --common train.device=cuda train.max_stage1_minutes=${BUDGET:-8.3} $EXTRA --variant "gpu-seed$seed: train.seed=$seed" \
         > "$OUT/s$seed.log" 2>&1 &
     done ;;
@@ -124,7 +125,7 @@ case "$SET" in
 esac
 wait
 if [ "$SET" = ensemble ]; then
-  members=() && for seed in ${SEEDS:-42 1 2}; do members+=(--model "/tmp/ml1m-$SET-$(basename "$OUT")/gpu-seed$seed"); done
+  members=() && for seed in ${SEEDS:-42 1 2}; do members+=(--model "$MODELS/gpu-seed$seed"); done
   "$PYTHON" scripts/ensemble_eval.py --processed-dir "$PROC" "${members[@]}" --out "$OUT/ensemble.json" > "$OUT/ensemble.log" 2>&1
 fi
 tail -n 2 "$OUT"/*.log

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from lite_rec.errors import DataError
@@ -79,6 +81,12 @@ class SamplePlan:
 
 def epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, stage, epoch])
+
+
+def tie_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
+    """The epoch's tie shuffle draws from its own stream, so plans and batch order stay those of
+    a run without it."""
+    return np.random.default_rng([seed, stage, epoch, 1])
 
 
 def plan_all(store: SequenceStore, max_len: int) -> SamplePlan:
@@ -143,6 +151,12 @@ class BatchMaker:
         self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
         self.arange = torch.arange(max_len, device=self.device)  # (L,)
 
+    def set_items(self, flat: np.ndarray) -> None:
+        """Replace the concatenated items (same layout, e.g. ties shuffled for one epoch)."""
+        if len(flat) + 1 != self.flat.shape[0]:
+            raise ValueError(f"set_items: {len(flat)} items for a store of {self.flat.shape[0] - 1}")
+        self.flat = torch.as_tensor(np.append(flat, 0), device=self.device)  # (I + 1,)
+
     def set_plan(self, plan: SamplePlan, order: np.ndarray) -> None:
         """Upload one epoch's plan once, so each batch is an on-device slice (no host sync)."""
         perm = torch.as_tensor(order, device=self.device)
@@ -203,18 +217,61 @@ class BatchMaker:
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
+TIME_COLUMNS = ("train_ts", "valid_ts")  # read when present (written since session 9; train.shuffle_ties needs them)
 
 
 def read_sequences(path: Path | str) -> pd.DataFrame:
-    """``sequences.parquet`` (docs/data.md) with its columns checked; names the file when not."""
+    """``sequences.parquet`` (docs/data.md) with its columns checked; names the file when not.
+    The timestamp columns come along when the file has them (older files do not)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist: run `lite-rec ingest <dataset>` first")
     try:
-        frame = pd.read_parquet(path, columns=list(SEQUENCE_COLUMNS))
-    except (KeyError, ValueError, OSError) as exc:
+        present = set(pq.read_schema(path).names)
+        columns = [*SEQUENCE_COLUMNS, *(c for c in TIME_COLUMNS if c in present)]
+        frame = pd.read_parquet(path, columns=columns)
+    except (KeyError, ValueError, OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read columns {', '.join(SEQUENCE_COLUMNS)} ({exc})") from None
     return frame.sort_values("user_idx", kind="stable").reset_index(drop=True)
+
+
+def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> np.ndarray:
+    """(I,) int64 id of each training item's tie group, aligned with ``build_sequence_store``'s
+    ``flat`` (of ``train_seq``, plus the validation item when ``with_valid``, as a refit trains).
+
+    A tie group is a run of one user's consecutive items with the same timestamp: 53% of
+    consecutive ML-1m ratings share their second, and DESIGN.md orders them by file row, an order
+    that says nothing about the user. Ids are non-decreasing along ``flat`` and never shared
+    between users.
+    """
+    missing = [c for c in TIME_COLUMNS if c not in sequences.columns]
+    if missing:
+        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties needs the items' "
+                        "timestamps: re-run `lite-rec ingest <dataset>` to rewrite the file with them")
+    times = list(sequences["train_ts"])
+    if with_valid:
+        times = [np.append(np.asarray(t, dtype=np.int64), v) for t, v in zip(times, sequences["valid_ts"], strict=True)]
+    store = build_sequence_store(times)
+    lengths = build_sequence_store(sequences["train_seq"]).lengths + int(with_valid)
+    if not np.array_equal(store.lengths, lengths):
+        row = int(np.flatnonzero(store.lengths != lengths)[0])
+        raise DataError(f"{source}: row {row} (user_idx {sequences['user_idx'].iloc[row]}): train_ts has "
+                        f"{store.lengths[row] - int(with_valid)} timestamps for {lengths[row] - int(with_valid)} train_seq items")
+    new = np.ones(len(store.flat), dtype=bool)  # (I,) True where a group starts
+    new[1:] = store.flat[1:] != store.flat[:-1]
+    new[store.offsets[:-1][store.lengths > 0]] = True  # each user's first item starts a group
+    return np.cumsum(new) - 1
+
+
+def shuffle_ties(flat: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``flat`` with the items of each tie group in a random order; groups stay where they are.
+
+    Why: in training, a tie group's file order is one arbitrary order, the same every epoch, so
+    the model can learn "after A comes B" inside a group where nothing says so. A new order per
+    epoch teaches the target as what it is at test time: one of the group's items not yet seen.
+    """
+    order = np.lexsort((rng.random(len(flat)), groups))  # (I,) groups are contiguous and sorted
+    return flat[order]
 
 
 def check_sequences(sequences: pd.DataFrame, n_items: int, source: str = "sequences.parquet") -> None:

@@ -160,6 +160,9 @@ class TrainConfig(_Section):
     future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     item_dropout: float = Field(0.0, ge=0, lt=1)  # chance that an input item's whole vector is zeroed in training (model.embed_items)
+    # each epoch, a new random order inside each run of a user's items with the same timestamp (batches.shuffle_ties);
+    # needs sequences.parquet's train_ts/valid_ts (docs/data.md); evaluation keeps the file's order
+    shuffle_ties: bool = False
     # "train+valid": a refit whose settings (epochs included) come from a validated run: the validation item
     # becomes one more training target, so nothing is validated, nothing stops early, the last weights are kept
     fit_on: Literal["train", "train+valid"] = "train"

@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lite_rec import devices
-from lite_rec.batches import BatchMaker, build_sequence_store, epoch_plan
+from lite_rec.batches import BatchMaker, build_sequence_store, epoch_plan, shuffle_ties, tie_groups, tie_rng
 from lite_rec.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
 from lite_rec.ema import WeightEMA
 from lite_rec.errors import LiteRecError
@@ -136,6 +136,8 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     data.update(build_sequence_store(sequences["train_seq"]).flat.tobytes())
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
+    if cfg.train.shuffle_ties:  # the tie groups shape every batch
+        data.update(tie_groups(sequences, with_valid=cfg.train.fit_on == "train+valid").tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
     return {**_settings(cfg.model, cfg.train, cfg.eval),
             "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors}
@@ -163,6 +165,7 @@ class Trainer:
         refit = self.tc.fit_on == "train+valid"
         self.store = build_eval_set(sequences, "test").histories if refit else build_sequence_store(sequences["train_seq"])
         self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets)
+        self.ties = tie_groups(sequences, with_valid=refit) if self.tc.shuffle_ties else None  # (I,)
         self.valid_set = None if refit else build_eval_set(sequences, "valid")
         self.bf16 = self.tc.bf16 and device.type == "cuda"
         compiled = torch.compile(model) if self.tc.compile else model
@@ -244,6 +247,8 @@ class Trainer:
         plan, order = epoch_plan(tc.strategy, self.store, self.cfg.model.max_seq_len, seed=tc.seed, stage=stage,
                                  epoch=epoch, stride=tc.onepass_stride)
         self.batches.set_plan(plan, order)
+        if self.ties is not None:
+            self.batches.set_items(shuffle_ties(self.store.flat, self.ties, tie_rng(tc.seed, stage, epoch)))
         n_batches = self.batches.n_batches(tc.batch_size)
         self.model.train()
         t0 = time.perf_counter()

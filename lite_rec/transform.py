@@ -42,7 +42,9 @@ OUTPUTS: dict[str, tuple[str, str, str]] = {
     "items.parquet": ("items", "item_idx, item_id, title, genres, brand, categories, description", "item_idx"),
     "item_map.parquet": ("item_map", "item_id, item_idx", "item_idx"),
     "user_map.parquet": ("user_map", "user_id, user_idx", "user_idx"),
-    "sequences.parquet": ("sequences", "user_idx, user_id, train_seq, valid_item_idx, test_item_idx", "user_idx"),
+    "sequences.parquet": (
+        "sequences", "user_idx, user_id, train_seq, valid_item_idx, test_item_idx, train_ts, valid_ts, test_ts", "user_idx"
+    ),
 }
 # Tables of the chain, so row counts are only ever taken of names this module owns.
 _TABLES = {"raw_interactions", "filtered_interactions", "kcore_edges", "kcore_short", "kcore_interactions"}

@@ -1,10 +1,12 @@
 -- Leave-one-out split per user (DESIGN.md): last item = test, second-to-last = validation,
--- the rest = training. DuckDB lists are 1-based and slices include both ends.
+-- the rest = training. DuckDB lists are 1-based and slices include both ends. The *_ts columns
+-- hold each item's timestamp, aligned with the item columns (train.shuffle_ties reads them).
 create or replace table sequences as
 with histories as (
     select
         user_idx,
-        list(item_idx order by pos) as history
+        list(item_idx order by pos) as history,
+        list(ts order by pos) as times
     from interactions
     group by user_idx
 )
@@ -14,6 +16,9 @@ select
     u.user_id,
     h.history[1:len(h.history) - 2] as train_seq,
     h.history[len(h.history) - 1] as valid_item_idx,
-    h.history[len(h.history)] as test_item_idx
+    h.history[len(h.history)] as test_item_idx,
+    h.times[1:len(h.times) - 2] as train_ts,
+    h.times[len(h.times) - 1] as valid_ts,
+    h.times[len(h.times)] as test_ts
 from histories as h
 inner join user_map as u using (user_idx)

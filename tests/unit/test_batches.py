@@ -13,7 +13,7 @@ import torch
 
 from lite_rec.batches import (
     BatchMaker, build_sequence_store, check_sequences, epoch_plan, plan_all, plan_onepass, plan_sampling,
-    read_sequences,
+    read_sequences, shuffle_ties, tie_groups, tie_rng,
 )
 from lite_rec.errors import DataError
 
@@ -165,3 +165,54 @@ def test_check_sequences_names_row_column_and_bad_index() -> None:
     frame.loc[0, "valid_item_idx"] = 0
     with pytest.raises(DataError, match="column valid_item_idx: item_idx 0"):
         check_sequences(frame, n_items=9)
+
+
+TIMED = pd.DataFrame({  # user 0: items 1-5 at t 10, 10, 10, 20, 30 (valid at 30); user 1 starts at t 30 too
+    "user_idx": [0, 1], "train_seq": [[1, 2, 3, 4, 5], [6, 7]], "valid_item_idx": [8, 9], "test_item_idx": [9, 8],
+    "train_ts": [[10, 10, 10, 20, 30], [30, 30]], "valid_ts": [30, 40],
+})
+
+
+def test_tie_groups_are_runs_of_one_users_equal_timestamps() -> None:
+    assert tie_groups(TIMED).tolist() == [0, 0, 0, 1, 2, 3, 3]  # user 1's first t 30 starts a new group
+    # a refit trains on the validation item too: user 0's valid (t 30) joins the group of item 5
+    assert tie_groups(TIMED, with_valid=True).tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 4]
+
+
+def test_tie_groups_name_the_missing_column_and_a_misaligned_row() -> None:
+    with pytest.raises(DataError, match=r"no column\(s\) train_ts, valid_ts.*re-run `lite-rec ingest"):
+        tie_groups(TIMED.drop(columns=["train_ts", "valid_ts"]))
+    bad = TIMED.copy()
+    bad["train_ts"] = [[10, 10, 10, 20, 30], [30]]
+    with pytest.raises(DataError, match=r"row 1 \(user_idx 1\): train_ts has 1 timestamps for 2 train_seq items"):
+        tie_groups(bad)
+
+
+def test_shuffle_ties_permutes_only_inside_groups_and_is_seeded() -> None:
+    flat = np.arange(1, 10)
+    groups = np.array([0, 0, 0, 0, 1, 2, 2, 2, 3])
+    orders = set()
+    for epoch in range(30):
+        got = shuffle_ties(flat, groups, tie_rng(42, 1, epoch))
+        for g in range(4):  # each group keeps its place and its items
+            assert sorted(got[groups == g].tolist()) == flat[groups == g].tolist()
+        orders.add(tuple(got.tolist()))
+        assert np.array_equal(got, shuffle_ties(flat, groups, tie_rng(42, 1, epoch)))  # a function of the epoch
+    assert len(orders) > 20  # 4! x 3! = 144 orders possible; the epochs draw different ones
+    assert shuffle_ties(flat, np.arange(9), tie_rng(0, 1, 0)).tolist() == flat.tolist()  # no ties: unchanged
+
+
+def test_set_items_replaces_what_batches_gather() -> None:
+    store = build_sequence_store([[1, 2, 3]])
+    maker = BatchMaker(store, 3)
+    maker.set_plan(plan_onepass(store, 3), np.arange(1))
+    maker.set_items(np.array([2, 1, 3]))
+    items, targets = maker.batch(0, 1)
+    assert items.tolist() == [[2, 1, 0]] and targets.tolist() == [[1, 3, IGN]]
+    with pytest.raises(ValueError, match="2 items for a store of 3"):
+        maker.set_items(np.array([1, 2]))
+
+
+def test_read_sequences_brings_the_timestamps_when_the_file_has_them(tmp_path: Path) -> None:
+    got = read_sequences(_write_sequences(tmp_path / "sequences.parquet", TIMED))
+    assert [list(t) for t in got["train_ts"]] == [[10, 10, 10, 20, 30], [30, 30]] and got["valid_ts"].tolist() == [30, 40]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from lite_rec.checkpoint import load_model
 from lite_rec.config import build_config
-from lite_rec.errors import CacheMismatch
+from lite_rec.errors import CacheMismatch, DataError
 from lite_rec.train import main, read_item_vectors, train_model
 
 N_ITEMS = 30
@@ -228,3 +228,26 @@ def test_user_scope_also_leaves_items_before_the_window_out_of_the_softmax(tmp_p
         result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / scope, progress=False)
         losses[scope] = result.history[0]["loss"]
     assert losses["user"] < losses["input"]  # the same start, fewer competitors in every later window
+
+
+def _timed(sequences: pd.DataFrame, tied: bool) -> pd.DataFrame:
+    """Timestamps: every item of a user at one second (tied) or each at its own."""
+    out = sequences.copy()
+    out["train_ts"] = [[0] * len(s) if tied else list(range(len(s))) for s in out["train_seq"]]
+    out["valid_ts"] = [0 if tied else len(s) for s in out["train_seq"]]
+    return out
+
+
+def test_shuffle_ties_reorders_tied_training_items_only(tmp_path: Path) -> None:
+    onepass = {"train.strategy": "onepass", "train.max_epochs": 1}
+    base = train_model(_cfg(**onepass), tiny_sequences(), tiny_vectors(), tmp_path / "base", progress=False)
+    untied = train_model(_cfg(**onepass, **{"train.shuffle_ties": "true"}), _timed(tiny_sequences(), tied=False),
+                         tiny_vectors(), tmp_path / "untied", progress=False)
+    tied = train_model(_cfg(**onepass, **{"train.shuffle_ties": "true"}), _timed(tiny_sequences(), tied=True),
+                       tiny_vectors(), tmp_path / "tied", progress=False)
+    # no ties: the same batches as without the setting (its own random stream); all tied: other orders
+    assert untied.history[0]["loss"] == pytest.approx(base.history[0]["loss"], rel=1e-6)
+    assert tied.history[0]["loss"] != pytest.approx(base.history[0]["loss"], rel=1e-4)
+    with pytest.raises(DataError, match="train_ts, valid_ts.*re-run `lite-rec ingest"):
+        train_model(_cfg(**onepass, **{"train.shuffle_ties": "true"}), tiny_sequences(), tiny_vectors(),
+                    tmp_path / "old", progress=False)

@@ -134,8 +134,10 @@ def test_order_ties_indices_and_split(tmp_path: Path) -> None:
     assert item_map == {"q": 1, "p": 2, "r": 3, "s": 4}  # first appearance: b@1 q, b@2 p, a@3 r, a@7 s
     seq = pq.read_table(tmp_path / "sequences.parquet").to_pylist()
     assert seq == [
-        {"user_idx": 0, "user_id": "a", "train_seq": [3, 1], "valid_item_idx": 2, "test_item_idx": 4},
-        {"user_idx": 1, "user_id": "b", "train_seq": [1, 2], "valid_item_idx": 4, "test_item_idx": 3},
+        {"user_idx": 0, "user_id": "a", "train_seq": [3, 1], "valid_item_idx": 2, "test_item_idx": 4,
+         "train_ts": [3, 5], "valid_ts": 5, "test_ts": 7},  # the timestamps follow the items, ties included
+        {"user_idx": 1, "user_id": "b", "train_seq": [1, 2], "valid_item_idx": 4, "test_item_idx": 3,
+         "train_ts": [1, 2], "valid_ts": 8, "test_ts": 9},
     ]
     inter = pq.read_table(tmp_path / "interactions.parquet")
     assert inter.column_names == ["user_id", "item_id", "rating", "ts", "row_no", "user_idx", "item_idx", "pos"]

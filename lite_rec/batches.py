@@ -144,11 +144,16 @@ def epoch_plan(
 class BatchMaker:
     """Gathers (items (B, L), targets) batches of a plan on the training device."""
 
-    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu", future: int = 1) -> None:
+    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu", future: int = 1,
+                 gaps: np.ndarray | None = None) -> None:
         self.device = torch.device(device)
         self.max_len = max_len
         self.future = future  # windows: next items supervised per position (train.future_targets)
         self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
+        if gaps is not None and len(gaps) != len(store.flat):
+            raise ValueError(f"BatchMaker: {len(gaps)} time-gap buckets for {len(store.flat)} items")
+        # (I + 1,) time-gap bucket of each item (time_gaps.py), padding at the end; None = not used
+        self.gap_flat = None if gaps is None else torch.as_tensor(np.append(gaps, 0), device=self.device)
         self.arange = torch.arange(max_len, device=self.device)  # (L,)
 
     def set_items(self, flat: np.ndarray) -> None:
@@ -191,6 +196,15 @@ class BatchMaker:
         ahead = pos[..., None] + torch.arange(1, self.future + 1, device=self.device)  # (B, L, F)
         inside = supervised[..., None] & (ahead <= self.last[sl][:, None, None])  # (B, L, F)
         return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
+
+    def batch_gaps(self, step: int, batch_size: int) -> torch.Tensor:
+        """(B, L) time-gap buckets of ``batch(step, batch_size)``'s input items, 0 at padding."""
+        if self.gap_flat is None:
+            raise ValueError("batch_gaps needs a BatchMaker built with gaps=")
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        pos = self.start[sl][:, None] + self.arange  # (B, L)
+        real = pos < self.end[sl][:, None]
+        return torch.where(real, self.gap_flat[pos.clamp(max=self.gap_flat.shape[0] - 1)], 0)
 
     def seen_before(self, step: int, batch_size: int, n_items: int) -> torch.Tensor:
         """(B, N+1) bool: the items each sample's user interacted with *before* its input window.
@@ -235,19 +249,16 @@ def read_sequences(path: Path | str) -> pd.DataFrame:
     return frame.sort_values("user_idx", kind="stable").reset_index(drop=True)
 
 
-def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> np.ndarray:
-    """(I,) int64 id of each training item's tie group, aligned with ``build_sequence_store``'s
-    ``flat`` (of ``train_seq``, plus the validation item when ``with_valid``, as a refit trains).
+def flat_timestamps(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> SequenceStore:
+    """Every user's item timestamps, laid out as ``build_sequence_store`` lays out ``train_seq``
+    (plus the validation item when ``with_valid``: a refit's or the test split's histories).
 
-    A tie group is a run of one user's consecutive items with the same timestamp: 53% of
-    consecutive ML-1m ratings share their second, and DESIGN.md orders them by file row, an order
-    that says nothing about the user. Ids are non-decreasing along ``flat`` and never shared
-    between users.
+    Older files have no timestamp columns: the error says to re-run the data stage.
     """
     missing = [c for c in TIME_COLUMNS if c not in sequences.columns]
     if missing:
-        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties needs the items' "
-                        "timestamps: re-run `lite-rec ingest <dataset>` to rewrite the file with them")
+        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties and model.time_gaps need "
+                        "the items' timestamps: re-run `lite-rec ingest <dataset>` to rewrite the file with them")
     times = list(sequences["train_ts"])
     if with_valid:
         times = [np.append(np.asarray(t, dtype=np.int64), v) for t, v in zip(times, sequences["valid_ts"], strict=True)]
@@ -257,6 +268,18 @@ def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = 
         row = int(np.flatnonzero(store.lengths != lengths)[0])
         raise DataError(f"{source}: row {row} (user_idx {sequences['user_idx'].iloc[row]}): train_ts has "
                         f"{store.lengths[row] - int(with_valid)} timestamps for {lengths[row] - int(with_valid)} train_seq items")
+    return store
+
+
+def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> np.ndarray:
+    """(I,) int64 id of each training item's tie group, aligned with ``build_sequence_store``'s
+    ``flat`` (of ``train_seq``, plus the validation item when ``with_valid``, as a refit trains).
+
+    A tie group is a run of one user's consecutive items with the same timestamp: 53% of
+    consecutive ML-1m ratings share their second, and DESIGN.md orders them by file row. Ids
+    are non-decreasing along ``flat`` and never shared between users.
+    """
+    store = flat_timestamps(sequences, with_valid, source)
     new = np.ones(len(store.flat), dtype=bool)  # (I,) True where a group starts
     new[1:] = store.flat[1:] != store.flat[:-1]
     new[store.offsets[:-1][store.lengths > 0]] = True  # each user's first item starts a group
@@ -266,9 +289,10 @@ def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = 
 def shuffle_ties(flat: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``flat`` with the items of each tie group in a random order; groups stay where they are.
 
-    Why: in training, a tie group's file order is one arbitrary order, the same every epoch, so
-    the model can learn "after A comes B" inside a group where nothing says so. A new order per
-    epoch teaches the target as what it is at test time: one of the group's items not yet seen.
+    Why we tried it: if a tie group's file order were arbitrary, a fixed order would let the
+    model learn "after A comes B" where nothing says so. Measured on ML-1m (docs/results.md,
+    session 9) it costs ~0.012 R@10 and 0.02 validation R@10: the file order inside a second is
+    not arbitrary (validation and test follow it too), so it stays off by default.
     """
     order = np.lexsort((rng.random(len(flat)), groups))  # (I,) groups are contiguous and sorted
     return flat[order]

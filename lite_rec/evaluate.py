@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lite_rec.batches import SequenceStore, build_sequence_store
+from lite_rec.batches import SequenceStore, build_sequence_store, flat_timestamps
 from lite_rec.metrics import RankAccumulator
+from lite_rec.time_gaps import gap_buckets
 
-Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, L) item_idx -> (B, N+1) scores
+# (B, L) item_idx [, gaps=(B, L) time-gap buckets for a model.time_gaps model] -> (B, N+1) scores
+Scorer = Callable[..., torch.Tensor]
 SPLITS = ("valid", "test")
 
 
@@ -35,13 +38,15 @@ class EvalSet:
     split: str  # "valid" | "test"
     histories: SequenceStore  # everything the user interacted with before the target
     targets: np.ndarray  # (U,) int64 item_idx
+    gaps: np.ndarray | None = None  # (I,) time-gap bucket of each history item (time_gaps.py); None = not read
 
     def __len__(self) -> int:
         return len(self.targets)
 
 
-def build_eval_set(sequences: pd.DataFrame, split: str) -> EvalSet:
-    """Histories and targets of ``split`` from the columns of ``sequences.parquet``."""
+def build_eval_set(sequences: pd.DataFrame, split: str, time_gaps: bool = False) -> EvalSet:
+    """Histories and targets of ``split`` from the columns of ``sequences.parquet``; with
+    ``time_gaps`` also the histories' time-gap buckets (``train_ts``/``valid_ts``)."""
     if split == "valid":
         seqs = list(sequences["train_seq"])
         targets = sequences["valid_item_idx"].to_numpy(np.int64, copy=True)
@@ -51,7 +56,8 @@ def build_eval_set(sequences: pd.DataFrame, split: str) -> EvalSet:
         targets = sequences["test_item_idx"].to_numpy(np.int64, copy=True)
     else:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    return EvalSet(split, build_sequence_store(seqs), targets)
+    gaps = gap_buckets(flat_timestamps(sequences, with_valid=split == "test")) if time_gaps else None
+    return EvalSet(split, build_sequence_store(seqs), targets, gaps)
 
 
 def _rows(flat: torch.Tensor, start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
@@ -61,21 +67,29 @@ def _rows(flat: torch.Tensor, start: torch.Tensor, end: torch.Tensor, width: int
     return torch.where(real, flat[pos.clamp(max=flat.shape[0] - 1)], 0)
 
 
-def iter_eval_batches(
-    eval_set: EvalSet, max_len: int, batch_size: int, device: torch.device | str
-) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(inputs (B, L) last L items right-padded, history (B, H) 0-padded, targets (B,)) batches."""
+class EvalBatch(NamedTuple):
+    inputs: torch.Tensor  # (B, L) the last L items, right-padded
+    history: torch.Tensor  # (B, H) every history item, 0-padded (what the masked ranking removes)
+    targets: torch.Tensor  # (B,)
+    gaps: torch.Tensor | None  # (B, L) time-gap buckets of ``inputs``, when the eval set has them
+
+
+def iter_eval_batches(eval_set: EvalSet, max_len: int, batch_size: int, device: torch.device | str) -> Iterable[EvalBatch]:
+    """The split's users in batches of ``batch_size``, in user order."""
     store = eval_set.histories
     flat = torch.as_tensor(np.append(store.flat, 0), device=device)
+    gap_flat = None if eval_set.gaps is None else torch.as_tensor(np.append(eval_set.gaps, 0), device=device)
     for lo in range(0, len(eval_set), batch_size):
         hi = min(lo + batch_size, len(eval_set))
         off_lo, off_hi = store.offsets[lo:hi], store.offsets[lo + 1 : hi + 1]
         width = max(int((off_hi - off_lo).max()), 1)
         start = torch.as_tensor(off_lo, device=device)
         end = torch.as_tensor(off_hi, device=device)
-        inputs = _rows(flat, torch.maximum(start, end - max_len), end, max_len)  # (B, L)
+        window = torch.maximum(start, end - max_len)  # (B,)
+        inputs = _rows(flat, window, end, max_len)  # (B, L)
         history = _rows(flat, start, end, width)  # (B, H)
-        yield inputs, history, torch.as_tensor(eval_set.targets[lo:hi], device=device)
+        gaps = None if gap_flat is None else _rows(gap_flat, window, end, max_len)  # (B, L)
+        yield EvalBatch(inputs, history, torch.as_tensor(eval_set.targets[lo:hi], device=device), gaps)
 
 
 def evaluate_scores(
@@ -99,8 +113,9 @@ def evaluate_scores(
     unmasked, masked = RankAccumulator(), RankAccumulator()
     n_batches = (len(eval_set) + batch_size - 1) // batch_size
     batches = iter_eval_batches(eval_set, max_len, batch_size, device)
-    for inputs, history, targets in tqdm(batches, total=n_batches, desc=f"eval {eval_set.split}", disable=not progress, leave=False):
-        scores = scorer(inputs)  # (B, N+1)
+    for inputs, history, targets, gaps in tqdm(batches, total=n_batches, desc=f"eval {eval_set.split}",
+                                               disable=not progress, leave=False):
+        scores = scorer(inputs) if gaps is None else scorer(inputs, gaps=gaps)  # (B, N+1)
         if scores.dtype != torch.float64:  # float64 scores (popularity tie-breaks) keep their precision
             scores = scores.float()
         unmasked.add(scores, targets)  # read-only
@@ -120,9 +135,9 @@ def model_scorer(model: torch.nn.Module, *, device: torch.device | str, bf16: bo
     device = torch.device(device)
 
     @torch.no_grad()
-    def score(inputs: torch.Tensor) -> torch.Tensor:
+    def score(inputs: torch.Tensor, gaps: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            logits, _ = model(inputs)
+            logits, _ = model(inputs, gaps=gaps)
         return logits
 
     return score
@@ -147,10 +162,10 @@ def ensemble_scorer(scorers: Iterable[Scorer], combine: str = "logprob") -> Scor
         raise ValueError(f"combine must be one of {COMBINES}; got {combine!r}")
 
     @torch.no_grad()
-    def score(inputs: torch.Tensor) -> torch.Tensor:
+    def score(inputs: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         total = None
         for scorer in scorers:
-            logp = torch.log_softmax(scorer(inputs).float(), dim=-1)  # (B, N+1); padding column -inf
+            logp = torch.log_softmax(scorer(inputs, **kwargs).float(), dim=-1)  # (B, N+1); padding column -inf
             part = logp if combine == "logprob" else logp.exp()
             total = part if total is None else total + part
         mean = total / len(scorers)  # (B, N+1)

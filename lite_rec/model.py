@@ -6,8 +6,9 @@ contextualises them, mean pooling over the real items gives the user vector h_u 
 linear head scores every item at once: ``logits = W_proj h_u`` (Eq. 5), trained with
 cross-entropy over all items (Eq. 6). No decoding, no beam search: top-k of one matrix product.
 Options beyond the paper: ``head="tied"`` scores with the input item representation instead of a
-free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, and the loss can leave the input's
-items out of the softmax (``mask_history``).
+free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, the loss can leave the input's
+items out of the softmax (``mask_history``), and ``time_gaps`` adds an embedding of each input
+item's gap to the previous one.
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
 up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
@@ -26,6 +27,7 @@ from torch import nn
 
 from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
 from lite_rec.errors import DataError
+from lite_rec.time_gaps import N_GAP_BUCKETS, PAD_BUCKET
 
 if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
     from lite_rec.config import ModelConfig
@@ -51,6 +53,7 @@ class ModelSpec:
     score: str = "dot"  # "dot" | "cosine": cos(h_u, w_i) / temperature
     temperature: float = 1.0  # divides cosine scores (unused with "dot")
     user_dropout: float | None = None  # on the user vector before the head; None = ``dropout`` (the paper's one rate)
+    time_gaps: bool = False  # an embedding of each input item's gap to the previous one is added (time_gaps.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +81,11 @@ class LiteRecModel(nn.Module):
             nn.init.normal_(self.item_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.item_embedding.weight[0].zero_()
+        if spec.time_gaps:
+            self.gap_embedding = nn.Embedding(N_GAP_BUCKETS, d, padding_idx=PAD_BUCKET)
+            nn.init.normal_(self.gap_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.gap_embedding.weight[PAD_BUCKET].zero_()
         self.input_dropout = nn.Dropout(spec.dropout)
         self.user_dropout = nn.Dropout(spec.dropout if spec.user_dropout is None else spec.user_dropout)
         if spec.head == "linear":
@@ -108,8 +116,12 @@ class LiteRecModel(nn.Module):
             x = x + self.item_embedding(items)  # (..., D)
         return x
 
-    def embed_items(self, items: torch.Tensor, item_dropout: float = 0.0) -> torch.Tensor:
+    def embed_items(self, items: torch.Tensor, item_dropout: float = 0.0, gaps: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``).
+
+        ``gaps`` (B, T) time-gap buckets of the items (``time_gaps.py``), required by a model
+        with ``spec.time_gaps`` and added to each item's vector (after item dropout: a dropped
+        item still says when something happened).
 
         ``item_dropout`` (training only, ``train.item_dropout``): each input item's whole vector
         is zeroed with this probability, unscaled (a missing item, not noise on its features).
@@ -121,6 +133,10 @@ class LiteRecModel(nn.Module):
         if self.training and item_dropout > 0:
             keep = torch.rand(items.shape, device=items.device) >= item_dropout  # (B, T)
             x = x * keep[..., None].to(x.dtype)
+        if self.spec.time_gaps:
+            if gaps is None:
+                raise ValueError("this model reads time gaps (model.time_gaps): pass gaps (B, T) with the items")
+            x = x + self.gap_embedding(gaps)  # (B, T, D)
         return self.input_dropout(x)
 
     def output_items(self) -> torch.Tensor:
@@ -152,19 +168,20 @@ class LiteRecModel(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def contextualize(self, items: torch.Tensor, item_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def contextualize(self, items: torch.Tensor, item_dropout: float = 0.0,
+                      gaps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         real = items > 0  # (B, T)
-        hidden = self.backbone(self.embed_items(items, item_dropout), real, self.spec.causal)  # (B, T, D)
+        hidden = self.backbone(self.embed_items(items, item_dropout, gaps), real, self.spec.causal)  # (B, T, D)
         return hidden, real
 
-    def user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0) -> torch.Tensor:
+    def user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0, gaps: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 4: h_u = mean of the outputs over the real (non-padding) positions. (B, T) -> (B, D).
 
         With ``pooling="last"`` h_u is the output at the last real position instead: over long
         histories (max_seq_len 200) a mean dilutes the most recent items, which carry most of
         the next-item signal on MovieLens; the paper's 20-item window hides that effect.
         """
-        hidden, real = self.contextualize(items, item_dropout)
+        hidden, real = self.contextualize(items, item_dropout, gaps)
         if self.spec.pooling == "last":
             positions = torch.arange(items.shape[1], device=items.device)  # (T,)
             last = (real.long() * positions).argmax(1)  # (B,) index of the last real item, any padding side
@@ -172,7 +189,8 @@ class LiteRecModel(nn.Module):
         summed = hidden.float().masked_fill(~real[..., None], 0.0).sum(1)  # (B, D); where(), not *: no NaN leak
         return summed / real.sum(1, keepdim=True).clamp(min=1)
 
-    def prefix_user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0) -> torch.Tensor:
+    def prefix_user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0,
+                            gaps: torch.Tensor | None = None) -> torch.Tensor:
         """Causal models: h_u of every prefix from one pass. (B, T) right-padded -> (B, T, D).
 
         Row t is the mean of the causal outputs 0..t, which equals ``user_vectors`` of the prefix
@@ -180,7 +198,7 @@ class LiteRecModel(nn.Module):
         """
         if not self.spec.causal:
             raise ValueError("prefix_user_vectors needs a causal model (train.strategy=onepass)")
-        hidden, real = self.contextualize(items, item_dropout)
+        hidden, real = self.contextualize(items, item_dropout, gaps)
         if self.spec.pooling == "last":
             return hidden.float().masked_fill(~real[..., None], 0.0)  # (B, T, D): the prefix's own last output
         running = hidden.float().masked_fill(~real[..., None], 0.0).cumsum(1)  # (B, T, D)
@@ -203,7 +221,8 @@ class LiteRecModel(nn.Module):
 
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
                 exclude_history: bool = False, future_weight: float = 0.5,
-                item_dropout: float = 0.0, seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                item_dropout: float = 0.0, seen: torch.Tensor | None = None,
+                gaps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
@@ -220,13 +239,13 @@ class LiteRecModel(nn.Module):
         training counterpart of ``eval.exclude_history``: the model is then never asked to push
         down items the ranking removes anyway. The target itself always stays in. ``seen`` (B, N+1)
         bool, with ``exclude_history``: items the user had before the input window, also left out
-        (``train.loss_history_scope=user``; ``BatchMaker.seen_before``). ``item_dropout``:
-        ``embed_items``.
+        (``train.loss_history_scope=user``; ``BatchMaker.seen_before``). ``item_dropout`` and
+        ``gaps`` (B, T): ``embed_items``.
         """
         if targets is not None and targets.dim() >= 2:
-            logits = self.item_logits(self.prefix_user_vectors(items, item_dropout))  # (B, T, N+1)
+            logits = self.item_logits(self.prefix_user_vectors(items, item_dropout, gaps))  # (B, T, N+1)
         else:
-            logits = self.item_logits(self.user_vectors(items, item_dropout))  # (B, N+1)
+            logits = self.item_logits(self.user_vectors(items, item_dropout, gaps))  # (B, N+1)
         if targets is None:
             return logits, None
         nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, T) or (B,): the next item
@@ -321,7 +340,7 @@ def build_model(
         causal=causal, head_bias=model_cfg.head_bias, backbone_name=model_cfg.backbone, backbone=bspec,
         pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
-        user_dropout=model_cfg.user_dropout,
+        user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

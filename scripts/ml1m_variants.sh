@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1m follow-ups of scripts/ml1m_sweep.sh on one GPU (docs/results.md, session-3 sweep), each set
 # as scripts/gpu_suite.py processes side by side, each writing $OUT/<group>/results.json when done.
-#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong|refit|ensemble <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
+#   bash scripts/ml1m_variants.sh stride|long|head|loss|seeds|minilm|future|knobs|textid|ema|emalong|refit|profile|ensemble <processed-dir> <vectors.safetensors> <out-dir> [seconds-limit]
 #   stride: overlapping onepass windows (train.onepass_stride < max_seq_len), four processes
 #   long:   dropout 0.5 (text-L6d512-do5 was still improving at its cap), longer, with stage 2; two processes
 #   head:   the dropout-0.5 recipe with a tied head and/or cosine scores (model.head, model.score); four processes
@@ -24,6 +24,8 @@
 #           fit one call at 70 epochs
 #   refit:  the emalong recipe refitted on train + validation item (train.fit_on=train+valid: 70 epochs, the
 #           best epoch of its validated runs; no validation, no stage 2, the last EMA weights are tested)
+#   profile: --profile gpu with the overrides of each "name: key=value ..." entry of $VARIANTS (entries
+#           separated by "|"), side by side, e.g. VARIANTS="L300: model.max_seq_len=300|bd01: model.backbone_dropout=0.1"
 #   ensemble: --profile gpu as shipped, one run per seed in $SEEDS (default "42 1 2") side by side, then
 #           scripts/ensemble_eval.py scores them alone and as an ensemble ($OUT/ensemble.json)
 # EPOCHS=N sets the stage-1 epochs of emalong and refit (and their names' "e70").
@@ -114,6 +116,14 @@ case "$SET" in
     recipe_runs "" "-ft" "$E70 train.finetune_epochs=3 train.finetune_lr=1e-4" ;;
   refit)
     recipe_runs "refit-" "" "$E70 train.fit_on=train+valid" ;;
+  profile)
+    IFS='|' read -r -a entries <<< "${VARIANTS:?profile needs VARIANTS=\"name: key=value ...|...\"}"
+    for entry in "${entries[@]}"; do
+      name=$(echo "${entry%%:*}" | tr -d ' ')
+      timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile gpu \
+        --out "$OUT/$name" --runs-dir "$MODELS" \
+        --common train.device=cuda train.max_stage1_minutes=${BUDGET:-8.3} $EXTRA --variant "$entry" > "$OUT/$name.log" 2>&1 &
+    done ;;
   ensemble)
     for seed in ${SEEDS:-42 1 2}; do
       timeout "$LIMIT" "$PYTHON" scripts/gpu_suite.py --processed-dir "$PROC" --item-vectors "$VEC" --profile gpu \
@@ -121,7 +131,7 @@ case "$SET" in
         --common train.device=cuda train.max_stage1_minutes=${BUDGET:-8.3} $EXTRA --variant "gpu-seed$seed: train.seed=$seed" \
         > "$OUT/s$seed.log" 2>&1 &
     done ;;
-  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema, emalong, refit or ensemble)" >&2; exit 2 ;;
+  *) echo "unknown set '$SET' (stride, long, head, loss, seeds, minilm, future, knobs, textid, ema, emalong, refit, profile or ensemble)" >&2; exit 2 ;;
 esac
 wait
 if [ "$SET" = ensemble ]; then

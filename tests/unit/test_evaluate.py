@@ -31,7 +31,7 @@ def test_validation_predicts_from_train_and_test_from_train_plus_valid() -> None
 
 
 def test_batches_hold_the_last_items_as_input_and_the_whole_history_for_masking() -> None:
-    [(inputs, history, targets)] = list(iter_eval_batches(build_eval_set(SEQUENCES, "test"), 2, 8, "cpu"))
+    [(inputs, history, targets, _)] = list(iter_eval_batches(build_eval_set(SEQUENCES, "test"), 2, 8, "cpu"))
     assert inputs.tolist() == [[3, 4], [2, 3]]
     assert history.tolist() == [[1, 2, 3, 4], [2, 3, 0, 0]]
     assert targets.tolist() == [5, 1]

@@ -80,7 +80,7 @@ def test_top_k_equals_evaluation_code_path(tmp_path: Path, item_repr: str, backb
     scorer = model_scorer(rec.model, device="cpu")
     k = 4  # user 0 has exactly 4 unseen items left: the whole remaining catalog, in order
     expected: list[list[int]] = []
-    for inputs, history, targets in iter_eval_batches(eval_set, WINDOW, batch_size=3, device="cpu"):
+    for inputs, history, targets, _ in iter_eval_batches(eval_set, WINDOW, batch_size=3, device="cpu"):
         scores = scorer(inputs).float()  # (B, N+1)
         mask_history_(scores, history, targets)
         expected += torch.topk(scores, k, dim=1).indices.tolist()

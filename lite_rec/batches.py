@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lite_rec.errors import DataError
+from lite_rec.item_context import context_ids
 from lite_rec.model import IGNORE_INDEX
 
 STRATEGIES = ("sampling", "all", "onepass")
@@ -145,15 +146,15 @@ class BatchMaker:
     """Gathers (items (B, L), targets) batches of a plan on the training device."""
 
     def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu", future: int = 1,
-                 gaps: np.ndarray | None = None) -> None:
+                 contexts: np.ndarray | None = None) -> None:
         self.device = torch.device(device)
         self.max_len = max_len
         self.future = future  # windows: next items supervised per position (train.future_targets)
         self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
-        if gaps is not None and len(gaps) != len(store.flat):
-            raise ValueError(f"BatchMaker: {len(gaps)} time-gap buckets for {len(store.flat)} items")
-        # (I + 1,) time-gap bucket of each item (time_gaps.py), padding at the end; None = not used
-        self.gap_flat = None if gaps is None else torch.as_tensor(np.append(gaps, 0), device=self.device)
+        if contexts is not None and len(contexts) != len(store.flat):
+            raise ValueError(f"BatchMaker: {len(contexts)} context ids for {len(store.flat)} items")
+        # (I + 1,) context id of each item (item_context.py), padding at the end; None = not used
+        self.context_flat = None if contexts is None else torch.as_tensor(np.append(contexts, 0), device=self.device)
         self.arange = torch.arange(max_len, device=self.device)  # (L,)
 
     def set_items(self, flat: np.ndarray) -> None:
@@ -197,14 +198,14 @@ class BatchMaker:
         inside = supervised[..., None] & (ahead <= self.last[sl][:, None, None])  # (B, L, F)
         return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
 
-    def batch_gaps(self, step: int, batch_size: int) -> torch.Tensor:
-        """(B, L) time-gap buckets of ``batch(step, batch_size)``'s input items, 0 at padding."""
-        if self.gap_flat is None:
-            raise ValueError("batch_gaps needs a BatchMaker built with gaps=")
+    def batch_contexts(self, step: int, batch_size: int) -> torch.Tensor:
+        """(B, L) context ids of ``batch(step, batch_size)``'s input items, 0 at padding."""
+        if self.context_flat is None:
+            raise ValueError("batch_contexts needs a BatchMaker built with contexts=")
         sl = slice(step * batch_size, (step + 1) * batch_size)
         pos = self.start[sl][:, None] + self.arange  # (B, L)
         real = pos < self.end[sl][:, None]
-        return torch.where(real, self.gap_flat[pos.clamp(max=self.gap_flat.shape[0] - 1)], 0)
+        return torch.where(real, self.context_flat[pos.clamp(max=self.context_flat.shape[0] - 1)], 0)
 
     def seen_before(self, step: int, batch_size: int, n_items: int) -> torch.Tensor:
         """(B, N+1) bool: the items each sample's user interacted with *before* its input window.
@@ -231,44 +232,63 @@ class BatchMaker:
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
-TIME_COLUMNS = ("train_ts", "valid_ts")  # read when present (written since session 9; train.shuffle_ties needs them)
+# read when present (written since session 9): train.shuffle_ties, model.time_gaps and model.ratings need them
+SIDE_COLUMNS = {"ts": ("train_ts", "valid_ts"), "rating": ("train_rating", "valid_rating")}
 
 
 def read_sequences(path: Path | str) -> pd.DataFrame:
     """``sequences.parquet`` (docs/data.md) with its columns checked; names the file when not.
-    The timestamp columns come along when the file has them (older files do not)."""
+    The timestamp and rating columns come along when the file has them (older files do not)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist: run `lite-rec ingest <dataset>` first")
     try:
         present = set(pq.read_schema(path).names)
-        columns = [*SEQUENCE_COLUMNS, *(c for c in TIME_COLUMNS if c in present)]
+        columns = [*SEQUENCE_COLUMNS, *(c for pair in SIDE_COLUMNS.values() for c in pair if c in present)]
         frame = pd.read_parquet(path, columns=columns)
     except (KeyError, ValueError, OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read columns {', '.join(SEQUENCE_COLUMNS)} ({exc})") from None
     return frame.sort_values("user_idx", kind="stable").reset_index(drop=True)
 
 
-def flat_timestamps(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> SequenceStore:
-    """Every user's item timestamps, laid out as ``build_sequence_store`` lays out ``train_seq``
-    (plus the validation item when ``with_valid``: a refit's or the test split's histories).
+def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
+                source: str = "sequences.parquet") -> SequenceStore:
+    """Every user's item timestamps (``kind="ts"``) or ratings (``"rating"``), laid out as
+    ``build_sequence_store`` lays out ``train_seq`` (plus the validation item when ``with_valid``:
+    a refit's or the test split's histories).
 
-    Older files have no timestamp columns: the error says to re-run the data stage.
+    Older files have no such columns: the error says to re-run the data stage.
     """
-    missing = [c for c in TIME_COLUMNS if c not in sequences.columns]
+    train, valid = SIDE_COLUMNS[kind]
+    missing = [c for c in (train, valid) if c not in sequences.columns]
     if missing:
-        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties and model.time_gaps need "
-                        "the items' timestamps: re-run `lite-rec ingest <dataset>` to rewrite the file with them")
-    times = list(sequences["train_ts"])
+        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties, model.time_gaps and "
+                        "model.ratings need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
+    values = list(sequences[train])
     if with_valid:
-        times = [np.append(np.asarray(t, dtype=np.int64), v) for t, v in zip(times, sequences["valid_ts"], strict=True)]
-    store = build_sequence_store(times)
+        values = [np.append(np.asarray(t), v) for t, v in zip(values, sequences[valid], strict=True)]
+    store = build_sequence_store(values) if kind == "ts" else _float_store(values)
     lengths = build_sequence_store(sequences["train_seq"]).lengths + int(with_valid)
     if not np.array_equal(store.lengths, lengths):
         row = int(np.flatnonzero(store.lengths != lengths)[0])
-        raise DataError(f"{source}: row {row} (user_idx {sequences['user_idx'].iloc[row]}): train_ts has "
-                        f"{store.lengths[row] - int(with_valid)} timestamps for {lengths[row] - int(with_valid)} train_seq items")
+        raise DataError(f"{source}: row {row} (user_idx {sequences['user_idx'].iloc[row]}): {train} has "
+                        f"{store.lengths[row] - int(with_valid)} values for {lengths[row] - int(with_valid)} train_seq items")
     return store
+
+
+def _float_store(values: list) -> SequenceStore:
+    lengths = np.array([len(v) for v in values], dtype=np.int64)
+    flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in values]) if values else np.zeros(0)
+    return SequenceStore(flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, with_valid: bool = False) -> np.ndarray | None:
+    """(I,) context id of every history item (``item_context.py``), aligned with the item store of
+    ``train_seq`` (+ the validation item when ``with_valid``); None when neither feature is used."""
+    if not (time_gaps or ratings):
+        return None
+    return context_ids(flat_column(sequences, "ts", with_valid) if time_gaps else None,
+                       flat_column(sequences, "rating", with_valid) if ratings else None)
 
 
 def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> np.ndarray:
@@ -279,7 +299,7 @@ def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = 
     consecutive ML-1m ratings share their second, and DESIGN.md orders them by file row. Ids
     are non-decreasing along ``flat`` and never shared between users.
     """
-    store = flat_timestamps(sequences, with_valid, source)
+    store = flat_column(sequences, "ts", with_valid, source)
     new = np.ones(len(store.flat), dtype=bool)  # (I,) True where a group starts
     new[1:] = store.flat[1:] != store.flat[:-1]
     new[store.offsets[:-1][store.lengths > 0]] = True  # each user's first item starts a group

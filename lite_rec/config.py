@@ -119,7 +119,10 @@ class ModelConfig(_Section):
     head: Literal["linear", "tied"] = "linear"  # item scores from a free W_proj (Eq. 5) or the input item representation (SASRec-style tying)
     score: Literal["dot", "cosine"] = "dot"  # logits = h_u . w_i, or cos(h_u, w_i) / temperature
     temperature: float = Field(0.05, gt=0.0, le=10.0)  # only with score=cosine
-    time_gaps: bool = False  # beyond the paper: add an embedding of each input item's gap to the previous one (time_gaps.py)
+    # beyond the paper: embed each input item's context and add it to the item (item_context.py): its gap to the
+    # user's previous item, the rating the user gave it; both need sequences.parquet's *_ts / *_rating columns
+    time_gaps: bool = False
+    ratings: bool = False
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

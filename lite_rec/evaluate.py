@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lite_rec.batches import SequenceStore, build_sequence_store, flat_timestamps
+from lite_rec.batches import SequenceStore, build_sequence_store, item_contexts
 from lite_rec.metrics import RankAccumulator
-from lite_rec.time_gaps import gap_buckets
+from lite_rec.model import ModelSpec
 
-# (B, L) item_idx [, gaps=(B, L) time-gap buckets for a model.time_gaps model] -> (B, N+1) scores
+# (B, L) item_idx [, contexts=(B, L) context ids, for a model that reads them] -> (B, N+1) scores
 Scorer = Callable[..., torch.Tensor]
 SPLITS = ("valid", "test")
 
@@ -38,15 +38,15 @@ class EvalSet:
     split: str  # "valid" | "test"
     histories: SequenceStore  # everything the user interacted with before the target
     targets: np.ndarray  # (U,) int64 item_idx
-    gaps: np.ndarray | None = None  # (I,) time-gap bucket of each history item (time_gaps.py); None = not read
+    contexts: np.ndarray | None = None  # (I,) context id of each history item (item_context.py); None = not read
 
     def __len__(self) -> int:
         return len(self.targets)
 
 
-def build_eval_set(sequences: pd.DataFrame, split: str, time_gaps: bool = False) -> EvalSet:
-    """Histories and targets of ``split`` from the columns of ``sequences.parquet``; with
-    ``time_gaps`` also the histories' time-gap buckets (``train_ts``/``valid_ts``)."""
+def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None = None) -> EvalSet:
+    """Histories and targets of ``split`` from the columns of ``sequences.parquet``; also the
+    histories' context ids when ``spec`` is of a model that reads them (``item_context.py``)."""
     if split == "valid":
         seqs = list(sequences["train_seq"])
         targets = sequences["valid_item_idx"].to_numpy(np.int64, copy=True)
@@ -56,8 +56,9 @@ def build_eval_set(sequences: pd.DataFrame, split: str, time_gaps: bool = False)
         targets = sequences["test_item_idx"].to_numpy(np.int64, copy=True)
     else:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    gaps = gap_buckets(flat_timestamps(sequences, with_valid=split == "test")) if time_gaps else None
-    return EvalSet(split, build_sequence_store(seqs), targets, gaps)
+    contexts = None if spec is None else item_contexts(sequences, time_gaps=spec.time_gaps, ratings=spec.ratings,
+                                                       with_valid=split == "test")
+    return EvalSet(split, build_sequence_store(seqs), targets, contexts)
 
 
 def _rows(flat: torch.Tensor, start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
@@ -71,14 +72,14 @@ class EvalBatch(NamedTuple):
     inputs: torch.Tensor  # (B, L) the last L items, right-padded
     history: torch.Tensor  # (B, H) every history item, 0-padded (what the masked ranking removes)
     targets: torch.Tensor  # (B,)
-    gaps: torch.Tensor | None  # (B, L) time-gap buckets of ``inputs``, when the eval set has them
+    contexts: torch.Tensor | None  # (B, L) context ids of ``inputs``, when the eval set has them
 
 
 def iter_eval_batches(eval_set: EvalSet, max_len: int, batch_size: int, device: torch.device | str) -> Iterable[EvalBatch]:
     """The split's users in batches of ``batch_size``, in user order."""
     store = eval_set.histories
     flat = torch.as_tensor(np.append(store.flat, 0), device=device)
-    gap_flat = None if eval_set.gaps is None else torch.as_tensor(np.append(eval_set.gaps, 0), device=device)
+    context_flat = None if eval_set.contexts is None else torch.as_tensor(np.append(eval_set.contexts, 0), device=device)
     for lo in range(0, len(eval_set), batch_size):
         hi = min(lo + batch_size, len(eval_set))
         off_lo, off_hi = store.offsets[lo:hi], store.offsets[lo + 1 : hi + 1]
@@ -88,8 +89,8 @@ def iter_eval_batches(eval_set: EvalSet, max_len: int, batch_size: int, device: 
         window = torch.maximum(start, end - max_len)  # (B,)
         inputs = _rows(flat, window, end, max_len)  # (B, L)
         history = _rows(flat, start, end, width)  # (B, H)
-        gaps = None if gap_flat is None else _rows(gap_flat, window, end, max_len)  # (B, L)
-        yield EvalBatch(inputs, history, torch.as_tensor(eval_set.targets[lo:hi], device=device), gaps)
+        contexts = None if context_flat is None else _rows(context_flat, window, end, max_len)  # (B, L)
+        yield EvalBatch(inputs, history, torch.as_tensor(eval_set.targets[lo:hi], device=device), contexts)
 
 
 def evaluate_scores(
@@ -113,9 +114,9 @@ def evaluate_scores(
     unmasked, masked = RankAccumulator(), RankAccumulator()
     n_batches = (len(eval_set) + batch_size - 1) // batch_size
     batches = iter_eval_batches(eval_set, max_len, batch_size, device)
-    for inputs, history, targets, gaps in tqdm(batches, total=n_batches, desc=f"eval {eval_set.split}",
-                                               disable=not progress, leave=False):
-        scores = scorer(inputs) if gaps is None else scorer(inputs, gaps=gaps)  # (B, N+1)
+    for inputs, history, targets, contexts in tqdm(batches, total=n_batches, desc=f"eval {eval_set.split}",
+                                                   disable=not progress, leave=False):
+        scores = scorer(inputs) if contexts is None else scorer(inputs, contexts=contexts)  # (B, N+1)
         if scores.dtype != torch.float64:  # float64 scores (popularity tie-breaks) keep their precision
             scores = scores.float()
         unmasked.add(scores, targets)  # read-only
@@ -135,9 +136,9 @@ def model_scorer(model: torch.nn.Module, *, device: torch.device | str, bf16: bo
     device = torch.device(device)
 
     @torch.no_grad()
-    def score(inputs: torch.Tensor, gaps: torch.Tensor | None = None) -> torch.Tensor:
+    def score(inputs: torch.Tensor, contexts: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            logits, _ = model(inputs, gaps=gaps)
+            logits, _ = model(inputs, contexts=contexts)
         return logits
 
     return score

@@ -7,8 +7,8 @@ linear head scores every item at once: ``logits = W_proj h_u`` (Eq. 5), trained 
 cross-entropy over all items (Eq. 6). No decoding, no beam search: top-k of one matrix product.
 Options beyond the paper: ``head="tied"`` scores with the input item representation instead of a
 free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, the loss can leave the input's
-items out of the softmax (``mask_history``), and ``time_gaps`` adds an embedding of each input
-item's gap to the previous one.
+items out of the softmax (``mask_history``), and ``time_gaps`` / ``ratings`` add an embedding of
+each input item's context (its gap to the previous item, its rating: ``item_context.py``).
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
 up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
@@ -27,7 +27,7 @@ from torch import nn
 
 from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
 from lite_rec.errors import DataError
-from lite_rec.time_gaps import N_GAP_BUCKETS, PAD_BUCKET
+from lite_rec.item_context import PAD_CONTEXT, n_contexts
 
 if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
     from lite_rec.config import ModelConfig
@@ -53,7 +53,13 @@ class ModelSpec:
     score: str = "dot"  # "dot" | "cosine": cos(h_u, w_i) / temperature
     temperature: float = 1.0  # divides cosine scores (unused with "dot")
     user_dropout: float | None = None  # on the user vector before the head; None = ``dropout`` (the paper's one rate)
-    time_gaps: bool = False  # an embedding of each input item's gap to the previous one is added (time_gaps.py)
+    time_gaps: bool = False  # the input context holds each item's gap to the previous one (item_context.py)
+    ratings: bool = False  # the input context holds the rating the user gave each item
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether the model reads a context id per input item (``contexts=``)."""
+        return self.time_gaps or self.ratings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,11 +87,11 @@ class LiteRecModel(nn.Module):
             nn.init.normal_(self.item_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.item_embedding.weight[0].zero_()
-        if spec.time_gaps:
-            self.gap_embedding = nn.Embedding(N_GAP_BUCKETS, d, padding_idx=PAD_BUCKET)
-            nn.init.normal_(self.gap_embedding.weight, std=0.02)
+        if spec.uses_context:
+            self.context_embedding = nn.Embedding(n_contexts(spec.time_gaps, spec.ratings), d, padding_idx=PAD_CONTEXT)
+            nn.init.normal_(self.context_embedding.weight, std=0.02)
             with torch.no_grad():
-                self.gap_embedding.weight[PAD_BUCKET].zero_()
+                self.context_embedding.weight[PAD_CONTEXT].zero_()
         self.input_dropout = nn.Dropout(spec.dropout)
         self.user_dropout = nn.Dropout(spec.dropout if spec.user_dropout is None else spec.user_dropout)
         if spec.head == "linear":
@@ -116,12 +122,13 @@ class LiteRecModel(nn.Module):
             x = x + self.item_embedding(items)  # (..., D)
         return x
 
-    def embed_items(self, items: torch.Tensor, item_dropout: float = 0.0, gaps: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_items(self, items: torch.Tensor, item_dropout: float = 0.0,
+                    contexts: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``).
 
-        ``gaps`` (B, T) time-gap buckets of the items (``time_gaps.py``), required by a model
-        with ``spec.time_gaps`` and added to each item's vector (after item dropout: a dropped
-        item still says when something happened).
+        ``contexts`` (B, T) context ids of the items (time gap and/or rating, ``item_context.py``),
+        required by a model with ``spec.time_gaps`` or ``spec.ratings``; their embedding is added
+        to each item's vector (after item dropout: a dropped item still says when it happened).
 
         ``item_dropout`` (training only, ``train.item_dropout``): each input item's whole vector
         is zeroed with this probability, unscaled (a missing item, not noise on its features).
@@ -133,10 +140,11 @@ class LiteRecModel(nn.Module):
         if self.training and item_dropout > 0:
             keep = torch.rand(items.shape, device=items.device) >= item_dropout  # (B, T)
             x = x * keep[..., None].to(x.dtype)
-        if self.spec.time_gaps:
-            if gaps is None:
-                raise ValueError("this model reads time gaps (model.time_gaps): pass gaps (B, T) with the items")
-            x = x + self.gap_embedding(gaps)  # (B, T, D)
+        if self.spec.uses_context:
+            if contexts is None:
+                raise ValueError("this model reads an input context (model.time_gaps / model.ratings): "
+                                 "pass contexts (B, T) with the items")
+            x = x + self.context_embedding(contexts)  # (B, T, D)
         return self.input_dropout(x)
 
     def output_items(self) -> torch.Tensor:
@@ -169,19 +177,19 @@ class LiteRecModel(nn.Module):
         return next(self.parameters()).device
 
     def contextualize(self, items: torch.Tensor, item_dropout: float = 0.0,
-                      gaps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      contexts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         real = items > 0  # (B, T)
-        hidden = self.backbone(self.embed_items(items, item_dropout, gaps), real, self.spec.causal)  # (B, T, D)
+        hidden = self.backbone(self.embed_items(items, item_dropout, contexts), real, self.spec.causal)  # (B, T, D)
         return hidden, real
 
-    def user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0, gaps: torch.Tensor | None = None) -> torch.Tensor:
+    def user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0, contexts: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 4: h_u = mean of the outputs over the real (non-padding) positions. (B, T) -> (B, D).
 
         With ``pooling="last"`` h_u is the output at the last real position instead: over long
         histories (max_seq_len 200) a mean dilutes the most recent items, which carry most of
         the next-item signal on MovieLens; the paper's 20-item window hides that effect.
         """
-        hidden, real = self.contextualize(items, item_dropout, gaps)
+        hidden, real = self.contextualize(items, item_dropout, contexts)
         if self.spec.pooling == "last":
             positions = torch.arange(items.shape[1], device=items.device)  # (T,)
             last = (real.long() * positions).argmax(1)  # (B,) index of the last real item, any padding side
@@ -190,7 +198,7 @@ class LiteRecModel(nn.Module):
         return summed / real.sum(1, keepdim=True).clamp(min=1)
 
     def prefix_user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0,
-                            gaps: torch.Tensor | None = None) -> torch.Tensor:
+                            contexts: torch.Tensor | None = None) -> torch.Tensor:
         """Causal models: h_u of every prefix from one pass. (B, T) right-padded -> (B, T, D).
 
         Row t is the mean of the causal outputs 0..t, which equals ``user_vectors`` of the prefix
@@ -198,7 +206,7 @@ class LiteRecModel(nn.Module):
         """
         if not self.spec.causal:
             raise ValueError("prefix_user_vectors needs a causal model (train.strategy=onepass)")
-        hidden, real = self.contextualize(items, item_dropout, gaps)
+        hidden, real = self.contextualize(items, item_dropout, contexts)
         if self.spec.pooling == "last":
             return hidden.float().masked_fill(~real[..., None], 0.0)  # (B, T, D): the prefix's own last output
         running = hidden.float().masked_fill(~real[..., None], 0.0).cumsum(1)  # (B, T, D)
@@ -222,7 +230,7 @@ class LiteRecModel(nn.Module):
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
                 exclude_history: bool = False, future_weight: float = 0.5,
                 item_dropout: float = 0.0, seen: torch.Tensor | None = None,
-                gaps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                contexts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
@@ -240,12 +248,12 @@ class LiteRecModel(nn.Module):
         down items the ranking removes anyway. The target itself always stays in. ``seen`` (B, N+1)
         bool, with ``exclude_history``: items the user had before the input window, also left out
         (``train.loss_history_scope=user``; ``BatchMaker.seen_before``). ``item_dropout`` and
-        ``gaps`` (B, T): ``embed_items``.
+        ``contexts`` (B, T): ``embed_items``.
         """
         if targets is not None and targets.dim() >= 2:
-            logits = self.item_logits(self.prefix_user_vectors(items, item_dropout, gaps))  # (B, T, N+1)
+            logits = self.item_logits(self.prefix_user_vectors(items, item_dropout, contexts))  # (B, T, N+1)
         else:
-            logits = self.item_logits(self.user_vectors(items, item_dropout, gaps))  # (B, N+1)
+            logits = self.item_logits(self.user_vectors(items, item_dropout, contexts))  # (B, N+1)
         if targets is None:
             return logits, None
         nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, T) or (B,): the next item
@@ -340,7 +348,7 @@ def build_model(
         causal=causal, head_bias=model_cfg.head_bias, backbone_name=model_cfg.backbone, backbone=bspec,
         pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
-        user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps,
+        user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps, ratings=model_cfg.ratings,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

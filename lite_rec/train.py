@@ -98,7 +98,7 @@ def train_model(
         ev = cfg.eval
         metrics: dict[str, float] = {}
         for split in ("valid", "test") if tc.fit_on == "train" else ("test",):  # a refit trained on valid
-            eval_set = build_eval_set(sequences, split, time_gaps=model.spec.time_gaps)
+            eval_set = build_eval_set(sequences, split, model.spec)
             metrics.update(evaluate_model(model, eval_set, ks=ev.ks, batch_size=ev.batch_size,
                                           exclude_history=ev.exclude_history, device=device, bf16=trainer.bf16,
                                           progress=progress))

@@ -54,14 +54,13 @@ from tqdm.auto import tqdm
 
 from lite_rec import devices
 from lite_rec.batches import (
-    BatchMaker, build_sequence_store, epoch_plan, flat_timestamps, shuffle_ties, tie_groups, tie_rng,
+    BatchMaker, build_sequence_store, epoch_plan, flat_column, item_contexts, shuffle_ties, tie_groups, tie_rng,
 )
 from lite_rec.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
 from lite_rec.ema import WeightEMA
 from lite_rec.errors import LiteRecError
 from lite_rec.evaluate import build_eval_set, evaluate_model
 from lite_rec.model import IGNORE_INDEX, LiteRecModel
-from lite_rec.time_gaps import gap_buckets
 
 if TYPE_CHECKING:
     from lite_rec.config import LiteRecConfig
@@ -105,13 +104,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ra
 def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
-    gaps: torch.Tensor | None = None,
+    contexts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a softmax without the user's whole history;
-    ``gaps``: the (B, L) time-gap buckets of the items, for a ``model.time_gaps`` model."""
+    ``contexts``: the (B, L) context ids of the items, for a model that reads them (item_context.py)."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
-        _, loss = forward(items, targets, seen=seen, gaps=gaps)
+        _, loss = forward(items, targets, seen=seen, contexts=contexts)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -141,8 +140,11 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     data.update(build_sequence_store(sequences["train_seq"]).flat.tobytes())
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
+    refit = cfg.train.fit_on == "train+valid"
     if cfg.train.shuffle_ties or cfg.model.time_gaps:  # timestamps shape every batch
-        data.update(flat_timestamps(sequences, with_valid=cfg.train.fit_on == "train+valid").flat.tobytes())
+        data.update(flat_column(sequences, "ts", with_valid=refit).flat.tobytes())
+    if cfg.model.ratings:
+        data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
     return {**_settings(cfg.model, cfg.train, cfg.eval),
             "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors}
@@ -169,10 +171,12 @@ class Trainer:
         # a refit learns from each user's test input (train + validation item); else from the train part
         refit = self.tc.fit_on == "train+valid"
         self.store = build_eval_set(sequences, "test").histories if refit else build_sequence_store(sequences["train_seq"])
-        gaps = gap_buckets(flat_timestamps(sequences, with_valid=refit)) if model.spec.time_gaps else None  # (I,)
-        self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets, gaps=gaps)
+        spec = model.spec
+        contexts = item_contexts(sequences, time_gaps=spec.time_gaps, ratings=spec.ratings, with_valid=refit)  # (I,)
+        self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets,
+                                  contexts=contexts)
         self.ties = tie_groups(sequences, with_valid=refit) if self.tc.shuffle_ties else None  # (I,)
-        self.valid_set = None if refit else build_eval_set(sequences, "valid", time_gaps=model.spec.time_gaps)
+        self.valid_set = None if refit else build_eval_set(sequences, "valid", spec)
         self.bf16 = self.tc.bf16 and device.type == "cuda"
         compiled = torch.compile(model) if self.tc.compile else model
         self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
@@ -265,9 +269,9 @@ class Trainer:
         for step in bar:
             items, targets = self.batches.batch(step, tc.batch_size)
             seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.mask_seen else None
-            gaps = self.batches.batch_gaps(step, tc.batch_size) if self.model.spec.time_gaps else None
+            contexts = self.batches.batch_contexts(step, tc.batch_size) if self.model.spec.uses_context else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
-                              grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, gaps=gaps)
+                              grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts)
             if self.ema is not None:
                 self.ema.update()
             nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position

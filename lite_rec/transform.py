@@ -43,7 +43,10 @@ OUTPUTS: dict[str, tuple[str, str, str]] = {
     "item_map.parquet": ("item_map", "item_id, item_idx", "item_idx"),
     "user_map.parquet": ("user_map", "user_id, user_idx", "user_idx"),
     "sequences.parquet": (
-        "sequences", "user_idx, user_id, train_seq, valid_item_idx, test_item_idx, train_ts, valid_ts, test_ts", "user_idx"
+        "sequences",
+        "user_idx, user_id, train_seq, valid_item_idx, test_item_idx, train_ts, valid_ts, test_ts, "
+        "train_rating, valid_rating, test_rating",
+        "user_idx",
     ),
 }
 # Tables of the chain, so row counts are only ever taken of names this module owns.

@@ -122,6 +122,7 @@ def processed_users_expectations(data: DataConfig, n_users: int, n_items: int) -
         ("ExpectColumnValuesToNotBeNull", {"column": "train_len"}),
         ("ExpectColumnPairValuesToBeEqual", {"column_A": "train_len", "column_B": "expected_train_len"}),
         ("ExpectColumnPairValuesToBeEqual", {"column_A": "train_ts_len", "column_B": "train_len"}),
+        ("ExpectColumnPairValuesToBeEqual", {"column_A": "train_rating_len", "column_B": "train_len"}),
         ("ExpectColumnValuesToBeInSet", {"column": "ts_ordered", "value_set": [True]}),
         ("ExpectColumnValuesToNotBeNull", {"column": "valid_item_idx"}),
         ("ExpectColumnValuesToBeBetween", {"column": "valid_item_idx", "min_value": 1, "max_value": n_items}),

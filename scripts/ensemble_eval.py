@@ -47,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     max_len = lengths.pop()
-    time_gaps = any(m.spec.time_gaps for m in models.values())  # members without them ignore the gaps
+    # the input context the members read (members that read none ignore it); mixed contexts cannot share one
+    specs = {(m.spec.time_gaps, m.spec.ratings) for m in models.values() if m.spec.uses_context}
+    if len(specs) > 1:
+        print(f"error: ensemble members read different input contexts (time_gaps, ratings): {sorted(specs)}", file=sys.stderr)
+        return 2
+    reader = next((m.spec for m in models.values() if m.spec.uses_context), None)
     scorers = {name: model_scorer(m, device=args.device) for name, m in models.items()}
     candidates = dict(scorers)
     for combine in COMBINES:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         for split in ("valid", "test"):
-            metrics.update(evaluate_scores(scorer, build_eval_set(sequences, split, time_gaps), max_len=max_len,
+            metrics.update(evaluate_scores(scorer, build_eval_set(sequences, split, reader), max_len=max_len,
                                            device=args.device, progress=False))
         results["scores"][name] = {"metrics": metrics, "seconds": time.perf_counter() - start}
         short = {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall_10") or k.endswith("ndcg_10")}

@@ -15,6 +15,7 @@ splits as (
         user_idx,
         len(train_seq)::bigint as train_len,
         len(train_ts)::bigint as train_ts_len,
+        len(train_rating)::bigint as train_rating_len,
         list_sort(train_ts) = train_ts and (len(train_ts) = 0 or train_ts[-1] <= valid_ts) and valid_ts <= test_ts
             as ts_ordered,
         valid_item_idx,
@@ -28,6 +29,7 @@ select
     s.train_len,
     coalesce(c.n_interactions, 0) - 2 as expected_train_len,
     s.train_ts_len,
+    s.train_rating_len,
     s.ts_ordered,
     s.valid_item_idx,
     s.test_item_idx

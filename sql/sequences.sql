@@ -1,12 +1,13 @@
 -- Leave-one-out split per user (DESIGN.md): last item = test, second-to-last = validation,
--- the rest = training. DuckDB lists are 1-based and slices include both ends. The *_ts columns
--- hold each item's timestamp, aligned with the item columns (train.shuffle_ties reads them).
+-- the rest = training. DuckDB lists are 1-based and slices include both ends. The *_ts and *_rating
+-- columns hold each item's timestamp and rating, aligned with the item columns (lite_rec/item_context.py).
 create or replace table sequences as
 with histories as (
     select
         user_idx,
         list(item_idx order by pos) as history,
-        list(ts order by pos) as times
+        list(ts order by pos) as times,
+        list(rating order by pos) as ratings
     from interactions
     group by user_idx
 )
@@ -19,6 +20,9 @@ select
     h.history[len(h.history)] as test_item_idx,
     h.times[1:len(h.times) - 2] as train_ts,
     h.times[len(h.times) - 1] as valid_ts,
-    h.times[len(h.times)] as test_ts
+    h.times[len(h.times)] as test_ts,
+    h.ratings[1:len(h.ratings) - 2] as train_rating,
+    h.ratings[len(h.ratings) - 1] as valid_rating,
+    h.ratings[len(h.ratings)] as test_rating
 from histories as h
 inner join user_map as u using (user_idx)

@@ -184,7 +184,7 @@ def test_tie_groups_name_the_missing_column_and_a_misaligned_row() -> None:
         tie_groups(TIMED.drop(columns=["train_ts", "valid_ts"]))
     bad = TIMED.copy()
     bad["train_ts"] = [[10, 10, 10, 20, 30], [30]]
-    with pytest.raises(DataError, match=r"row 1 \(user_idx 1\): train_ts has 1 timestamps for 2 train_seq items"):
+    with pytest.raises(DataError, match=r"row 1 \(user_idx 1\): train_ts has 1 values for 2 train_seq items"):
         tie_groups(bad)
 
 

@@ -299,17 +299,18 @@ def test_user_vector_dropout_can_differ_from_the_input_dropout_and_survives_a_re
     assert model_from_spec(ModelSpec.from_dict(legacy)).user_dropout.p == 0.2
 
 
-def test_time_gap_model_adds_a_gap_embedding_and_needs_the_gaps() -> None:
+def test_context_model_adds_a_context_embedding_and_needs_the_contexts() -> None:
     from lite_rec.model import ModelSpec
 
-    model = _model(item_repr="text+id", time_gaps=True)
+    model = _model(item_repr="text+id", time_gaps=True, ratings=True)
+    assert model.context_embedding.weight.shape[0] == 51  # padding + 10 gaps x 5 ratings
     items = torch.tensor([[3, 5, 2, 0, 0, 0]])  # (1, 6) right-padded
-    burst, days = torch.tensor([[1, 2, 2, 0, 0, 0]]), torch.tensor([[1, 8, 8, 0, 0, 0]])  # (1, 6) buckets
-    assert not torch.allclose(model(items, gaps=burst)[0], model(items, gaps=days)[0])  # the gaps are read
-    padded = torch.tensor([[3, 5, 2, 0, 0, 0, 0, 0]]), torch.tensor([[1, 2, 2, 0, 0, 0, 0, 0]])
-    torch.testing.assert_close(model(padded[0], gaps=padded[1])[0], model(items, gaps=burst)[0])
-    with pytest.raises(ValueError, match=r"reads time gaps \(model.time_gaps\): pass gaps"):
+    burst, days = torch.tensor([[1, 6, 6, 0, 0, 0]]), torch.tensor([[1, 41, 41, 0, 0, 0]])  # (1, 6) context ids
+    assert not torch.allclose(model(items, contexts=burst)[0], model(items, contexts=days)[0])  # they are read
+    padded = torch.tensor([[3, 5, 2, 0, 0, 0, 0, 0]]), torch.tensor([[1, 6, 6, 0, 0, 0, 0, 0]])
+    torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=burst)[0])
+    with pytest.raises(ValueError, match=r"reads an input context \(model.time_gaps / model.ratings\): pass contexts"):
         model(items)
-    assert not hasattr(_model(), "gap_embedding")  # off by default: the paper's inputs
-    legacy = {k: v for k, v in _model().spec.to_dict().items() if k != "time_gaps"}  # saved before the option
-    assert ModelSpec.from_dict(legacy).time_gaps is False
+    assert not hasattr(_model(), "context_embedding")  # off by default: the paper's inputs
+    legacy = {k: v for k, v in _model().spec.to_dict().items() if k not in ("time_gaps", "ratings")}  # older model.json
+    assert not ModelSpec.from_dict(legacy).uses_context

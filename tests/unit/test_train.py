@@ -253,19 +253,23 @@ def test_shuffle_ties_reorders_tied_training_items_only(tmp_path: Path) -> None:
                     tmp_path / "old", progress=False)
 
 
-def test_time_gaps_train_and_evaluate_with_the_gaps_and_are_not_bundled(tmp_path: Path) -> None:
+def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -> None:
     from lite_rec.bundle import build_bundle
 
-    cfg = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.time_gaps": "true"})
-    result = train_model(cfg, _timed(tiny_sequences(), tied=False), tiny_vectors(), tmp_path / "run", progress=False)
-    assert result.model.spec.time_gaps and result.metrics["test_users"] == 24.0
+    timed = _timed(tiny_sequences(), tied=False)
+    timed["train_rating"] = [[float(1 + i % 5) for i in range(len(s))] for s in timed["train_seq"]]
+    timed["valid_rating"] = 5.0
+    cfg = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.time_gaps": "true", "model.ratings": "true"})
+    result = train_model(cfg, timed, tiny_vectors(), tmp_path / "run", progress=False)
+    assert result.model.spec.uses_context and result.metrics["test_users"] == 24.0
     loaded, meta = load_model(tmp_path / "run")
-    assert meta["spec"]["time_gaps"] is True and loaded.gap_embedding.weight.shape[0] == 11
-    with pytest.raises(DataError, match="model.time_gaps need the items' timestamps"):
-        train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "old", progress=False)  # no timestamps
+    assert meta["spec"]["time_gaps"] is True and meta["spec"]["ratings"] is True
+    assert loaded.context_embedding.weight.shape[0] == 51
+    with pytest.raises(DataError, match="model.ratings need them"):
+        train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
     data_cfg.processed_dir.mkdir(parents=True)
     for name in ("items.parquet", "sequences.parquet"):
         (data_cfg.processed_dir / name).touch()
-    with pytest.raises(DataError, match=r"reads time gaps \(model.time_gaps\).*not pass yet"):
+    with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings\).*not pass yet"):
         build_bundle(data_cfg, tmp_path / "run", tmp_path / "bundle")

@@ -135,9 +135,11 @@ def test_order_ties_indices_and_split(tmp_path: Path) -> None:
     seq = pq.read_table(tmp_path / "sequences.parquet").to_pylist()
     assert seq == [
         {"user_idx": 0, "user_id": "a", "train_seq": [3, 1], "valid_item_idx": 2, "test_item_idx": 4,
-         "train_ts": [3, 5], "valid_ts": 5, "test_ts": 7},  # the timestamps follow the items, ties included
+         "train_ts": [3, 5], "valid_ts": 5, "test_ts": 7,  # the timestamps follow the items, ties included
+         "train_rating": [4.0, 4.0], "valid_rating": 4.0, "test_rating": 4.0},
         {"user_idx": 1, "user_id": "b", "train_seq": [1, 2], "valid_item_idx": 4, "test_item_idx": 3,
-         "train_ts": [1, 2], "valid_ts": 8, "test_ts": 9},
+         "train_ts": [1, 2], "valid_ts": 8, "test_ts": 9,
+         "train_rating": [4.0, 4.0], "valid_rating": 4.0, "test_rating": 4.0},
     ]
     inter = pq.read_table(tmp_path / "interactions.parquet")
     assert inter.column_names == ["user_id", "item_id", "rating", "ts", "row_no", "user_idx", "item_idx", "pos"]

@@ -133,14 +133,14 @@ def test_processed_suites_pass_on_transform_output(processed: tuple[duckdb.DuckD
 
 def test_processed_suite_reports_broken_split(processed: tuple[duckdb.DuckDBPyConnection, Path]) -> None:
     con, out = processed
-    # user 1 loses a training item (and its timestamp), user 2 its test item, user 0's validation
+    # user 1 loses a training item (and its timestamp, not its rating), user 2 its test item, user 0's validation
     # timestamp comes before its training items'
     con.execute(
         "copy (select user_idx, user_id,"
         " case when user_idx = 1 then train_seq[1:1] else train_seq end as train_seq, valid_item_idx,"
         " case when user_idx = 2 then null else test_item_idx end as test_item_idx,"
         " case when user_idx = 1 then train_ts[1:1] else train_ts end as train_ts,"
-        " case when user_idx = 0 then 0 else valid_ts end as valid_ts, test_ts"
+        " case when user_idx = 0 then 0 else valid_ts end as valid_ts, test_ts, train_rating, valid_rating, test_rating"
         " from read_parquet($src)) to $dst (format parquet)",
         {"src": str(out / "sequences.parquet"), "dst": str(out / "broken.parquet")},
     )
@@ -148,12 +148,13 @@ def test_processed_suite_reports_broken_split(processed: tuple[duckdb.DuckDBPyCo
     with pytest.raises(ValidationFailed) as info:
         validate_processed(con, out, data_config(k_core=3), out / "validation")
     message = str(info.value)
-    assert "validation suite 'processed_users' failed 3 of 12 expectations" in message
+    assert "validation suite 'processed_users' failed 4 of 13 expectations" in message
     assert (
         "expect_column_pair_values_to_be_equal(column_A='train_len', column_B='expected_train_len'): "
         "1 of 4 rows failed; e.g. {'train_len': 1, 'user_idx': 1, 'expected_train_len': 2}"
     ) in message
     assert "expect_column_values_to_not_be_null(column='test_item_idx'): 1 of 4 rows failed" in message
+    assert "column_A='train_rating_len', column_B='train_len'): 1 of 4 rows failed" in message  # ratings kept
     assert "expect_column_values_to_be_in_set(column='ts_ordered', value_set=[True]): 1 of 4 rows failed" in message
     assert "processed_items" not in message
 

@@ -1,0 +1,82 @@
+"""Input context ids (model.time_gaps, model.ratings): hand-computed gaps and ratings, their
+batches and their evaluation inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lite_rec.batches import BatchMaker, build_sequence_store, item_contexts, plan_onepass
+from lite_rec.errors import DataError
+from lite_rec.evaluate import build_eval_set, iter_eval_batches
+from lite_rec.item_context import N_GAPS, context_ids, gap_index, n_contexts, rating_index
+from lite_rec.model import ModelSpec
+
+HOUR, DAY = 3_600, 86_400
+SEQUENCES = pd.DataFrame({"user_idx": [0], "train_seq": [[1, 2, 3]], "valid_item_idx": [4], "test_item_idx": [5],
+                          "train_ts": [[0, 0, 100]], "valid_ts": [100 + DAY],
+                          "train_rating": [[5.0, 1.0, 3.0]], "valid_rating": [4.0]})
+
+
+def test_gap_index_of_hand_computed_gaps() -> None:
+    # user 0: gaps 0 s, 1 s, 14 s, 80 s, 4,900 s, 85,000 s, 2 days, 10 days, 40 days; user 1: 0 s
+    times = build_sequence_store([[5, 5, 6, 20, 100, 5_000, 90_000, 90_000 + 2 * DAY, 90_000 + 12 * DAY,
+                                   90_000 + 52 * DAY], [1, 1]])
+    got = gap_index(times).tolist()
+    assert got == [0, 1, 2, 3, 4, 6, 6, 7, 8, 9, 0, 1]  # 0 = a user's first item
+    assert max(got) == N_GAPS - 1
+    assert gap_index(build_sequence_store([[0, HOUR - 1], [0, HOUR]])).tolist() == [0, 5, 0, 6]  # the edge
+    with pytest.raises(ValueError, match="backwards at flat position 2"):
+        gap_index(build_sequence_store([[1], [5, 3]]))
+
+
+def test_ratings_and_their_combination_with_gaps() -> None:
+    ratings = build_sequence_store([[1, 5, 3]])
+    ratings = ratings.__class__(flat=np.array([1.0, 5.0, 3.4]), offsets=ratings.offsets)
+    assert rating_index(ratings).tolist() == [0, 4, 2]
+    times = build_sequence_store([[0, 0, 20]])  # gap index 0, 1, 3
+    assert context_ids(times, None).tolist() == [1, 2, 4]
+    assert context_ids(None, ratings).tolist() == [1, 5, 3]
+    assert context_ids(times, ratings).tolist() == [1 + 0 * 5 + 0, 1 + 1 * 5 + 4, 1 + 3 * 5 + 2]
+    assert n_contexts(True, True) == 1 + N_GAPS * 5 > max(context_ids(times, ratings))
+    assert n_contexts(True, False) == 1 + N_GAPS and n_contexts(False, True) == 6
+    missing = ratings.__class__(flat=np.array([1.0, np.nan]), offsets=np.array([0, 2]))
+    with pytest.raises(ValueError, match="rating missing at flat position 1"):
+        rating_index(missing)
+
+
+def test_batches_carry_the_contexts_of_their_window_even_across_the_window_start() -> None:
+    store = build_sequence_store([[1, 2, 3, 4, 5]])
+    contexts = context_ids(build_sequence_store([[0, 0, 20, 20, 20 + DAY]]), None)  # [1, 2, 4, 2, 8]
+    maker = BatchMaker(store, 2, contexts=contexts)
+    maker.set_plan(plan_onepass(store, 2), np.arange(2))
+    items, _ = maker.batch(0, 2)
+    assert items.tolist() == [[1, 2], [3, 4]]
+    assert maker.batch_contexts(0, 2).tolist() == [[1, 2], [4, 2]]  # item 3's gap is to item 2, before its window
+    with pytest.raises(ValueError, match="3 context ids for 5 items"):
+        BatchMaker(store, 2, contexts=contexts[:3])
+
+
+def _spec(time_gaps: bool, ratings: bool) -> ModelSpec:
+    from lite_rec.encoder_backbone import BackboneSpec
+
+    return ModelSpec(n_items=5, item_dim=0, item_repr="id", max_seq_len=3, dropout=0.0, causal=True, head_bias=False,
+                     backbone_name="lean", backbone=BackboneSpec(kind="lean", d_model=8, n_layers=1, n_heads=2, d_ff=8, dropout=0.0),
+                     time_gaps=time_gaps, ratings=ratings)
+
+
+def test_the_test_split_reads_the_validation_items_context_too() -> None:
+    [batch] = list(iter_eval_batches(build_eval_set(SEQUENCES, "test", _spec(True, False)), 3, 8, "cpu"))
+    assert batch.inputs.tolist() == [[2, 3, 4]] and batch.contexts.tolist() == [[2, 5, 8]]
+    [valid] = list(iter_eval_batches(build_eval_set(SEQUENCES, "valid", _spec(True, True)), 4, 8, "cpu"))
+    assert valid.contexts.tolist() == [[1 + 4, 1 + 5 + 0, 1 + 4 * 5 + 2, 0]]  # right-padded like the items
+    assert next(iter(iter_eval_batches(build_eval_set(SEQUENCES, "valid"), 4, 8, "cpu"))).contexts is None
+    assert item_contexts(SEQUENCES, time_gaps=False, ratings=False) is None
+
+
+def test_a_file_without_the_columns_says_to_rerun_the_data_stage() -> None:
+    old = SEQUENCES.drop(columns=["train_rating", "valid_rating"])
+    with pytest.raises(DataError, match=r"no column\(s\) train_rating, valid_rating.*re-run `lite-rec ingest"):
+        item_contexts(old, time_gaps=True, ratings=True)
+    assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [1, 2, 5]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lite_rec.config import LiteRecConfig
+from lite_rec.errors import ConfigError
 
 
 def run_name(cfg: LiteRecConfig) -> str:
@@ -64,6 +65,15 @@ def step_sleep_from_env() -> float:
     if value < 0:
         raise ValueError(f"LITE_REC_STEP_SLEEP={raw!r}: must be >= 0")
     return value
+
+
+def check_registrable(cfg: LiteRecConfig) -> None:
+    """Refuse, before any work, a run that would train for minutes and then fail to register:
+    the serving path does not pass input contexts yet (``lite_rec/item_context.py``)."""
+    if cfg.model.time_gaps or cfg.model.ratings:
+        raise ConfigError("model.time_gaps / model.ratings: such a model cannot be registered or served yet (the "
+                          "serving path does not pass the input context); train it with --no-register "
+                          "(the flow's register_model=false) to measure it")
 
 
 def register(cfg: LiteRecConfig, result) -> "RegisteredVersion":  # noqa: F821 (mlflow imported lazily)

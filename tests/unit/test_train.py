@@ -273,3 +273,13 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
         (data_cfg.processed_dir / name).touch()
     with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings\).*not pass yet"):
         build_bundle(data_cfg, tmp_path / "run", tmp_path / "bundle")
+
+
+def test_a_run_that_could_not_be_registered_is_refused_before_any_work() -> None:
+    from lite_rec.errors import ConfigError
+    from lite_rec.offline import check_registrable
+
+    check_registrable(_cfg())  # the paper's inputs: fine
+    for key in ("model.time_gaps", "model.ratings"):
+        with pytest.raises(ConfigError, match=r"cannot be registered or served yet.*--no-register"):
+            check_registrable(_cfg(**{key: "true"}))

@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: ensemble members read different input contexts (time_gaps, ratings): {sorted(specs)}", file=sys.stderr)
         return 2
     reader = next((m.spec for m in models.values() if m.spec.uses_context), None)
+    try:
+        eval_sets = {split: build_eval_set(sequences, split, reader) for split in ("valid", "test")}
+    except DataError as exc:  # e.g. a sequences.parquet without the columns the context needs
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     scorers = {name: model_scorer(m, device=args.device) for name, m in models.items()}
     candidates = dict(scorers)
     for combine in COMBINES:
@@ -61,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, scorer in candidates.items():
         start = time.perf_counter()
         metrics: dict[str, float] = {}
-        for split in ("valid", "test"):
-            metrics.update(evaluate_scores(scorer, build_eval_set(sequences, split, reader), max_len=max_len,
+        for eval_set in eval_sets.values():
+            metrics.update(evaluate_scores(scorer, eval_set, max_len=max_len,
                                            device=args.device, progress=False))
         results["scores"][name] = {"metrics": metrics, "seconds": time.perf_counter() - start}
         short = {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall_10") or k.endswith("ndcg_10")}

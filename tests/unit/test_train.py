@@ -168,9 +168,15 @@ def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
     assert result.metrics["valid_recall_10"] == pytest.approx(result.history[0]["valid_recall_10"])
 
 
-def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 3, "train.finetune_epochs": 1})
-    whole = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "whole", progress=False)
+@pytest.mark.parametrize("extra", [{}, {"train.strategy": "onepass", "model.time_gaps": "true", "model.ratings": "true",
+                                        "train.shuffle_ties": "true"}], ids=["ema", "ema+context+shuffled-ties"])
+def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           extra: dict[str, str]) -> None:
+    cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 3, "train.finetune_epochs": 1, **extra})
+    sequences = _timed(tiny_sequences(), tied=True)  # every user's items in one second: the shuffle acts
+    sequences["train_rating"] = [[float(1 + i % 5) for i in range(len(s))] for s in sequences["train_seq"]]
+    sequences["valid_rating"] = 3.0
+    whole = train_model(cfg, sequences, tiny_vectors(), tmp_path / "whole", progress=False)
     import lite_rec.trainer as trainer_module
 
     real_step, calls = trainer_module.train_step, []
@@ -183,9 +189,9 @@ def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monke
 
     monkeypatch.setattr(trainer_module, "train_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "cut", progress=False)
+        train_model(cfg, sequences, tiny_vectors(), tmp_path / "cut", progress=False)
     monkeypatch.setattr(trainer_module, "train_step", real_step)
-    resumed = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / "cut", progress=False)
+    resumed = train_model(cfg, sequences, tiny_vectors(), tmp_path / "cut", progress=False)
     assert resumed.resumed
     assert resumed.metrics["test_recall_10"] == pytest.approx(whole.metrics["test_recall_10"], abs=1e-6)
     kept, reference = load_file(str(tmp_path / "cut" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))

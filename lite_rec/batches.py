@@ -46,22 +46,28 @@ STRATEGIES = ("sampling", "all", "onepass")
 
 @dataclass(frozen=True)
 class SequenceStore:
-    """Every user's training items, concatenated: user u owns ``flat[offsets[u]:offsets[u+1]]``."""
+    """Every user's training items (or, laid out the same way, their timestamps or ratings),
+    concatenated: user u owns ``flat[offsets[u]:offsets[u+1]]``."""
 
-    flat: np.ndarray  # (I,) int64 item_idx
+    flat: np.ndarray  # (I,) int64 item_idx (or the items' timestamps / float ratings)
     offsets: np.ndarray  # (U + 1,) int64
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @property
+    def starts(self) -> np.ndarray:
+        """Flat positions of each non-empty user's first entry."""
+        return self.offsets[:-1][self.lengths > 0]
 
-def build_sequence_store(train_seqs: Iterable[Sequence[int]]) -> SequenceStore:
-    seqs = [np.asarray(s, dtype=np.int64) for s in train_seqs]
+
+def build_sequence_store(train_seqs: Iterable[Sequence[int]], dtype: type = np.int64) -> SequenceStore:
+    seqs = [np.asarray(s, dtype=dtype) for s in train_seqs]
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
-    return SequenceStore(flat=flat.astype(np.int64), offsets=offsets)
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=dtype)
+    return SequenceStore(flat=flat.astype(dtype), offsets=offsets)
 
 
 @dataclass(frozen=True)
@@ -267,19 +273,13 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
     values = list(sequences[train])
     if with_valid:
         values = [np.append(np.asarray(t), v) for t, v in zip(values, sequences[valid], strict=True)]
-    store = build_sequence_store(values) if kind == "ts" else _float_store(values)
-    lengths = build_sequence_store(sequences["train_seq"]).lengths + int(with_valid)
+    store = build_sequence_store(values, np.int64 if kind == "ts" else np.float64)
+    lengths = np.fromiter(map(len, sequences["train_seq"]), dtype=np.int64, count=len(sequences)) + int(with_valid)
     if not np.array_equal(store.lengths, lengths):
         row = int(np.flatnonzero(store.lengths != lengths)[0])
         raise DataError(f"{source}: row {row} (user_idx {sequences['user_idx'].iloc[row]}): {train} has "
                         f"{store.lengths[row] - int(with_valid)} values for {lengths[row] - int(with_valid)} train_seq items")
     return store
-
-
-def _float_store(values: list) -> SequenceStore:
-    lengths = np.array([len(v) for v in values], dtype=np.int64)
-    flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in values]) if values else np.zeros(0)
-    return SequenceStore(flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
 def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, with_valid: bool = False) -> np.ndarray | None:
@@ -302,7 +302,7 @@ def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = 
     store = flat_column(sequences, "ts", with_valid, source)
     new = np.ones(len(store.flat), dtype=bool)  # (I,) True where a group starts
     new[1:] = store.flat[1:] != store.flat[:-1]
-    new[store.offsets[:-1][store.lengths > 0]] = True  # each user's first item starts a group
+    new[store.starts] = True  # each user's first item starts a group
     return np.cumsum(new) - 1
 
 

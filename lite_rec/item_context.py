@@ -37,7 +37,7 @@ PAD_CONTEXT = 0
 def gap_index(times: "SequenceStore") -> np.ndarray:
     """(I,) int64 0..N_GAPS-1: each item's gap to the same user's previous item (``times.flat``
     holds Unix seconds, non-decreasing per user, DESIGN.md's order); 0 for a user's first item."""
-    starts = times.offsets[:-1][times.lengths > 0]  # each user's first item
+    starts = times.starts  # each user's first item
     gap = np.diff(times.flat, prepend=times.flat[:1])  # (I,) to the previous flat entry
     gap[starts] = 0  # ... which belongs to another user there
     if (gap < 0).any():

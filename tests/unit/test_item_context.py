@@ -32,8 +32,7 @@ def test_gap_index_of_hand_computed_gaps() -> None:
 
 
 def test_ratings_and_their_combination_with_gaps() -> None:
-    ratings = build_sequence_store([[1, 5, 3]])
-    ratings = ratings.__class__(flat=np.array([1.0, 5.0, 3.4]), offsets=ratings.offsets)
+    ratings = build_sequence_store([[1.0, 5.0, 3.4]], np.float64)
     assert rating_index(ratings).tolist() == [0, 4, 2]
     times = build_sequence_store([[0, 0, 20]])  # gap index 0, 1, 3
     assert context_ids(times, None).tolist() == [1, 2, 4]
@@ -41,7 +40,7 @@ def test_ratings_and_their_combination_with_gaps() -> None:
     assert context_ids(times, ratings).tolist() == [1 + 0 * 5 + 0, 1 + 1 * 5 + 4, 1 + 3 * 5 + 2]
     assert n_contexts(True, True) == 1 + N_GAPS * 5 > max(context_ids(times, ratings))
     assert n_contexts(True, False) == 1 + N_GAPS and n_contexts(False, True) == 6
-    missing = ratings.__class__(flat=np.array([1.0, np.nan]), offsets=np.array([0, 2]))
+    missing = build_sequence_store([[1.0, np.nan]], np.float64)
     with pytest.raises(ValueError, match="rating missing at flat position 1"):
         rating_index(missing)
 

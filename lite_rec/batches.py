@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lite_rec.errors import DataError
-from lite_rec.item_context import context_ids
+from lite_rec.item_context import context_table
 from lite_rec.model import IGNORE_INDEX
 
 STRATEGIES = ("sampling", "all", "onepass")
@@ -153,14 +153,15 @@ class BatchMaker:
 
     def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu", future: int = 1,
                  contexts: np.ndarray | None = None) -> None:
+        """``contexts`` (I, C): the context row of every item of ``store`` (``item_contexts``)."""
         self.device = torch.device(device)
         self.max_len = max_len
         self.future = future  # windows: next items supervised per position (train.future_targets)
         self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
         if contexts is not None and len(contexts) != len(store.flat):
-            raise ValueError(f"BatchMaker: {len(contexts)} context ids for {len(store.flat)} items")
-        # (I + 1,) context id of each item (item_context.py), padding at the end; None = not used
-        self.context_flat = None if contexts is None else torch.as_tensor(np.append(contexts, 0), device=self.device)
+            raise ValueError(f"BatchMaker: {len(contexts)} context rows for {len(store.flat)} items")
+        # (I + 1, C) context row of each item (item_context.py), a zero row (padding) at the end; None = not used
+        self.context_flat = None if contexts is None else torch.as_tensor(with_pad_row(contexts), device=self.device)
         self.arange = torch.arange(max_len, device=self.device)  # (L,)
 
     def set_items(self, flat: np.ndarray) -> None:
@@ -205,13 +206,13 @@ class BatchMaker:
         return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
 
     def batch_contexts(self, step: int, batch_size: int) -> torch.Tensor:
-        """(B, L) context ids of ``batch(step, batch_size)``'s input items, 0 at padding."""
+        """(B, L, C) context rows of ``batch(step, batch_size)``'s input items, zeros at padding."""
         if self.context_flat is None:
             raise ValueError("batch_contexts needs a BatchMaker built with contexts=")
         sl = slice(step * batch_size, (step + 1) * batch_size)
         pos = self.start[sl][:, None] + self.arange  # (B, L)
         real = pos < self.end[sl][:, None]
-        return torch.where(real, self.context_flat[pos.clamp(max=self.context_flat.shape[0] - 1)], 0)
+        return torch.where(real[..., None], self.context_flat[pos.clamp(max=self.context_flat.shape[0] - 1)], 0)
 
     def seen_before(self, step: int, batch_size: int, n_items: int) -> torch.Tensor:
         """(B, N+1) bool: the items each sample's user interacted with *before* its input window.
@@ -238,7 +239,7 @@ class BatchMaker:
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
-# read when present (written since session 9): train.shuffle_ties, model.time_gaps and model.ratings need them
+# read when present (written since session 9): train.shuffle_ties, model.time_gaps, model.ratings and model.time_bias need them
 SIDE_COLUMNS = {"ts": ("train_ts", "valid_ts"), "rating": ("train_rating", "valid_rating")}
 
 
@@ -268,8 +269,8 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
     train, valid = SIDE_COLUMNS[kind]
     missing = [c for c in (train, valid) if c not in sequences.columns]
     if missing:
-        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties, model.time_gaps and "
-                        "model.ratings need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
+        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties, model.time_gaps, "
+                        "model.ratings and model.time_bias need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
     values = list(sequences[train])
     if with_valid:
         values = [np.append(np.asarray(t), v) for t, v in zip(values, sequences[valid], strict=True)]
@@ -282,13 +283,21 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
     return store
 
 
-def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, with_valid: bool = False) -> np.ndarray | None:
-    """(I,) context id of every history item (``item_context.py``), aligned with the item store of
-    ``train_seq`` (+ the validation item when ``with_valid``); None when neither feature is used."""
-    if not (time_gaps or ratings):
+def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
+                  with_valid: bool = False) -> np.ndarray | None:
+    """(I, C) context row of every history item (``item_context.py``), aligned with the item store
+    of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used."""
+    if not (time_gaps or ratings or time_bias):
         return None
-    return context_ids(flat_column(sequences, "ts", with_valid) if time_gaps else None,
-                       flat_column(sequences, "rating", with_valid) if ratings else None)
+    times = flat_column(sequences, "ts", with_valid) if time_gaps or time_bias else None
+    return context_table(times if time_gaps else None,
+                         flat_column(sequences, "rating", with_valid) if ratings else None,
+                         times if time_bias else None)
+
+
+def with_pad_row(values: np.ndarray) -> np.ndarray:
+    """``values`` (I,) or (I, C) with one zero entry/row appended: where gathers of padding land."""
+    return np.concatenate([values, np.zeros((1, *values.shape[1:]), dtype=values.dtype)])
 
 
 def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> np.ndarray:

@@ -294,9 +294,9 @@ def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str,
         model_config = ModelConfig.model_validate(meta["config"]["model"]) if "config" in meta else cfg.model
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{model_dir / META_FILE}: not a training run's model.json ({exc})") from None
-    if spec.get("time_gaps") or spec.get("ratings"):
-        raise DataError(f"{model_dir / META_FILE}: the model reads an input context (model.time_gaps / model.ratings), "
-                        "which the serving path does not pass yet; bundle a model trained without them")
+    if spec.get("time_gaps") or spec.get("ratings") or spec.get("time_bias"):
+        raise DataError(f"{model_dir / META_FILE}: the model reads an input context (model.time_gaps / model.ratings / "
+                        "model.time_bias), which the serving path does not pass yet; bundle a model trained without them")
     items = pd.read_parquet(processed / ITEMS_FILE, columns=["item_idx", "item_id", "title"])
     sequences = pd.read_parquet(processed / "sequences.parquet", columns=["train_seq"])
     num_items = len(items)

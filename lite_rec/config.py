@@ -123,11 +123,17 @@ class ModelConfig(_Section):
     # user's previous item, the rating the user gave it; both need sequences.parquet's *_ts / *_rating columns
     time_gaps: bool = False
     ratings: bool = False
+    # beyond the paper: bias attention by the time between the query item and each earlier item (TiSASRec /
+    # HSTU style; item_context.py); lean backbone only; needs sequences.parquet's *_ts columns
+    time_bias: bool = False
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.time_bias and self.backbone != "lean":
+            raise ValueError(f"model.time_bias needs model.backbone=lean (the bias is added inside its attention); "
+                             f"got model.backbone={self.backbone!r}")
         if self.head == "tied" and self.head_bias:
             raise ValueError("model.head_bias applies to the linear head only; with model.head=tied set it to false")
         return self

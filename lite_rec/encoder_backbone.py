@@ -144,10 +144,14 @@ class LeanEncoder(nn.Module):
             self._buckets[key] = relative_position_bucket(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)
         return self.rel_bias(self._buckets[key]).permute(2, 0, 1)[None]  # (1, H, T, T)
 
-    def forward(self, x: torch.Tensor, real: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        # x: (B, T, D); real: (B, T) bool
+    def forward(self, x: torch.Tensor, real: torch.Tensor, causal: bool = False,
+                extra_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D); real: (B, T) bool; extra_bias: (B, H, T, T) added to every layer's
+        attention scores with the position bias (the model's ``time_bias``). -> (B, T, D)"""
         allowed = attention_allowed(real, causal)  # (B, 1, T, T)
         bias = self.position_bias(x.shape[1], x.device).float()  # (1, H, T, T)
+        if extra_bias is not None:
+            bias = bias + extra_bias.float()  # (B, H, T, T)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         # (B, H, T, T), contiguous: SDPA's fused GPU kernels refuse a mask whose last stride is not 1
         bias = torch.where(allowed, bias, float("-inf")).to(dtype).contiguous()

@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lite_rec.batches import SequenceStore, build_sequence_store, item_contexts
+from lite_rec.batches import SequenceStore, build_sequence_store, item_contexts, with_pad_row
 from lite_rec.metrics import RankAccumulator
 from lite_rec.model import ModelSpec
 
-# (B, L) item_idx [, contexts=(B, L) context ids, for a model that reads them] -> (B, N+1) scores
+# (B, L) item_idx [, contexts=(B, L, C) context rows, for a model that reads them] -> (B, N+1) scores
 Scorer = Callable[..., torch.Tensor]
 SPLITS = ("valid", "test")
 
@@ -38,7 +38,7 @@ class EvalSet:
     split: str  # "valid" | "test"
     histories: SequenceStore  # everything the user interacted with before the target
     targets: np.ndarray  # (U,) int64 item_idx
-    contexts: np.ndarray | None = None  # (I,) context id of each history item (item_context.py); None = not read
+    contexts: np.ndarray | None = None  # (I, C) context row of each history item (item_context.py); None = not read
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -46,7 +46,7 @@ class EvalSet:
 
 def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None = None) -> EvalSet:
     """Histories and targets of ``split`` from the columns of ``sequences.parquet``; also the
-    histories' context ids when ``spec`` is of a model that reads them (``item_context.py``)."""
+    histories' context rows when ``spec`` is of a model that reads them (``item_context.py``)."""
     if split == "valid":
         seqs = list(sequences["train_seq"])
         targets = sequences["valid_item_idx"].to_numpy(np.int64, copy=True)
@@ -56,15 +56,15 @@ def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None =
         targets = sequences["test_item_idx"].to_numpy(np.int64, copy=True)
     else:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    contexts = None if spec is None else item_contexts(sequences, time_gaps=spec.time_gaps, ratings=spec.ratings,
-                                                       with_valid=split == "test")
+    contexts = None if spec is None else item_contexts(sequences, **spec.context_features, with_valid=split == "test")
     return EvalSet(split, build_sequence_store(seqs), targets, contexts)
 
 
 def _rows(flat: torch.Tensor, start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
-    """flat[start:end] of each row, right-padded with 0 to `width`. -> (B, width)"""
+    """flat[start:end] of each row, right-padded with 0 to `width`: flat (I,) -> (B, width);
+    flat (I, C) -> (B, width, C)."""
     pos = start[:, None] + torch.arange(width, device=flat.device)  # (B, W)
-    real = pos < end[:, None]
+    real = (pos < end[:, None]).view(*pos.shape, *([1] * (flat.dim() - 1)))  # (B, W[, 1])
     return torch.where(real, flat[pos.clamp(max=flat.shape[0] - 1)], 0)
 
 
@@ -72,14 +72,14 @@ class EvalBatch(NamedTuple):
     inputs: torch.Tensor  # (B, L) the last L items, right-padded
     history: torch.Tensor  # (B, H) every history item, 0-padded (what the masked ranking removes)
     targets: torch.Tensor  # (B,)
-    contexts: torch.Tensor | None  # (B, L) context ids of ``inputs``, when the eval set has them
+    contexts: torch.Tensor | None  # (B, L, C) context rows of ``inputs``, when the eval set has them
 
 
 def iter_eval_batches(eval_set: EvalSet, max_len: int, batch_size: int, device: torch.device | str) -> Iterable[EvalBatch]:
     """The split's users in batches of ``batch_size``, in user order."""
     store = eval_set.histories
     flat = torch.as_tensor(np.append(store.flat, 0), device=device)
-    context_flat = None if eval_set.contexts is None else torch.as_tensor(np.append(eval_set.contexts, 0), device=device)
+    context_flat = None if eval_set.contexts is None else torch.as_tensor(with_pad_row(eval_set.contexts), device=device)
     for lo in range(0, len(eval_set), batch_size):
         hi = min(lo + batch_size, len(eval_set))
         off_lo, off_hi = store.offsets[lo:hi], store.offsets[lo + 1 : hi + 1]
@@ -89,7 +89,7 @@ def iter_eval_batches(eval_set: EvalSet, max_len: int, batch_size: int, device: 
         window = torch.maximum(start, end - max_len)  # (B,)
         inputs = _rows(flat, window, end, max_len)  # (B, L)
         history = _rows(flat, start, end, width)  # (B, H)
-        contexts = None if context_flat is None else _rows(context_flat, window, end, max_len)  # (B, L)
+        contexts = None if context_flat is None else _rows(context_flat, window, end, max_len)  # (B, L, C)
         yield EvalBatch(inputs, history, torch.as_tensor(eval_set.targets[lo:hi], device=device), contexts)
 
 

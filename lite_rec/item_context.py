@@ -1,7 +1,12 @@
 """What a history says about each input item besides which item it is (beyond the paper): the
 time gap to the user's previous item (``model.time_gaps``) and the rating the user gave it
-(``model.ratings``), as one context id per input position. The model embeds the id and adds it
-to the item's vector (``LiteRecModel.embed_items``).
+(``model.ratings``), as one context id per input position, which the model embeds and adds to
+the item's vector (``LiteRecModel.embed_items``); and the item's time itself (``model.time_bias``),
+from which the model biases each attention score by how long before the query item the key item
+came (``time_bucket``, ``LiteRecModel.contextualize``).
+
+The context of an item is one row of ``CONTEXT_COLUMNS`` int64 values: its context id (0 when
+the model reads no id) and its Unix time in seconds (0 when the model reads no time).
 
 Why time gaps: the paper reads item order only. On ML-1m 53% of consecutive ratings share their
 second (a user rating a page of films at once), and the file order inside that second carries
@@ -17,6 +22,12 @@ previous item, also when that item lies before the input window. The gap to the 
 predicted is never used: at test time it is unknown. Ratings are rounded and clipped to 1..5.
 The context id is ``1 + gap * R + (rating - 1)`` (R = 5 with ratings, else 1; a feature not
 used counts as 0); 0 is padding.
+
+Why a time bias besides the gap: the gap says how far an item is from the one before it; what
+matters for the item at the query position is how far each earlier item is from *it* (a film
+rated minutes ago against one rated last year), the sum of all gaps in between, which attention
+cannot read off per-item gap ids. TiSASRec and HSTU bias attention by the same pairwise interval.
+Inside a window both times are input items' times, never the predicted item's.
 """
 
 from __future__ import annotations
@@ -26,12 +37,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the model imports this module; batches (which imports the model) imports it too
+    import torch
+
     from lite_rec.batches import SequenceStore
 
 GAP_EDGES = np.array([0, 1, 10, 60, 600, 3_600, 86_400, 7 * 86_400, 30 * 86_400])  # lower edges, seconds
 N_GAPS = 1 + len(GAP_EDGES)  # the first item, then one per edge
 RATING_LEVELS = 5  # ratings 1..5
 PAD_CONTEXT = 0
+CONTEXT_ID, CONTEXT_TIME = 0, 1  # columns of a context row
+CONTEXT_COLUMNS = 2
+TIME_BUCKETS = 32  # |t_query - t_key| seconds: 0, then one bucket per power of two (1 s .. ~34 years)
 
 
 def gap_index(times: "SequenceStore") -> np.ndarray:
@@ -61,6 +77,15 @@ def n_contexts(time_gaps: bool, ratings: bool) -> int:
     return 1 + (N_GAPS if time_gaps else 1) * (RATING_LEVELS if ratings else 1)
 
 
+def time_bucket(seconds: "torch.Tensor") -> "torch.Tensor":
+    """Integer seconds >= 0 (any shape) -> bucket 0..TIME_BUCKETS-1: 0 for 0 s, else
+    ``1 + floor(log2(seconds))`` (1 s -> 1, 2-3 s -> 2, 1 h -> 12, 1 day -> 17, 1 year -> 25)."""
+    import torch
+
+    logs = torch.log2(seconds.clamp(min=1).double()).floor().long() + 1  # exact at powers of two in float64
+    return torch.where(seconds > 0, logs, 0).clamp(max=TIME_BUCKETS - 1)
+
+
 def context_ids(times: "SequenceStore | None", ratings: "SequenceStore | None") -> np.ndarray:
     """(I,) int64 context id of every item, 1..n_contexts-1; None stores are features not used."""
     if times is None and ratings is None:
@@ -68,3 +93,19 @@ def context_ids(times: "SequenceStore | None", ratings: "SequenceStore | None") 
     gap = gap_index(times) if times is not None else 0
     rating = rating_index(ratings) if ratings is not None else 0
     return np.asarray(1 + gap * (RATING_LEVELS if ratings is not None else 1) + rating, dtype=np.int64)
+
+
+def context_table(gap_times: "SequenceStore | None", ratings: "SequenceStore | None",
+                  times: "SequenceStore | None") -> np.ndarray:
+    """(I, CONTEXT_COLUMNS) int64 context rows of every item. Each store is a feature's source, or
+    None when the model does not read that feature: ``gap_times`` (timestamps) and ``ratings``
+    make the context id (0 when both are None), ``times`` (timestamps) is copied as the time."""
+    given = [s for s in (gap_times, ratings, times) if s is not None]
+    if not given:
+        raise ValueError("context_table needs at least one feature's values")
+    table = np.zeros((len(given[0].flat), CONTEXT_COLUMNS), dtype=np.int64)
+    if gap_times is not None or ratings is not None:
+        table[:, CONTEXT_ID] = context_ids(gap_times, ratings)
+    if times is not None:
+        table[:, CONTEXT_TIME] = times.flat
+    return table

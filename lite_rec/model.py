@@ -7,8 +7,10 @@ linear head scores every item at once: ``logits = W_proj h_u`` (Eq. 5), trained 
 cross-entropy over all items (Eq. 6). No decoding, no beam search: top-k of one matrix product.
 Options beyond the paper: ``head="tied"`` scores with the input item representation instead of a
 free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, the loss can leave the input's
-items out of the softmax (``mask_history``), and ``time_gaps`` / ``ratings`` add an embedding of
-each input item's context (its gap to the previous item, its rating: ``item_context.py``).
+items out of the softmax (``mask_history``), ``time_gaps`` / ``ratings`` add an embedding of
+each input item's context (its gap to the previous item, its rating: ``item_context.py``), and
+``time_bias`` adds a learned per-head attention bias by how long before the query item each
+key item came (lean backbone only).
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
 up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
@@ -27,7 +29,7 @@ from torch import nn
 
 from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
 from lite_rec.errors import DataError
-from lite_rec.item_context import PAD_CONTEXT, n_contexts
+from lite_rec.item_context import CONTEXT_ID, CONTEXT_TIME, PAD_CONTEXT, TIME_BUCKETS, n_contexts, time_bucket
 
 if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
     from lite_rec.config import ModelConfig
@@ -55,11 +57,22 @@ class ModelSpec:
     user_dropout: float | None = None  # on the user vector before the head; None = ``dropout`` (the paper's one rate)
     time_gaps: bool = False  # the input context holds each item's gap to the previous one (item_context.py)
     ratings: bool = False  # the input context holds the rating the user gave each item
+    time_bias: bool = False  # attention is biased by the time between query and key items (item_context.py)
 
     @property
     def uses_context(self) -> bool:
-        """Whether the model reads a context id per input item (``contexts=``)."""
+        """Whether the model reads a context row per input item (``contexts=``)."""
+        return self.time_gaps or self.ratings or self.time_bias
+
+    @property
+    def uses_context_ids(self) -> bool:
+        """Whether the context rows' id column is read (an embedding added to each item)."""
         return self.time_gaps or self.ratings
+
+    @property
+    def context_features(self) -> dict[str, bool]:
+        """The input-context features read, as ``batches.item_contexts`` takes them."""
+        return {"time_gaps": self.time_gaps, "ratings": self.ratings, "time_bias": self.time_bias}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +100,14 @@ class LiteRecModel(nn.Module):
             nn.init.normal_(self.item_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.item_embedding.weight[0].zero_()
-        if spec.uses_context:
+        if spec.time_bias:
+            if not hasattr(backbone, "rel_bias"):
+                raise ValueError("model.time_bias needs model.backbone=lean (the bias is added inside its attention)")
+            # one bias per (time bucket, head), added to every layer's attention like T5's position bias;
+            # zeros: training starts from the model without it
+            self.time_bias = nn.Embedding(TIME_BUCKETS, spec.backbone.n_heads)
+            nn.init.zeros_(self.time_bias.weight)
+        if spec.uses_context_ids:
             self.context_embedding = nn.Embedding(n_contexts(spec.time_gaps, spec.ratings), d, padding_idx=PAD_CONTEXT)
             nn.init.normal_(self.context_embedding.weight, std=0.02)
             with torch.no_grad():
@@ -126,9 +146,10 @@ class LiteRecModel(nn.Module):
                     contexts: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) item_idx -> (B, T, D) backbone inputs (``inputs_embeds``).
 
-        ``contexts`` (B, T) context ids of the items (time gap and/or rating, ``item_context.py``),
-        required by a model with ``spec.time_gaps`` or ``spec.ratings``; their embedding is added
-        to each item's vector (after item dropout: a dropped item still says when it happened).
+        ``contexts`` (B, T, C) context rows of the items (``item_context.py``), required by a model
+        with ``spec.uses_context``; with ``spec.time_gaps`` or ``spec.ratings`` the embedding of
+        their id is added to each item's vector (after item dropout: a dropped item still says
+        when it happened).
 
         ``item_dropout`` (training only, ``train.item_dropout``): each input item's whole vector
         is zeroed with this probability, unscaled (a missing item, not noise on its features).
@@ -140,12 +161,25 @@ class LiteRecModel(nn.Module):
         if self.training and item_dropout > 0:
             keep = torch.rand(items.shape, device=items.device) >= item_dropout  # (B, T)
             x = x * keep[..., None].to(x.dtype)
-        if self.spec.uses_context:
-            if contexts is None:
-                raise ValueError("this model reads an input context (model.time_gaps / model.ratings): "
-                                 "pass contexts (B, T) with the items")
-            x = x + self.context_embedding(contexts)  # (B, T, D)
+        if self.spec.uses_context_ids:
+            x = x + self.context_embedding(self._contexts(items, contexts)[..., CONTEXT_ID])  # (B, T, D)
         return self.input_dropout(x)
+
+    def _contexts(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
+        """``contexts`` checked against ``items`` (B, T): (B, T, C)."""
+        if contexts is None or contexts.dim() != 3 or contexts.shape[:2] != items.shape:
+            got = "none" if contexts is None else f"shape {tuple(contexts.shape)}"
+            raise ValueError("this model reads an input context (model.time_gaps / model.ratings / model.time_bias): "
+                             f"pass contexts (B, T, C) with the items {tuple(items.shape)}; got {got}")
+        return contexts
+
+    def attention_time_bias(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, T, T) additive attention bias of ``spec.time_bias``: entry [b, h, q, k] is the
+        learned bias of head h for the bucket of |time(q) - time(k)| (``item_context.time_bucket``).
+        Padding pairs get some bucket too; the backbone masks them anyway."""
+        times = self._contexts(items, contexts)[..., CONTEXT_TIME]  # (B, T) Unix seconds
+        buckets = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
+        return self.time_bias(buckets).permute(0, 3, 1, 2)  # (B, H, T, T)
 
     def output_items(self) -> torch.Tensor:
         """(N+1, D) fp32 item side of the scores: W_proj (Eq. 5), or with ``head="tied"`` every
@@ -179,7 +213,11 @@ class LiteRecModel(nn.Module):
     def contextualize(self, items: torch.Tensor, item_dropout: float = 0.0,
                       contexts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         real = items > 0  # (B, T)
-        hidden = self.backbone(self.embed_items(items, item_dropout, contexts), real, self.spec.causal)  # (B, T, D)
+        x = self.embed_items(items, item_dropout, contexts)  # (B, T, D)
+        if self.spec.time_bias:
+            hidden = self.backbone(x, real, self.spec.causal, extra_bias=self.attention_time_bias(items, contexts))
+        else:
+            hidden = self.backbone(x, real, self.spec.causal)  # (B, T, D)
         return hidden, real
 
     def user_vectors(self, items: torch.Tensor, item_dropout: float = 0.0, contexts: torch.Tensor | None = None) -> torch.Tensor:
@@ -248,7 +286,7 @@ class LiteRecModel(nn.Module):
         down items the ranking removes anyway. The target itself always stays in. ``seen`` (B, N+1)
         bool, with ``exclude_history``: items the user had before the input window, also left out
         (``train.loss_history_scope=user``; ``BatchMaker.seen_before``). ``item_dropout`` and
-        ``contexts`` (B, T): ``embed_items``.
+        ``contexts`` (B, T, C): ``embed_items``.
         """
         if targets is not None and targets.dim() >= 2:
             logits = self.item_logits(self.prefix_user_vectors(items, item_dropout, contexts))  # (B, T, N+1)
@@ -349,6 +387,7 @@ def build_model(
         pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
         user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps, ratings=model_cfg.ratings,
+        time_bias=model_cfg.time_bias,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

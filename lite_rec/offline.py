@@ -70,8 +70,8 @@ def step_sleep_from_env() -> float:
 def check_registrable(cfg: LiteRecConfig) -> None:
     """Refuse, before any work, a run that would train for minutes and then fail to register:
     the serving path does not pass input contexts yet (``lite_rec/item_context.py``)."""
-    if cfg.model.time_gaps or cfg.model.ratings:
-        raise ConfigError("model.time_gaps / model.ratings: such a model cannot be registered or served yet (the "
+    if cfg.model.time_gaps or cfg.model.ratings or cfg.model.time_bias:
+        raise ConfigError("model.time_gaps / model.ratings / model.time_bias: such a model cannot be registered or served yet (the "
                           "serving path does not pass the input context); train it with --no-register "
                           "(the flow's register_model=false) to measure it")
 

@@ -108,7 +108,7 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a softmax without the user's whole history;
-    ``contexts``: the (B, L) context ids of the items, for a model that reads them (item_context.py)."""
+    ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (item_context.py)."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
         _, loss = forward(items, targets, seen=seen, contexts=contexts)
     optimizer.zero_grad(set_to_none=True)
@@ -141,7 +141,7 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
     refit = cfg.train.fit_on == "train+valid"
-    if cfg.train.shuffle_ties or cfg.model.time_gaps:  # timestamps shape every batch
+    if cfg.train.shuffle_ties or cfg.model.time_gaps or cfg.model.time_bias:  # timestamps shape every batch
         data.update(flat_column(sequences, "ts", with_valid=refit).flat.tobytes())
     if cfg.model.ratings:
         data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())
@@ -172,7 +172,7 @@ class Trainer:
         refit = self.tc.fit_on == "train+valid"
         self.store = build_eval_set(sequences, "test").histories if refit else build_sequence_store(sequences["train_seq"])
         spec = model.spec
-        contexts = item_contexts(sequences, time_gaps=spec.time_gaps, ratings=spec.ratings, with_valid=refit)  # (I,)
+        contexts = item_contexts(sequences, **spec.context_features, with_valid=refit)  # (I, C) or None
         self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets,
                                   contexts=contexts)
         self.ties = tie_groups(sequences, with_valid=refit) if self.tc.shuffle_ties else None  # (I,)

@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     max_len = lengths.pop()
     # the input context the members read (members that read none ignore it); mixed contexts cannot share one
-    specs = {(m.spec.time_gaps, m.spec.ratings) for m in models.values() if m.spec.uses_context}
+    specs = {tuple(m.spec.context_features.items()) for m in models.values() if m.spec.uses_context}
     if len(specs) > 1:
-        print(f"error: ensemble members read different input contexts (time_gaps, ratings): {sorted(specs)}", file=sys.stderr)
+        readers = "; ".join(", ".join(f"{k}={v}" for k, v in spec) for spec in sorted(specs))
+        print(f"error: ensemble members read different input contexts: {readers}", file=sys.stderr)
         return 2
     reader = next((m.spec for m in models.values() if m.spec.uses_context), None)
     try:

@@ -1,16 +1,19 @@
-"""Input context ids (model.time_gaps, model.ratings): hand-computed gaps and ratings, their
-batches and their evaluation inputs."""
+"""Input contexts (model.time_gaps, model.ratings, model.time_bias): hand-computed gaps, ratings
+and time buckets, their batches and their evaluation inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lite_rec.batches import BatchMaker, build_sequence_store, item_contexts, plan_onepass
 from lite_rec.errors import DataError
 from lite_rec.evaluate import build_eval_set, iter_eval_batches
-from lite_rec.item_context import N_GAPS, context_ids, gap_index, n_contexts, rating_index
+from lite_rec.item_context import (
+    CONTEXT_ID, CONTEXT_TIME, N_GAPS, TIME_BUCKETS, context_ids, context_table, gap_index, n_contexts, rating_index, time_bucket,
+)
 from lite_rec.model import ModelSpec
 
 HOUR, DAY = 3_600, 86_400
@@ -45,31 +48,52 @@ def test_ratings_and_their_combination_with_gaps() -> None:
         rating_index(missing)
 
 
+def test_time_buckets_of_hand_computed_intervals() -> None:
+    seconds = torch.tensor([0, 1, 2, 3, 4, HOUR, DAY, 365 * DAY, 2**40])
+    assert time_bucket(seconds).tolist() == [0, 1, 2, 2, 3, 12, 17, 25, TIME_BUCKETS - 1]  # 1 + floor(log2 s)
+    assert time_bucket(torch.tensor([[2**20 - 1, 2**20]])).tolist() == [[20, 21]]  # the edge, exactly
+
+
+def test_context_table_holds_the_id_and_the_time_of_each_item() -> None:
+    times, ratings = build_sequence_store([[0, 0, 20]]), build_sequence_store([[1.0, 5.0, 3.0]], np.float64)
+    both = context_table(times, ratings, times)
+    assert both[:, CONTEXT_ID].tolist() == context_ids(times, ratings).tolist() and both[:, CONTEXT_TIME].tolist() == [0, 0, 20]
+    assert context_table(None, None, times).tolist() == [[0, 0], [0, 0], [0, 20]]  # time only: no id
+    assert context_table(times, None, None)[:, CONTEXT_TIME].tolist() == [0, 0, 0]  # gaps only: no time
+    with pytest.raises(ValueError, match="at least one feature"):
+        context_table(None, None, None)
+
+
 def test_batches_carry_the_contexts_of_their_window_even_across_the_window_start() -> None:
     store = build_sequence_store([[1, 2, 3, 4, 5]])
-    contexts = context_ids(build_sequence_store([[0, 0, 20, 20, 20 + DAY]]), None)  # [1, 2, 4, 2, 8]
+    times = build_sequence_store([[0, 0, 20, 20, 20 + DAY]])
+    contexts = context_table(times, None, times)  # ids [1, 2, 4, 2, 8]
     maker = BatchMaker(store, 2, contexts=contexts)
     maker.set_plan(plan_onepass(store, 2), np.arange(2))
     items, _ = maker.batch(0, 2)
     assert items.tolist() == [[1, 2], [3, 4]]
-    assert maker.batch_contexts(0, 2).tolist() == [[1, 2], [4, 2]]  # item 3's gap is to item 2, before its window
-    with pytest.raises(ValueError, match="3 context ids for 5 items"):
+    batch = maker.batch_contexts(0, 2)  # (B, L, C)
+    assert batch[..., CONTEXT_ID].tolist() == [[1, 2], [4, 2]]  # item 3's gap is to item 2, before its window
+    assert batch[..., CONTEXT_TIME].tolist() == [[0, 0], [20, 20]]
+    with pytest.raises(ValueError, match="3 context rows for 5 items"):
         BatchMaker(store, 2, contexts=contexts[:3])
 
 
-def _spec(time_gaps: bool, ratings: bool) -> ModelSpec:
+def _spec(time_gaps: bool, ratings: bool, time_bias: bool = False) -> ModelSpec:
     from lite_rec.encoder_backbone import BackboneSpec
 
     return ModelSpec(n_items=5, item_dim=0, item_repr="id", max_seq_len=3, dropout=0.0, causal=True, head_bias=False,
                      backbone_name="lean", backbone=BackboneSpec(kind="lean", d_model=8, n_layers=1, n_heads=2, d_ff=8, dropout=0.0),
-                     time_gaps=time_gaps, ratings=ratings)
+                     time_gaps=time_gaps, ratings=ratings, time_bias=time_bias)
 
 
 def test_the_test_split_reads_the_validation_items_context_too() -> None:
-    [batch] = list(iter_eval_batches(build_eval_set(SEQUENCES, "test", _spec(True, False)), 3, 8, "cpu"))
-    assert batch.inputs.tolist() == [[2, 3, 4]] and batch.contexts.tolist() == [[2, 5, 8]]
+    [batch] = list(iter_eval_batches(build_eval_set(SEQUENCES, "test", _spec(True, False, True)), 3, 8, "cpu"))
+    assert batch.inputs.tolist() == [[2, 3, 4]] and batch.contexts[..., CONTEXT_ID].tolist() == [[2, 5, 8]]
+    assert batch.contexts[..., CONTEXT_TIME].tolist() == [[0, 100, 100 + DAY]]
     [valid] = list(iter_eval_batches(build_eval_set(SEQUENCES, "valid", _spec(True, True)), 4, 8, "cpu"))
-    assert valid.contexts.tolist() == [[1 + 4, 1 + 5 + 0, 1 + 4 * 5 + 2, 0]]  # right-padded like the items
+    assert valid.contexts[..., CONTEXT_ID].tolist() == [[1 + 4, 1 + 5 + 0, 1 + 4 * 5 + 2, 0]]  # right-padded like the items
+    assert valid.contexts[..., CONTEXT_TIME].tolist() == [[0, 0, 0, 0]]  # time not read: zeros
     assert next(iter(iter_eval_batches(build_eval_set(SEQUENCES, "valid"), 4, 8, "cpu"))).contexts is None
     assert item_contexts(SEQUENCES, time_gaps=False, ratings=False) is None
 
@@ -78,4 +102,5 @@ def test_a_file_without_the_columns_says_to_rerun_the_data_stage() -> None:
     old = SEQUENCES.drop(columns=["train_rating", "valid_rating"])
     with pytest.raises(DataError, match=r"no column\(s\) train_rating, valid_rating.*re-run `lite-rec ingest"):
         item_contexts(old, time_gaps=True, ratings=True)
-    assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [1, 2, 5]
+    assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [[1, 0], [2, 0], [5, 0]]
+    assert item_contexts(old, time_gaps=False, ratings=False, time_bias=True).tolist() == [[0, 0], [0, 0], [0, 100]]

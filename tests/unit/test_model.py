@@ -305,12 +305,54 @@ def test_context_model_adds_a_context_embedding_and_needs_the_contexts() -> None
     model = _model(item_repr="text+id", time_gaps=True, ratings=True)
     assert model.context_embedding.weight.shape[0] == 51  # padding + 10 gaps x 5 ratings
     items = torch.tensor([[3, 5, 2, 0, 0, 0]])  # (1, 6) right-padded
-    burst, days = torch.tensor([[1, 6, 6, 0, 0, 0]]), torch.tensor([[1, 41, 41, 0, 0, 0]])  # (1, 6) context ids
+    burst, days = _ids([[1, 6, 6, 0, 0, 0]]), _ids([[1, 41, 41, 0, 0, 0]])  # (1, 6, C) context rows
     assert not torch.allclose(model(items, contexts=burst)[0], model(items, contexts=days)[0])  # they are read
-    padded = torch.tensor([[3, 5, 2, 0, 0, 0, 0, 0]]), torch.tensor([[1, 6, 6, 0, 0, 0, 0, 0]])
+    padded = torch.tensor([[3, 5, 2, 0, 0, 0, 0, 0]]), _ids([[1, 6, 6, 0, 0, 0, 0, 0]])
     torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=burst)[0])
-    with pytest.raises(ValueError, match=r"reads an input context \(model.time_gaps / model.ratings\): pass contexts"):
+    with pytest.raises(ValueError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias\): "
+                                         r"pass contexts \(B, T, C\) with the items \(1, 6\); got none"):
         model(items)
+    with pytest.raises(ValueError, match=r"got shape \(1, 6\)"):  # ids alone, the layout before time_bias
+        model(items, contexts=burst[..., 0])
     assert not hasattr(_model(), "context_embedding")  # off by default: the paper's inputs
-    legacy = {k: v for k, v in _model().spec.to_dict().items() if k not in ("time_gaps", "ratings")}  # older model.json
-    assert not ModelSpec.from_dict(legacy).uses_context
+    legacy = {k: v for k, v in _model().spec.to_dict().items() if k not in ("time_gaps", "ratings", "time_bias")}
+    assert not ModelSpec.from_dict(legacy).uses_context  # an older model.json
+
+
+def _ids(ids: list[list[int]], times: list[list[int]] | None = None) -> torch.Tensor:
+    """(B, T) context ids [and Unix times] -> (B, T, C) context rows."""
+    from lite_rec.item_context import CONTEXT_COLUMNS, CONTEXT_ID, CONTEXT_TIME
+
+    ids_t = torch.tensor(ids)
+    rows = torch.zeros(*ids_t.shape, CONTEXT_COLUMNS, dtype=torch.long)
+    rows[..., CONTEXT_ID] = ids_t
+    if times is not None:
+        rows[..., CONTEXT_TIME] = torch.tensor(times)
+    return rows
+
+
+def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_no_op() -> None:
+    from lite_rec.config import ModelConfig
+
+    torch.manual_seed(0)
+    plain = _model(causal=True, item_repr="id")
+    model = _model(causal=True, item_repr="id", time_bias=True)
+    assert not hasattr(model, "context_embedding") and model.time_bias.weight.shape == (32, 2)  # (buckets, heads)
+    model.load_state_dict({**plain.state_dict(), "time_bias.weight": model.time_bias.weight}, strict=True)
+    items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
+    times = _ids([[0] * 6], [[0, 60, 86_400, 90_000, 0, 0]])
+    torch.testing.assert_close(model(items, contexts=times)[0], plain(items)[0])  # zero init: the plain model
+    with torch.no_grad():
+        model.time_bias.weight.normal_()
+    other = _ids([[0] * 6], [[0, 1, 2, 3, 0, 0]])
+    assert not torch.allclose(model(items, contexts=times)[0], model(items, contexts=other)[0])  # the times are read
+    shifted = _ids([[0] * 6], [[1_000, 1_060, 87_400, 91_000, 0, 0]])
+    torch.testing.assert_close(model(items, contexts=shifted)[0], model(items, contexts=times)[0])  # only intervals count
+    padded = torch.tensor([[3, 5, 2, 4, 0, 0, 0, 0]]), _ids([[0] * 8], [[0, 60, 86_400, 90_000, 0, 0, 0, 7]])
+    torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=times)[0])
+    targets = torch.full((1, 6), -100)
+    later = _ids([[0] * 6], [[0, 60, 86_400, 10**9, 0, 0]])  # only the last item's time differs
+    early = model(items, targets=targets, contexts=times)[0][:, :3]  # (1, 3, N+1) prefixes ending before it
+    torch.testing.assert_close(model(items, targets=targets, contexts=later)[0][:, :3], early)
+    with pytest.raises(ValueError, match="model.time_bias needs model.backbone=lean"):
+        ModelConfig(backbone="t5-small", time_bias=True)

@@ -169,7 +169,8 @@ def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("extra", [{}, {"train.strategy": "onepass", "model.time_gaps": "true", "model.ratings": "true",
-                                        "train.shuffle_ties": "true"}], ids=["ema", "ema+context+shuffled-ties"])
+                                        "model.backbone": "lean", "model.time_bias": "true", "train.shuffle_ties": "true"}],
+                         ids=["ema", "ema+context+shuffled-ties"])
 def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            extra: dict[str, str]) -> None:
     cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 3, "train.finetune_epochs": 1, **extra})
@@ -271,13 +272,19 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     loaded, meta = load_model(tmp_path / "run")
     assert meta["spec"]["time_gaps"] is True and meta["spec"]["ratings"] is True
     assert loaded.context_embedding.weight.shape[0] == 51
-    with pytest.raises(DataError, match="model.ratings need them"):
+    biased = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.backbone": "lean", "model.time_bias": "true"})
+    result = train_model(biased, timed, tiny_vectors(), tmp_path / "biased", progress=False)
+    loaded, meta = load_model(tmp_path / "biased")
+    assert meta["spec"]["time_bias"] is True and not hasattr(loaded, "context_embedding")
+    torch.testing.assert_close(loaded.time_bias.weight, result.model.time_bias.weight.cpu())
+    assert loaded.time_bias.weight.abs().sum() > 0  # trained away from its zero start
+    with pytest.raises(DataError, match="model.ratings and model.time_bias need them"):
         train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
     data_cfg.processed_dir.mkdir(parents=True)
     for name in ("items.parquet", "sequences.parquet"):
         (data_cfg.processed_dir / name).touch()
-    with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings\).*not pass yet"):
+    with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias\).*not pass yet"):
         build_bundle(data_cfg, tmp_path / "run", tmp_path / "bundle")
 
 
@@ -286,6 +293,6 @@ def test_a_run_that_could_not_be_registered_is_refused_before_any_work() -> None
     from lite_rec.offline import check_registrable
 
     check_registrable(_cfg())  # the paper's inputs: fine
-    for key in ("model.time_gaps", "model.ratings"):
+    for key in ("model.time_gaps", "model.ratings", "model.time_bias"):
         with pytest.raises(ConfigError, match=r"cannot be registered or served yet.*--no-register"):
-            check_registrable(_cfg(**{key: "true"}))
+            check_registrable(_cfg(**{key: "true", "model.backbone": "lean"}))

@@ -176,10 +176,16 @@ class LiteRecModel(nn.Module):
     def attention_time_bias(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
         """(B, H, T, T) additive attention bias of ``spec.time_bias``: entry [b, h, q, k] is the
         learned bias of head h for the bucket of |time(q) - time(k)| (``item_context.time_bucket``).
-        Padding pairs get some bucket too; the backbone masks them anyway."""
+        Padding pairs get some bucket too; the backbone masks them anyway.
+
+        A one-hot product, not a table lookup: the lookup's backward adds B*T*T gradients into 32
+        rows, which the compiled GPU path does with atomics on those few addresses (an ML-1m epoch
+        took twice as long, docs/results.md session 10); the product's backward is one matmul."""
         times = self._contexts(items, contexts)[..., CONTEXT_TIME]  # (B, T) Unix seconds
         buckets = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
-        return self.time_bias(buckets).permute(0, 3, 1, 2)  # (B, H, T, T)
+        weight = self.time_bias.weight  # (K, H)
+        onehot = buckets[..., None] == torch.arange(weight.shape[0], device=buckets.device)  # (B, T, T, K)
+        return (onehot.to(weight.dtype) @ weight).permute(0, 3, 1, 2)  # (B, H, T, T)
 
     def output_items(self) -> torch.Tensor:
         """(N+1, D) fp32 item side of the scores: W_proj (Eq. 5), or with ``head="tied"`` every

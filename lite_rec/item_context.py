@@ -27,7 +27,9 @@ Why a time bias besides the gap: the gap says how far an item is from the one be
 matters for the item at the query position is how far each earlier item is from *it* (a film
 rated minutes ago against one rated last year), the sum of all gaps in between, which attention
 cannot read off per-item gap ids. TiSASRec and HSTU bias attention by the same pairwise interval.
-Inside a window both times are input items' times, never the predicted item's.
+Inside a window both times are input items' times, never the predicted item's. Measured on ML-1m
+(three seeds, masked, docs/results.md session 10): +0.001 R@10 / +0.001 N@10 on top of gaps and
+ratings, inside the noise; per-item gaps already say most of it.
 """
 
 from __future__ import annotations

@@ -176,16 +176,10 @@ class LiteRecModel(nn.Module):
     def attention_time_bias(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
         """(B, H, T, T) additive attention bias of ``spec.time_bias``: entry [b, h, q, k] is the
         learned bias of head h for the bucket of |time(q) - time(k)| (``item_context.time_bucket``).
-        Padding pairs get some bucket too; the backbone masks them anyway.
-
-        A one-hot product, not a table lookup: the lookup's backward adds B*T*T gradients into 32
-        rows, which the compiled GPU path does with atomics on those few addresses (an ML-1m epoch
-        took twice as long, docs/results.md session 10); the product's backward is one matmul."""
+        Padding pairs get some bucket too; the backbone masks them anyway."""
         times = self._contexts(items, contexts)[..., CONTEXT_TIME]  # (B, T) Unix seconds
         buckets = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
-        weight = self.time_bias.weight  # (K, H)
-        onehot = buckets[..., None] == torch.arange(weight.shape[0], device=buckets.device)  # (B, T, T, K)
-        return (onehot.to(weight.dtype) @ weight).permute(0, 3, 1, 2)  # (B, H, T, T)
+        return bucket_bias(buckets, self.time_bias.weight, onehot=buckets.is_cuda).permute(0, 3, 1, 2)  # (B, H, T, T)
 
     def output_items(self) -> torch.Tensor:
         """(N+1, D) fp32 item side of the scores: W_proj (Eq. 5), or with ``head="tied"`` every
@@ -307,6 +301,21 @@ class LiteRecModel(nn.Module):
             return logits, future_loss(logits, targets, future_weight)
         loss = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+
+def bucket_bias(buckets: torch.Tensor, weight: torch.Tensor, onehot: bool) -> torch.Tensor:
+    """``weight[buckets]``: (...) bucket ids, (K, H) table -> (..., H), by lookup or one-hot product.
+
+    Why two forms of one value: the lookup's backward adds every entry's gradient into K rows
+    (B*T*T = 5.1M entries into 32 rows for an ML-1m batch), which the compiled GPU path does with
+    atomics contended on those few addresses (an epoch took twice as long, docs/benchmarks.md,
+    session 10); a one-hot product's backward is one matrix product there. On a CPU the lookup is
+    the faster one (7x compiled, 3.6x eager, on this project's 2-core VM).
+    """
+    if not onehot:
+        return F.embedding(buckets, weight)
+    hot = buckets[..., None] == torch.arange(weight.shape[0], device=buckets.device)  # (..., K)
+    return hot.to(weight.dtype) @ weight
 
 
 def future_loss(logits: torch.Tensor, targets: torch.Tensor, future_weight: float) -> torch.Tensor:

@@ -356,3 +356,19 @@ def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_n
     torch.testing.assert_close(model(items, targets=targets, contexts=later)[0][:, :3], early)
     with pytest.raises(ValueError, match="model.time_bias needs model.backbone=lean"):
         ModelConfig(backbone="t5-small", time_bias=True)
+
+
+def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> None:
+    from lite_rec.model import bucket_bias
+
+    buckets = torch.randint(0, 32, (2, 5, 5))  # (B, T, T)
+    grads = []
+    for onehot in (False, True):
+        weight = torch.randn(32, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)  # (K, H)
+        out = bucket_bias(buckets, weight, onehot=onehot)  # (B, T, T, H)
+        assert out.shape == (2, 5, 5, 3)
+        torch.testing.assert_close(out, weight.detach()[buckets])
+        (out * torch.arange(3.0)).sum().backward()
+        grads.append(weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0

@@ -73,7 +73,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     """The whole offline stage as the Prefect `train` flow, in-process (the embedded default)."""
     cfg = _config_from(args)
     from flows.train import train_flow
+    from lite_rec.offline import check_registrable
     from lite_rec.tracking import resolve_tracking_uri
+
+    if not args.no_register:  # the flow checks it too; here it fails before Prefect starts at all
+        check_registrable(cfg)
 
     summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
                          register_model=not args.no_register, progress=not args.no_progress)

@@ -45,3 +45,11 @@ def test_ingest_through_prefect_honours_force_and_no_progress(tmp_path: Path, ml
         assert BAR not in run.stderr + run.stdout
     assert "written in" in runs[0].stdout and "up to date (skipped)" in runs[1].stdout
     assert "written in" in runs[2].stdout  # --force redoes the data stage through the flow too
+
+
+def test_a_model_that_could_not_be_registered_is_refused_before_the_flow_starts(tmp_path: Path) -> None:
+    run = _cli(tmp_path, "train", "ml-100k", "--profile", "smoke", "--set", "model.time_gaps=true")
+    assert run.returncode == 2
+    assert "cannot be registered or served yet" in run.stderr and "--no-register" in run.stderr
+    assert "prefect" not in (run.stderr + run.stdout).lower()  # no flow, no temporary server
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "processed").exists()  # nothing fetched or written

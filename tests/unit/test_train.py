@@ -169,7 +169,7 @@ def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("extra", [{}, {"train.strategy": "onepass", "model.time_gaps": "true", "model.ratings": "true",
-                                        "model.backbone": "lean", "model.time_bias": "true", "train.shuffle_ties": "true"}],
+                                        "model.time_bias": "true", "train.shuffle_ties": "true"}],
                          ids=["ema", "ema+context+shuffled-ties"])
 def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            extra: dict[str, str]) -> None:
@@ -272,7 +272,7 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     loaded, meta = load_model(tmp_path / "run")
     assert meta["spec"]["time_gaps"] is True and meta["spec"]["ratings"] is True
     assert loaded.context_embedding.weight.shape[0] == 51
-    biased = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.backbone": "lean", "model.time_bias": "true"})
+    biased = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.time_bias": "true"})  # tiny models are lean
     result = train_model(biased, timed, tiny_vectors(), tmp_path / "biased", progress=False)
     loaded, meta = load_model(tmp_path / "biased")
     assert meta["spec"]["time_bias"] is True and not hasattr(loaded, "context_embedding")
@@ -295,4 +295,4 @@ def test_a_run_that_could_not_be_registered_is_refused_before_any_work() -> None
     check_registrable(_cfg())  # the paper's inputs: fine
     for key in ("model.time_gaps", "model.ratings", "model.time_bias"):
         with pytest.raises(ConfigError, match=r"cannot be registered or served yet.*--no-register"):
-            check_registrable(_cfg(**{key: "true", "model.backbone": "lean"}))
+            check_registrable(_cfg(**{key: "true"}))

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from lite_rec.config import LiteRecConfig, ModelConfig
 from lite_rec.errors import CacheMismatch, DataError
+from lite_rec.model import ModelSpec
 from lite_rec.popularity import item_popularity
 
 __all__ = [
@@ -240,6 +241,7 @@ def load_bundle(path: Path | str) -> Bundle:
         model_config = ModelConfig.model_validate(meta["model"])
         num_items = int(meta["num_items"])
         spec = dict(meta["spec"])
+        reads_context = ModelSpec.from_dict(spec).uses_context
         dataset = str(meta["dataset"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path / META_FILE}: malformed bundle metadata ({exc})") from None
@@ -290,11 +292,12 @@ def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str,
     try:
         meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
         spec = dict(meta["spec"])
+        reads_context = ModelSpec.from_dict(spec).uses_context
         # The config the run was trained with wins over the caller's (they may differ in overrides).
         model_config = ModelConfig.model_validate(meta["config"]["model"]) if "config" in meta else cfg.model
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{model_dir / META_FILE}: not a training run's model.json ({exc})") from None
-    if spec.get("time_gaps") or spec.get("ratings") or spec.get("time_bias"):
+    if reads_context:
         raise DataError(f"{model_dir / META_FILE}: the model reads an input context (model.time_gaps / model.ratings / "
                         "model.time_bias), which the serving path does not pass yet; bundle a model trained without them")
     items = pd.read_parquet(processed / ITEMS_FILE, columns=["item_idx", "item_id", "title"])

@@ -127,6 +127,11 @@ class ModelConfig(_Section):
     # HSTU style; item_context.py); lean backbone only; needs sequences.parquet's *_ts columns
     time_bias: bool = False
 
+    @property
+    def uses_context(self) -> bool:
+        """Whether the model reads an input context per item (``ModelSpec.uses_context``, which it becomes)."""
+        return self.time_gaps or self.ratings or self.time_bias
+
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.d_model % self.n_heads:

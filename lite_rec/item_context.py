@@ -37,10 +37,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:  # the model imports this module; batches (which imports the model) imports it too
-    import torch
-
     from lite_rec.batches import SequenceStore
 
 GAP_EDGES = np.array([0, 1, 10, 60, 600, 3_600, 86_400, 7 * 86_400, 30 * 86_400])  # lower edges, seconds
@@ -79,11 +78,9 @@ def n_contexts(time_gaps: bool, ratings: bool) -> int:
     return 1 + (N_GAPS if time_gaps else 1) * (RATING_LEVELS if ratings else 1)
 
 
-def time_bucket(seconds: "torch.Tensor") -> "torch.Tensor":
+def time_bucket(seconds: torch.Tensor) -> torch.Tensor:
     """Integer seconds >= 0 (any shape) -> bucket 0..TIME_BUCKETS-1: 0 for 0 s, else
     ``1 + floor(log2(seconds))`` (1 s -> 1, 2-3 s -> 2, 1 h -> 12, 1 day -> 17, 1 year -> 25)."""
-    import torch
-
     logs = torch.log2(seconds.clamp(min=1).double()).floor().long() + 1  # exact at powers of two in float64
     return torch.where(seconds > 0, logs, 0).clamp(max=TIME_BUCKETS - 1)
 

@@ -126,6 +126,9 @@ class ModelConfig(_Section):
     # beyond the paper: bias attention by the time between the query item and each earlier item (TiSASRec /
     # HSTU style; item_context.py); lean backbone only; needs sequences.parquet's *_ts columns
     time_bias: bool = False
+    # beyond the paper: one learned score added to every item the user already has (model.add_history_logit), so
+    # the model learns from the data whether users come back to items; needs train.loss_excludes_history=false
+    history_logit: bool = False
 
     @property
     def uses_context(self) -> bool:
@@ -286,6 +289,14 @@ class LiteRecConfig(_Section):
     def runs_dir(self) -> Path:
         """Item-vector caches, checkpoints and models of this dataset."""
         return self.data_dir / "runs" / self.dataset.name
+
+    @model_validator(mode="after")
+    def _history_logit_learns(self) -> "LiteRecConfig":
+        if self.model.history_logit and self.train.loss_excludes_history:
+            raise ValueError("model.history_logit learns from the history items in the training softmax, and "
+                             "train.loss_excludes_history=true leaves them out, so it would never move from 0: "
+                             "set one of them to false")
+        return self
 
     def to_flat_dict(self) -> dict[str, str]:
         """Dotted key -> string value, for logging the whole config as MLflow params."""

@@ -26,7 +26,8 @@ from lite_rec.batches import SequenceStore, build_sequence_store, item_contexts,
 from lite_rec.metrics import RankAccumulator
 from lite_rec.model import ModelSpec
 
-# (B, L) item_idx [, contexts=(B, L, C) context rows, for a model that reads them] -> (B, N+1) scores
+# (B, L) item_idx [, contexts=(B, L, C) context rows, for a model that reads them]
+# [, history=(B, H) every history item, for a model with a history logit] -> (B, N+1) scores
 Scorer = Callable[..., torch.Tensor]
 SPLITS = ("valid", "test")
 
@@ -103,12 +104,15 @@ def evaluate_scores(
     exclude_history: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    pass_history: bool = False,
 ) -> dict[str, float]:
     """Rank every item for every user of the split; metrics under both protocols.
 
     Keys: ``{split}_{metric}_{k}`` under the configured protocol, plus
     ``{split}_masked_*`` (history excluded) and ``{split}_unmasked_*`` (history kept),
     ``{split}_users`` and ``{split}_target_in_history`` (see ``metrics.py``).
+    ``pass_history``: the scorer also gets ``history=`` (B, H), the user's whole history (a model
+    with ``model.history_logit`` scores those items; the unmasked ranking then sees that score).
     """
     ks = tuple(ks)
     unmasked, masked = RankAccumulator(), RankAccumulator()
@@ -116,7 +120,10 @@ def evaluate_scores(
     batches = iter_eval_batches(eval_set, max_len, batch_size, device)
     for inputs, history, targets, contexts in tqdm(batches, total=n_batches, desc=f"eval {eval_set.split}",
                                                    disable=not progress, leave=False):
-        scores = scorer(inputs) if contexts is None else scorer(inputs, contexts=contexts)  # (B, N+1)
+        extra = {} if contexts is None else {"contexts": contexts}
+        if pass_history:
+            extra["history"] = history
+        scores = scorer(inputs, **extra)  # (B, N+1)
         if scores.dtype != torch.float64:  # float64 scores (popularity tie-breaks) keep their precision
             scores = scores.float()
         unmasked.add(scores, targets)  # read-only
@@ -136,9 +143,9 @@ def model_scorer(model: torch.nn.Module, *, device: torch.device | str, bf16: bo
     device = torch.device(device)
 
     @torch.no_grad()
-    def score(inputs: torch.Tensor, contexts: torch.Tensor | None = None) -> torch.Tensor:
+    def score(inputs: torch.Tensor, contexts: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            logits, _ = model(inputs, contexts=contexts)
+            logits, _ = model(inputs, contexts=contexts, history=history)
         return logits
 
     return score
@@ -194,6 +201,7 @@ def evaluate_model(
         return evaluate_scores(
             model_scorer(model, device=device, bf16=bf16), eval_set, max_len=model.spec.max_seq_len, ks=ks,
             batch_size=batch_size, exclude_history=exclude_history, device=device, progress=progress,
+            pass_history=model.spec.history_logit,
         )
     finally:
         model.train(was_training)

@@ -10,7 +10,8 @@ free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, the loss can leave the
 items out of the softmax (``mask_history``), ``time_gaps`` / ``ratings`` add an embedding of
 each input item's context (its gap to the previous item, its rating: ``item_context.py``), and
 ``time_bias`` adds a learned per-head attention bias by how long before the query item each
-key item came (lean backbone only).
+key item came (lean backbone only), and ``history_logit`` adds one learned score to every item
+the user already has (``add_history_logit``).
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
 up to position t is exactly the user vector of the prefix ending at t: one forward pass yields
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # config needs pydantic; the model itself must load without i
     from lite_rec.config import ModelConfig
 
 IGNORE_INDEX = -100  # target value of positions that carry no loss (padding, already supervised)
+# logits per unit of the history-logit parameter; see LiteRecModel.history_logit
+HISTORY_LOGIT_SCALE = 16.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class ModelSpec:
     time_gaps: bool = False  # the input context holds each item's gap to the previous one (item_context.py)
     ratings: bool = False  # the input context holds the rating the user gave each item
     time_bias: bool = False  # attention is biased by the time between query and key items (item_context.py)
+    history_logit: bool = False  # one learned score added to the items the user already has (add_history_logit)
 
     @property
     def uses_context(self) -> bool:
@@ -107,6 +111,9 @@ class LiteRecModel(nn.Module):
             # zeros: training starts from the model without it
             self.time_bias = nn.Embedding(TIME_BUCKETS, spec.backbone.n_heads)
             nn.init.zeros_(self.time_bias.weight)
+        if spec.history_logit:
+            # zero: training starts from the model without it
+            self.history_logit_param = nn.Parameter(torch.zeros(()))
         if spec.uses_context_ids:
             self.context_embedding = nn.Embedding(n_contexts(spec.time_gaps, spec.ratings), d, padding_idx=PAD_CONTEXT)
             nn.init.normal_(self.context_embedding.weight, std=0.02)
@@ -207,6 +214,16 @@ class LiteRecModel(nn.Module):
         """(N+1,) per-item score bias of the linear head (``model.head_bias``); None otherwise."""
         return self.head.bias if self.spec.head == "linear" else None
 
+    def history_logit(self) -> torch.Tensor:
+        """The learned score () added to every item the user already has (``spec.history_logit``).
+
+        Why a scale: AdamW moves a scalar by about lr per step whatever its gradient, so a bare
+        parameter would travel ~2 logits over an ML-1m run (lr 2e-3, a few thousand steps); where
+        users never repeat an item, the score it has to learn is -10 or lower, below every
+        unseen item a top-10 could hold. The scale makes one unit of the parameter 16 logits.
+        """
+        return HISTORY_LOGIT_SCALE * self.history_logit_param
+
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -268,7 +285,8 @@ class LiteRecModel(nn.Module):
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None,
                 exclude_history: bool = False, future_weight: float = 0.5,
                 item_dropout: float = 0.0, seen: torch.Tensor | None = None,
-                contexts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                contexts: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and the Eq. 6 loss when targets are given).
 
         - ``targets`` (B,): one next item per sample -> logits (B, N+1).
@@ -287,11 +305,19 @@ class LiteRecModel(nn.Module):
         bool, with ``exclude_history``: items the user had before the input window, also left out
         (``train.loss_history_scope=user``; ``BatchMaker.seen_before``). ``item_dropout`` and
         ``contexts`` (B, T, C): ``embed_items``.
+
+        With ``spec.history_logit`` the learned history score is added to the items the user
+        already has (``add_history_logit``): in training each sample's input (each prefix's, for
+        (B, T) targets) and ``seen``; at inference the items of ``history`` (B, H), every item
+        of the user (0-padded). Without ``history`` inference scores leave it out (serving adds
+        it over the whole history itself: ``Recommender.score_indices``).
         """
         if targets is not None and targets.dim() >= 2:
             logits = self.item_logits(self.prefix_user_vectors(items, item_dropout, contexts))  # (B, T, N+1)
         else:
             logits = self.item_logits(self.user_vectors(items, item_dropout, contexts))  # (B, N+1)
+        if self.spec.history_logit and (targets is not None or history is not None):
+            logits = add_history_logit(logits, items, self.history_logit(), seen=seen, history=history)
         if targets is None:
             return logits, None
         nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, T) or (B,): the next item
@@ -341,6 +367,38 @@ def future_loss(logits: torch.Tensor, targets: torch.Tensor, future_weight: floa
     use = (targets != IGNORE_INDEX) & torch.isfinite(picked)  # (B, T, F)
     w = use * weight  # (B, T, F)
     return -(picked.masked_fill(~use, 0.0) * w).sum() / w.sum().clamp(min=1e-12)
+
+
+def add_history_logit(logits: torch.Tensor, items: torch.Tensor, value: torch.Tensor,
+                      seen: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
+    """``logits`` plus ``value`` at every item the user already has; a new tensor.
+
+    - logits (B, T, N+1), items (B, T): at position t, the items at positions 0..t (each
+      prefix's own history, as ``mask_history``; the target is never among them unless it is a
+      repeat, which is how the value learns whether users repeat items).
+    - logits (B, N+1): the items of ``history`` (B, H) if given (the whole history at
+      evaluation and serving), else of ``items``.
+    - seen (B, N+1) bool, optional: items from before the input window, at every position.
+
+    Each item counts once however often it occurs. Column 0 (padding) is -inf and stays so.
+
+    Why: on MovieLens no user rates a movie twice, so every item of the history is a wrong
+    answer; a model scored without the evaluation's mask (the paper's unmasked tables) has to
+    learn that from its inputs alone, one item at a time. One learned score learns it for all
+    items at once, from the data (on a catalogue where users do come back to items, it learns a
+    positive score), and is exactly zero at the start.
+    """
+    if logits.dim() == 3:
+        t = items.shape[1]
+        prefix = items[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
+        later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
+        index = prefix.masked_fill(later, 0)  # (B, T, T)
+    else:
+        index = items if history is None else history  # (B, H)
+    has = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter(-1, index, True)
+    if seen is not None:
+        has = has | (seen if logits.dim() == 2 else seen[:, None, :])
+    return logits + value * has  # column 0: -inf + anything finite = -inf
 
 
 def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
@@ -403,7 +461,7 @@ def build_model(
         pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
         user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps, ratings=model_cfg.ratings,
-        time_bias=model_cfg.time_bias,
+        time_bias=model_cfg.time_bias, history_logit=model_cfg.history_logit,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

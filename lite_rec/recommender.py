@@ -10,7 +10,9 @@ promotion must all give the *same* answer for the same history, so the rules liv
 - an empty history (or one left empty after dropping unknown ids) gets the popularity list of
   the training data, flagged ``fallback=True``: the model has no user vector to score with;
 - with ``exclude_history`` every item of the *whole* history is masked before ranking, as in the
-  evaluation protocol (predict from I \\ I_u, DESIGN.md); padding (item_idx 0) never ranks.
+  evaluation protocol (predict from I \\ I_u, DESIGN.md); padding (item_idx 0) never ranks;
+- without it, a model with a learned history logit (``model.history_logit``) gets that score
+  added to every item of the whole history, as the evaluation's unmasked ranking does.
 
 Scoring is one forward pass over the batch (right-padded to the window, like the evaluation
 batches), one matmul in the head (Eq. 5), a scatter for the mask and one ``torch.topk``: no
@@ -30,7 +32,7 @@ import torch
 
 from lite_rec.bundle import Bundle, load_bundle
 from lite_rec.errors import DataError, LiteRecError
-from lite_rec.model import LiteRecModel, ModelSpec, model_from_spec
+from lite_rec.model import LiteRecModel, ModelSpec, add_history_logit, model_from_spec
 
 __all__ = ["FRAME_DEFAULTS", "Recommendation", "RecommendError", "Recommender", "UnknownItems", "recommend_frame"]
 
@@ -100,6 +102,9 @@ class Recommender:
         except RuntimeError as exc:
             raise DataError(f"{bundle.path}: weights do not fit the saved architecture: {exc}") from None
         self.model: LiteRecModel = model.to(self.device).eval()
+        # the learned score of items the user already has (model.history_logit), added here and not in the
+        # model's forward: fast paths swap the model (fast_path.fast_recommender) and score the input window only
+        self.history_logit: float | None = float(model.history_logit().detach()) if self.spec.history_logit else None
         self.item_ids: np.ndarray = bundle.items["item_id"].to_numpy(dtype=object)  # row r = item_idx r + 1
         self.titles: np.ndarray = bundle.items["title"].to_numpy(dtype=object)
         self._index = pd.Index(self.item_ids)  # item_id -> row (item_idx - 1), vectorised lookups
@@ -160,13 +165,17 @@ class Recommender:
             items[b, : len(w)] = torch.as_tensor(w, dtype=torch.long)
         logits, _ = self.model(items.to(self.device))  # (B, N+1)
         logits = logits.float()
+        if not exclude_history and self.history_logit is None:
+            return logits
+        H = max(len(h) for h in histories)
+        seen = torch.zeros(len(histories), H, dtype=torch.long)  # (B, H), 0 = padding (already -inf)
+        for b, h in enumerate(histories):
+            seen[b, : len(h)] = torch.as_tensor(h, dtype=torch.long)
+        seen = seen.to(self.device)
         if exclude_history:
-            H = max(len(h) for h in histories)
-            seen = torch.zeros(len(histories), H, dtype=torch.long)  # (B, H), 0 = padding (already -inf)
-            for b, h in enumerate(histories):
-                seen[b, : len(h)] = torch.as_tensor(h, dtype=torch.long)
-            logits.scatter_(1, seen.to(self.device), float("-inf"))
-        return logits
+            return logits.scatter_(1, seen, float("-inf"))
+        # as LiteRecModel.forward(history=...) scores them at evaluation: each item once
+        return add_history_logit(logits, seen, torch.tensor(self.history_logit, device=self.device))
 
     def recommend(
         self,

@@ -181,8 +181,9 @@ class Trainer:
         compiled = torch.compile(model) if self.tc.compile else model
         self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
                                          future_weight=self.tc.future_weight, item_dropout=self.tc.item_dropout)
-        # the softmax also leaves out what the user had before the window (as the evaluation's mask)
-        self.mask_seen = self.tc.loss_excludes_history and self.tc.loss_history_scope == "user"
+        # what the user had before the window: the softmax leaves it out too (as the evaluation's mask),
+        # or the history logit scores it (as evaluation and serving do, over the whole history)
+        self.mask_seen = (self.tc.loss_excludes_history and self.tc.loss_history_scope == "user") or cfg.model.history_logit
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
 

@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         for eval_set in eval_sets.values():
-            metrics.update(evaluate_scores(scorer, eval_set, max_len=max_len,
-                                           device=args.device, progress=False))
+            metrics.update(evaluate_scores(scorer, eval_set, max_len=max_len, device=args.device,
+                                           progress=False, pass_history=True))  # members without a history logit ignore it
         results["scores"][name] = {"metrics": metrics, "seconds": time.perf_counter() - start}
         short = {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall_10") or k.endswith("ndcg_10")}
         print(f"{name}: {short}", flush=True)

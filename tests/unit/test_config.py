@@ -53,6 +53,13 @@ def test_out_of_range_value_names_the_field() -> None:
         build_config("ml-1m", ["model.d_model=100", "model.n_heads=8"])
 
 
+def test_history_logit_needs_the_history_in_the_training_softmax() -> None:
+    assert build_config("ml-1m", ["model.history_logit=true"]).model.history_logit
+    assert build_config("ml-1m", ["model.history_logit=true", "train.loss_excludes_history=false"], profile="gpu")
+    with pytest.raises(ConfigError, match="model.history_logit .* train.loss_excludes_history=true"):
+        build_config("ml-1m", ["model.history_logit=true"], profile="gpu")  # the gpu profile leaves the history out
+
+
 def test_bad_override_syntax_and_unknown_dataset() -> None:
     with pytest.raises(ConfigError, match="section.field=value"):
         parse_override("train.lr")

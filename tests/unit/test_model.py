@@ -372,3 +372,42 @@ def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> N
         grads.append(weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0].abs().sum() > 0
+
+
+def test_history_logit_adds_one_value_to_each_prefixs_items_and_the_seen_ones_once_each() -> None:
+    from lite_rec.model import add_history_logit
+
+    items = torch.tensor([[3, 5, 3, 0]])  # (1, T=4): 3 repeats; right-padded
+    seen = torch.zeros(1, 7, dtype=torch.bool)
+    seen[0, [1, 5]] = True  # before the window; 5 comes again inside it
+    logits = torch.zeros(1, 4, 7)
+    logits[..., 0] = float("-inf")  # padding, as item_logits returns it
+    out = add_history_logit(logits, items, torch.tensor(-2.0), seen=seen)  # (1, 4, 7)
+    want = logits.clone()
+    want[0, 0, [1, 3, 5]] = -2.0
+    want[0, 1:, [1, 3, 5]] = -2.0  # never -4: an item counts once
+    assert torch.equal(out, want)
+    history = torch.tensor([[2, 4, 4, 0], [6, 0, 0, 0]])  # (B, H) whole histories, 0-padded
+    flat = add_history_logit(torch.zeros(2, 7), torch.tensor([[4, 0], [6, 0]]), torch.tensor(1.5), history=history)
+    assert flat[:, 1:].nonzero().tolist() == [[0, 1], [0, 3], [1, 5]]  # items 2, 4 and 6: the histories, not the inputs
+    assert set(flat[:, 1:][flat[:, 1:] != 0].tolist()) == {1.5}
+
+
+def test_history_logit_starts_at_zero_learns_from_the_loss_and_needs_the_history_at_inference() -> None:
+    plain, model = _model(causal=True, pooling="last"), _model(causal=True, pooling="last", history_logit=True)
+    items, targets = torch.tensor([[3, 5, 2, 7]]), torch.tensor([[5, 2, 7, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(items, targets)[0], plain(items, targets)[0])  # no-op at the start
+        model.history_logit_param.fill_(-0.25)
+        scored, _ = model(items, targets)
+        alone, _ = model(items)  # inference without a history: no history score
+        given, _ = model(items, history=torch.tensor([[3, 5, 2, 7, 11]]))
+    assert model.history_logit().item() == pytest.approx(-4.0)  # 16 logits per unit
+    torch.testing.assert_close(scored[0, 1, [3, 5]], plain(items, targets)[0][0, 1, [3, 5]] - 4.0)
+    torch.testing.assert_close(alone, plain(items)[0])
+    assert (alone - given)[0, [3, 5, 2, 7, 11]].tolist() == [4.0] * 5
+    model.history_logit_param.data.zero_()
+    _, loss = model.train()(items, targets)
+    loss.backward()
+    # no target repeats an item of its prefix, so the loss pushes the score of seen items down
+    assert model.history_logit_param.grad.item() > 0

@@ -37,17 +37,20 @@ def _ids(idx: list[int] | np.ndarray) -> list[str]:
     return [IDS[i - 1] for i in idx]
 
 
-def _make_recommender(tmp_path: Path, item_repr: str = "text", backbone: str = "lean") -> Recommender:
+def _make_recommender(tmp_path: Path, item_repr: str = "text", backbone: str = "lean",
+                      history_logit: float | None = None) -> Recommender:
     torch.manual_seed(1)
     cfg = ModelConfig(
         backbone=backbone, pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0,
-        max_seq_len=WINDOW, item_repr=item_repr,
+        max_seq_len=WINDOW, item_repr=item_repr, history_logit=history_logit is not None,
     )
     vectors = torch.randn(N_ITEMS + 1, 6)
     vectors[0] = 0
     model, _ = build_model(cfg, N_ITEMS, vectors, causal=False)
     with torch.no_grad():  # random weights give near-flat logits; spread them so rankings are stable
         model.head.weight.mul_(20.0)
+        if history_logit is not None:
+            model.history_logit_param.fill_(history_logit)
     counts = item_popularity(SEQUENCES, N_ITEMS)[1:].long().tolist()
     path = save_bundle(
         tmp_path / f"bundle-{item_repr}-{backbone}",
@@ -87,6 +90,33 @@ def test_top_k_equals_evaluation_code_path(tmp_path: Path, item_repr: str, backb
     histories = [_ids(list(s) + [v]) for s, v in zip(SEQUENCES["train_seq"], SEQUENCES["valid_item_idx"])]
     got = rec.recommend(histories, k=k)
     assert [r.item_ids for r in got] == [_ids(e) for e in expected]
+
+
+def test_learned_history_logit_scores_the_whole_history_as_the_unmasked_evaluation_does(tmp_path: Path) -> None:
+    """Unmasked, a model with model.history_logit ranks by its scores plus that logit on every
+    item of the whole history (also those before the window), in serving as in evaluation."""
+    from lite_rec.fast_path import fast_recommender
+
+    rec = _make_recommender(tmp_path, history_logit=-0.1)  # -1.6 logits: moves some seen items, not all
+    eval_set = build_eval_set(SEQUENCES, "test", rec.spec)
+    scorer = model_scorer(rec.model, device="cpu")
+    k = N_ITEMS
+    expected, plain = [], []
+    for inputs, history, _, _ in iter_eval_batches(eval_set, WINDOW, batch_size=3, device="cpu"):
+        expected += torch.topk(scorer(inputs, history=history).float(), k, dim=1).indices.tolist()
+        plain += torch.topk(scorer(inputs).float(), k, dim=1).indices.tolist()
+    assert expected != plain  # the logit changes some ranking, so the comparison below means something
+    histories = [_ids(list(s) + [v]) for s, v in zip(SEQUENCES["train_seq"], SEQUENCES["valid_item_idx"])]
+    got = rec.recommend(histories, k=k, exclude_history=False)
+    assert [r.item_ids for r in got] == [_ids(e) for e in expected]
+    by_scores = dict(zip(got[0].item_ids, got[0].scores))
+    with torch.no_grad():
+        raw = rec.model(torch.tensor([[5, 6, 7, 8]]))[0][0]  # user 0's window: the last 4 of 8 items
+    assert by_scores["m01"] == pytest.approx(float(raw[1]) - 1.6, abs=1e-4)  # before the window, still scored
+    fast = fast_recommender(rec.bundle, "cpu")
+    assert [r.item_ids for r in fast.recommend(histories, k=k, exclude_history=False)] == [_ids(e) for e in expected]
+    masked = rec.recommend(histories, k=4)  # masked: the logit changes nothing
+    assert all(not set(r.item_ids) & set(h) for r, h in zip(masked, histories))
 
 
 def test_batch_with_mixed_lengths_equals_one_user_at_a_time(rec: Recommender) -> None:

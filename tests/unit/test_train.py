@@ -237,6 +237,26 @@ def test_user_scope_also_leaves_items_before_the_window_out_of_the_softmax(tmp_p
     assert losses["user"] < losses["input"]  # the same start, fewer competitors in every later window
 
 
+@pytest.mark.parametrize("strategy", ["onepass", "all"])
+def test_history_logit_learns_that_users_never_come_back_and_lifts_the_unmasked_ranking(tmp_path: Path,
+                                                                                       strategy: str) -> None:
+    """The tiny users never repeat an item, so the learned score of seen items must go down;
+    it is saved with the model, and the unmasked evaluation (which adds it over the whole
+    history) ranks fewer seen items than the same run without it."""
+    runs = {}
+    for on in (False, True):
+        cfg = _cfg(**{"train.strategy": strategy, "train.max_epochs": 3, "train.lr": 0.01,
+                      "model.history_logit": str(on).lower()})
+        runs[on] = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / f"{strategy}-{on}", progress=False)
+    learned = runs[True].model.history_logit().item()
+    assert learned < -1.0
+    loaded, meta = load_model(tmp_path / f"{strategy}-True")
+    assert meta["spec"]["history_logit"] is True and loaded.history_logit().item() == pytest.approx(learned)
+    # the masked ranking never sees the logit; the unmasked one gets closer to it
+    gap = {on: r.metrics["test_masked_recall_10"] - r.metrics["test_unmasked_recall_10"] for on, r in runs.items()}
+    assert gap[True] < gap[False] if strategy == "onepass" else gap[True] <= gap[False]  # "all": no gap to close here
+
+
 def _timed(sequences: pd.DataFrame, tied: bool) -> pd.DataFrame:
     """Timestamps: every item of a user at one second (tied) or each at its own."""
     out = sequences.copy()

@@ -249,7 +249,8 @@ def test_history_logit_learns_that_users_never_come_back_and_lifts_the_unmasked_
                       "model.history_logit": str(on).lower()})
         runs[on] = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / f"{strategy}-{on}", progress=False)
     learned = runs[True].model.history_logit().item()
-    assert learned < -1.0
+    assert learned < -1.0 and runs[True].metrics["history_logit"] == pytest.approx(learned)
+    assert "history_logit" not in runs[False].metrics
     loaded, meta = load_model(tmp_path / f"{strategy}-True")
     assert meta["spec"]["history_logit"] is True and loaded.history_logit().item() == pytest.approx(learned)
     # the masked ranking never sees the logit; the unmasked one gets closer to it

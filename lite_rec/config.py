@@ -374,8 +374,9 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
             hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
             fix = f"; did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else ""
             lines.append(f"  - unknown key '{key}'{fix} (valid here: {', '.join(names)})")
-        else:
-            lines.append(f"  - {key or '<root>'}: {err['msg']} (got {err.get('input')!r})")
+        else:  # a rule across fields gets the whole section as its input: the message names the fields
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            lines.append(f"  - {key or '<root>'}: {err['msg']}{got}")
     return ConfigError("\n".join(lines))
 
 

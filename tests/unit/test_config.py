@@ -55,9 +55,10 @@ def test_out_of_range_value_names_the_field() -> None:
 
 def test_history_logit_needs_the_history_in_the_training_softmax() -> None:
     assert build_config("ml-1m", ["model.history_logit=true"]).model.history_logit
-    assert build_config("ml-1m", ["model.history_logit=true", "train.loss_excludes_history=false"], profile="gpu")
+    assert not build_config("ml-1m", ["model.history_logit=false", "train.loss_excludes_history=true"],
+                            profile="gpu").model.history_logit
     with pytest.raises(ConfigError, match="model.history_logit .* train.loss_excludes_history=true"):
-        build_config("ml-1m", ["model.history_logit=true"], profile="gpu")  # the gpu profile leaves the history out
+        build_config("ml-1m", ["train.loss_excludes_history=true"], profile="gpu")  # the gpu profile has the logit
 
 
 def test_bad_override_syntax_and_unknown_dataset() -> None:
@@ -90,24 +91,33 @@ def test_config_is_frozen_and_flattens_for_logging() -> None:
 
 
 def test_gpu_profile_is_the_recipe_of_the_published_best_ml1m_row() -> None:
-    """configs/profiles/gpu.yaml claims docs/results.md's best row: the profile must build the same
-    model and training settings as the session-6 run's recorded profile + overrides (device aside)
-    plus session 8's one change (the whole user history out of the softmax), and the session-8
-    row must be that profile run as shipped (no overrides beyond the device)."""
+    """configs/profiles/gpu.yaml claims docs/results.md's shipped row: the profile must build the same
+    model and training settings as the session-6 run's recorded profile + overrides (device aside),
+    with session 8's change (the whole user history out of the softmax) and session 11's (the
+    history logit with the plain softmax, which makes session 8's scope unused); the three
+    session-11 seeds must be the session-8 profile with exactly session 11's overrides, and the
+    shipped row the profile run as shipped (no overrides beyond the device and its seed)."""
     import json
 
     runs = Path(__file__).parents[2] / "docs/runs"
-    latest = json.loads((runs / "ml1m-gpu-call10.json").read_text())["runs"]["call5/alone/gpu/gpu-profile-s8-seed42"]
-    assert latest["profile"] == "gpu" and latest["overrides"] == ["train.device=cuda"]
+    record11 = json.loads((runs / "ml1m-gpu-call13.json").read_text())["runs"]
+    latest = record11["call3/alone/gpu/gpu-profile-s11-seed42"]
+    assert latest["profile"] == "gpu" and latest["overrides"] == ["train.device=cuda", "train.seed=42"]
     assert not latest["budget_exhausted"] and not latest.get("interrupted")
     record = json.loads((runs / "ml1m-gpu-call8.json").read_text())
     run = record["runs"]["textid-nohist-lr2e3-ema999-e70-ft-seed42"]
     assert not run["budget_exhausted"]  # the run's time cap (a device-call limit) never acted
-    runtime = ("train.device=", "train.max_stage1_minutes=")
+    runtime = ("train.device=", "train.max_stage1_minutes=", "train.compile=", "train.seed=")
     session8 = ["train.loss_history_scope=user"]
-    measured = build_config("ml-1m", [o for o in run["overrides"] if not o.startswith(runtime)] + session8,
+    session11 = ["train.loss_excludes_history=false", "model.history_logit=true"]
+    measured = build_config("ml-1m", [o for o in run["overrides"] if not o.startswith(runtime)] + session8 + session11,
                             profile=run["profile"])
     shipped = build_config("ml-1m", profile="gpu")
     assert shipped.model == measured.model
-    assert shipped.train.model_dump(exclude={"device"}) == measured.train.model_dump(exclude={"device"})
-    assert shipped.train.loss_excludes_history and shipped.model.pooling == "last" and shipped.train.ema_decay > 0
+    unused = {"device", "loss_history_scope"}  # the scope only acts with loss_excludes_history=true
+    assert shipped.train.model_dump(exclude=unused) == measured.train.model_dump(exclude=unused)
+    assert shipped.model.history_logit and not shipped.train.loss_excludes_history
+    assert shipped.model.pooling == "last" and shipped.train.ema_decay > 0
+    for seed in ("seed42", "seed1", "seed2"):
+        three = next(v for k, v in record11.items() if k.endswith(f"/gpu-hl-{seed}"))
+        assert three["profile"] == "gpu" and [o for o in three["overrides"] if not o.startswith(runtime)] == session11

@@ -217,10 +217,13 @@ class LiteRecModel(nn.Module):
     def history_logit(self) -> torch.Tensor:
         """The learned score () added to every item the user already has (``spec.history_logit``).
 
-        Why a scale: AdamW moves a scalar by about lr per step whatever its gradient, so a bare
-        parameter would travel ~2 logits over an ML-1m run (lr 2e-3, a few thousand steps); where
-        users never repeat an item, the score it has to learn is -10 or lower, below every
-        unseen item a top-10 could hold. The scale makes one unit of the parameter 16 logits.
+        Why a scale: AdamW moves a parameter by at most about lr per step whatever the size of
+        its gradient, so a bare one could travel at most ~10 logits over all ~4,800 steps of an
+        ML-1m run at lr 2e-3, and less as its gradient fades (the seen items' probability it
+        pushes down). Where users never repeat an item, the useful value is below every unseen
+        item a top-10 could hold: ML-1m runs learn about -9 (docs/results.md, session 11). With
+        one unit of the parameter worth 16 logits it gets there early in training, and the rest
+        of the model trains against it.
         """
         return HISTORY_LOGIT_SCALE * self.history_logit_param
 

@@ -222,8 +222,7 @@ class LiteRecModel(nn.Module):
         ML-1m run at lr 2e-3, and less as its gradient fades (the seen items' probability it
         pushes down). Where users never repeat an item, the useful value is below every unseen
         item a top-10 could hold: ML-1m runs learn about -9 (docs/results.md, session 11). With
-        one unit of the parameter worth 16 logits it gets there early in training, and the rest
-        of the model trains against it.
+        one unit of the parameter worth 16 logits, the step size is no longer what limits it.
         """
         return HISTORY_LOGIT_SCALE * self.history_logit_param
 

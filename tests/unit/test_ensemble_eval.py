@@ -71,3 +71,28 @@ def test_members_that_cannot_share_one_input_or_a_file_without_their_columns_are
     assert _script().main([*argv, "--model", str(biased.out_dir)]) == 2
     assert "re-run `lite-rec ingest" in capsys.readouterr().err
     assert (tmp_path / "e.json").read_text() == written  # a refused call leaves the earlier results alone
+
+
+def test_members_with_a_history_logit_get_the_whole_history_as_their_runs_did(tmp_path: Path) -> None:
+    """The unmasked ranking of a history-logit model needs the user's history passed to it; the
+    script must score such members as their training run's evaluation did, not without it."""
+    from lite_rec.checkpoint import load_model
+    from lite_rec.evaluate import build_eval_set, evaluate_scores, model_scorer
+
+    sequences = tiny_sequences()
+    (tmp_path / "processed").mkdir()
+    sequences.to_parquet(tmp_path / "processed" / "sequences.parquet")
+    runs = _members(tmp_path, sequences, **{"model.history_logit": "true", "train.max_epochs": "3", "train.lr": "0.01"})
+    out = tmp_path / "out" / "ensemble.json"
+    argv = ["--processed-dir", str(tmp_path / "processed"), "--out", str(out), "--device", "cpu"]
+    assert _script().main([*argv, *(a for r in runs for a in ("--model", str(r.out_dir)))]) == 0
+    scores = json.loads(out.read_text())["scores"]
+    for run in runs:
+        assert run.metrics["history_logit"] < -1.0
+        scored = scores[str(run.out_dir)]["metrics"]
+        for key in ("test_unmasked_recall_10", "test_unmasked_ndcg_20", "test_masked_ndcg_10"):
+            assert scored[key] == pytest.approx(run.metrics[key], abs=1e-9), key
+    model, _ = load_model(runs[0].out_dir)
+    blind = evaluate_scores(model_scorer(model.eval(), device="cpu"), build_eval_set(sequences, "test"),
+                            max_len=model.spec.max_seq_len, progress=False)  # the history not passed
+    assert blind["test_unmasked_ndcg_20"] != pytest.approx(runs[0].metrics["test_unmasked_ndcg_20"], abs=1e-9)

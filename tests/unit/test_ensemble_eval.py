@@ -1,6 +1,7 @@
 """scripts/ensemble_eval.py on tiny trained models: each member scores as its own training run did
-(input contexts, and the whole history for a history score, included), the ensemble is scored beside them, and members that cannot share one
-input, or a file without the columns their context needs, are refused with exit status 2."""
+(input contexts, and the whole history for a history score, included), the ensemble is scored
+beside them, and members that cannot share one input, or a file without the columns their
+context needs, are refused with exit status 2."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def test_learned_history_logit_scores_the_whole_history_as_the_unmasked_evaluati
     assert by_scores["m01"] == pytest.approx(float(raw[1]) - 1.6, abs=1e-4)  # before the window, still scored
     fast = fast_recommender(rec.bundle, "cpu")
     assert [r.item_ids for r in fast.recommend(histories, k=k, exclude_history=False)] == [_ids(e) for e in expected]
-    masked = rec.recommend(histories, k=4)  # masked: the logit changes nothing
+    masked = rec.recommend(histories, k=4)  # masked: the seen items are removed as before
     assert all(not set(r.item_ids) & set(h) for r, h in zip(masked, histories))
 
 

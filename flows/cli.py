@@ -81,9 +81,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
                          register_model=not args.no_register, progress=not args.no_progress)
-    print("\nmetrics (test, history excluded):")
-    for key in ("test_recall_10", "test_recall_20", "test_ndcg_10", "test_ndcg_20"):
-        print(f"  {key:16s} {summary['metrics'].get(key, float('nan')):.4f}")
+    metrics = summary["metrics"]
+    print("\nmetrics (test)      masked  unmasked   (masked: the user's history removed from the ranking)")
+    for name in ("recall_10", "recall_20", "ndcg_10", "ndcg_20"):
+        masked, unmasked = (metrics.get(f"test_{kind}_{name}", float("nan")) for kind in ("masked", "unmasked"))
+        print(f"  {name:16s} {masked:.4f}    {unmasked:.4f}")
+    if "history_logit" in summary:
+        print(f"history score:     {summary['history_logit']:.2f} (model.history_logit: learned for items already seen)")
     resumed = " (resumed from its last checkpoint)" if summary.get("resumed") else ""
     print(f"model folder:      {summary['model_dir']}{resumed}")
     if "model_uri" in summary:

@@ -169,8 +169,9 @@ def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("extra", [{}, {"train.strategy": "onepass", "model.time_gaps": "true", "model.ratings": "true",
-                                        "model.time_bias": "true", "train.shuffle_ties": "true"}],
-                         ids=["ema", "ema+context+shuffled-ties"])
+                                        "model.time_bias": "true", "train.shuffle_ties": "true",
+                                        "model.history_logit": "true"}],
+                         ids=["ema", "ema+context+shuffled-ties+history-logit"])
 def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            extra: dict[str, str]) -> None:
     cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 3, "train.finetune_epochs": 1, **extra})

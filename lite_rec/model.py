@@ -383,6 +383,10 @@ def add_history_logit(logits: torch.Tensor, items: torch.Tensor, value: torch.Te
     - seen (B, N+1) bool, optional: items from before the input window, at every position.
 
     Each item counts once however often it occurs. Column 0 (padding) is -inf and stays so.
+    For (B, T, N+1) logits no mask of that size is built: a repeat inside the window and an item
+    already in ``seen`` are pointed at column 0, and one in-place scatter adds the value at the
+    rest of the window's items, so the result is the only new logits-sized tensor (as with
+    ``mask_history``); a mask and a product the size of the logits would add three more.
 
     Why: on MovieLens no user rates a movie twice, so every item of the history is a wrong
     answer; a model scored without the evaluation's mask (the paper's unmasked tables) has to
@@ -390,17 +394,25 @@ def add_history_logit(logits: torch.Tensor, items: torch.Tensor, value: torch.Te
     items at once, from the data (on a catalogue where users do come back to items, it learns a
     positive score), and is exactly zero at the start.
     """
-    if logits.dim() == 3:
-        t = items.shape[1]
-        prefix = items[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
-        later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
-        index = prefix.masked_fill(later, 0)  # (B, T, T)
-    else:
+    if logits.dim() == 2:  # a (B, N+1) mask is as small as the logits' batch
         index = items if history is None else history  # (B, H)
-    has = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter(-1, index, True)
+        has = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter(-1, index, True)
+        if seen is not None:
+            has = has | seen
+        return logits + value * has  # column 0: -inf + anything finite = -inf
+    t = items.shape[1]
+    earlier = torch.ones(t, t, dtype=torch.bool, device=items.device).tril(-1)  # (T, T): s' < s
+    repeat = ((items[:, :, None] == items[:, None, :]) & earlier).any(-1)  # (B, T): came earlier in the window
+    prefix = items.masked_fill(repeat, 0)[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
+    later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
+    index = prefix.masked_fill(later, 0)  # (B, T, T): each item once per row, 0 elsewhere
     if seen is not None:
-        has = has | (seen if logits.dim() == 2 else seen[:, None, :])
-    return logits + value * has  # column 0: -inf + anything finite = -inf
+        out = logits + value * seen[:, None, :]  # (B, T, N+1): (B, 1, N+1) broadcast, the items before the window
+        index = index.masked_fill(seen.gather(-1, index.flatten(1)).view_as(index), 0)  # ... scored once
+    else:
+        out = logits.clone()
+    # read from the input, written into the new tensor: column 0 gets -inf back, however often
+    return out.scatter_(-1, index, logits.gather(-1, index) + value)
 
 
 def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,

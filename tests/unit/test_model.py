@@ -411,3 +411,38 @@ def test_history_logit_starts_at_zero_learns_from_the_loss_and_needs_the_history
     loss.backward()
     # no target repeats an item of its prefix, so the loss pushes the score of seen items down
     assert model.history_logit_param.grad.item() > 0
+
+
+def test_history_logit_without_a_full_mask_equals_the_mask_in_values_and_gradients() -> None:
+    """The (B, T, N+1) form scatters instead of building a mask; with repeats in the window and
+    items both in the window and in ``seen`` it must still add the value once, and its gradients
+    (to the logits and to the value) must be those of the plain masked sum."""
+    from lite_rec.model import add_history_logit
+
+    g = torch.Generator().manual_seed(0)
+    items = torch.tensor([[3, 5, 3, 9, 0, 0], [2, 2, 7, 1, 8, 4]])  # (B=2, T=6): repeats, padding
+    seen = torch.zeros(2, 11, dtype=torch.bool)
+    seen[0, [5, 6]] = True  # 5 is also in the window
+    seen[1, [4, 10]] = True
+    base = torch.randn(2, 6, 11, generator=g)
+    base[..., 0] = float("-inf")
+    weights = torch.randn(2, 6, 11, generator=g)  # a loss that weighs every score differently
+    grads = []
+    for form in ("scatter", "mask"):
+        logits, value = base.clone().requires_grad_(), torch.tensor(-1.5, requires_grad=True)
+        if form == "scatter":
+            out = add_history_logit(logits, items, value, seen=seen)
+        else:
+            t = items.shape[1]
+            has = torch.zeros(2, t, 11, dtype=torch.bool)
+            for b in range(2):
+                for pos in range(t):
+                    has[b, pos, items[b, : pos + 1]] = True
+            has = (has | seen[:, None, :]) & (torch.arange(11) > 0)
+            out = logits + value * has
+        finite = torch.isfinite(out)
+        (out.masked_fill(~finite, 0) * weights).sum().backward()
+        grads.append((out.detach(), logits.grad, value.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    torch.testing.assert_close(grads[0][2], grads[1][2])

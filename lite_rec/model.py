@@ -386,7 +386,8 @@ def add_history_logit(logits: torch.Tensor, items: torch.Tensor, value: torch.Te
     For (B, T, N+1) logits no mask of that size is built: a repeat inside the window and an item
     already in ``seen`` are pointed at column 0, and one in-place scatter adds the value at the
     rest of the window's items, so the result is the only new logits-sized tensor (as with
-    ``mask_history``); a mask and a product the size of the logits would add three more.
+    ``mask_history``); adding the value times a mask would also build a bool mask and a float
+    product of that size.
 
     Why: on MovieLens no user rates a movie twice, so every item of the history is a wrong
     answer; a model scored without the evaluation's mask (the paper's unmasked tables) has to

@@ -241,7 +241,7 @@ def load_bundle(path: Path | str) -> Bundle:
         model_config = ModelConfig.model_validate(meta["model"])
         num_items = int(meta["num_items"])
         spec = dict(meta["spec"])
-        reads_context = ModelSpec.from_dict(spec).uses_context
+        ModelSpec.from_dict(spec)  # a spec that does not build is malformed metadata, named here
         dataset = str(meta["dataset"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path / META_FILE}: malformed bundle metadata ({exc})") from None

@@ -404,9 +404,7 @@ def add_history_logit(logits: torch.Tensor, items: torch.Tensor, value: torch.Te
     t = items.shape[1]
     earlier = torch.ones(t, t, dtype=torch.bool, device=items.device).tril(-1)  # (T, T): s' < s
     repeat = ((items[:, :, None] == items[:, None, :]) & earlier).any(-1)  # (B, T): came earlier in the window
-    prefix = items.masked_fill(repeat, 0)[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
-    later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
-    index = prefix.masked_fill(later, 0)  # (B, T, T): each item once per row, 0 elsewhere
+    index = prefix_index(items.masked_fill(repeat, 0))  # (B, T, T): each item once per row, 0 elsewhere
     if seen is not None:
         out = logits + value * seen[:, None, :]  # (B, T, N+1): (B, 1, N+1) broadcast, the items before the window
         index = index.masked_fill(seen.gather(-1, index.flatten(1)).view_as(index), 0)  # ... scored once
@@ -414,6 +412,15 @@ def add_history_logit(logits: torch.Tensor, items: torch.Tensor, value: torch.Te
         out = logits.clone()
     # read from the input, written into the new tensor: column 0 gets -inf back, however often
     return out.scatter_(-1, index, logits.gather(-1, index) + value)
+
+
+def prefix_index(items: torch.Tensor) -> torch.Tensor:
+    """(B, T) item_idx -> (B, T, T): row [b, t] holds the items of positions 0..t of ``items[b]``
+    and 0 (the padding column) at later positions: the scatter index of each prefix's history
+    (``mask_history``, ``add_history_logit``)."""
+    t = items.shape[1]
+    later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
+    return items[:, None, :].expand(-1, t, -1).masked_fill(later, 0)  # [b, t, s] = items[b, s] for s <= t
 
 
 def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
@@ -432,10 +439,8 @@ def mask_history(logits: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     if targets.dim() == 1:
         index = items.masked_fill(items == targets[:, None], 0)  # (B, T)
     else:
-        t = items.shape[1]
-        prefix = items[:, None, :].expand(-1, t, -1)  # (B, T, T): [b, t, s] = items[b, s]
-        later = torch.ones(t, t, dtype=torch.bool, device=items.device).triu(1)  # (T, T): s > t
-        index = prefix.masked_fill(later | (prefix == targets[..., None]), 0)  # (B, T, T)
+        index = prefix_index(items)  # (B, T, T)
+        index = index.masked_fill(index == targets[..., None], 0)  # targets are never 0
     logits = logits.scatter(-1, index, float("-inf"))
     if seen is None:
         return logits

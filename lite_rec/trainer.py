@@ -183,7 +183,7 @@ class Trainer:
                                          future_weight=self.tc.future_weight, item_dropout=self.tc.item_dropout)
         # what the user had before the window: the softmax leaves it out too (as the evaluation's mask),
         # or the history logit scores it (as evaluation and serving do, over the whole history)
-        self.mask_seen = (self.tc.loss_excludes_history and self.tc.loss_history_scope == "user") or cfg.model.history_logit
+        self.needs_seen = (self.tc.loss_excludes_history and self.tc.loss_history_scope == "user") or cfg.model.history_logit
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
 
@@ -269,7 +269,7 @@ class Trainer:
                    desc=f"stage {stage} epoch {epoch + 1}/{self._stage_epochs(stage)}", leave=False)
         for step in bar:
             items, targets = self.batches.batch(step, tc.batch_size)
-            seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.mask_seen else None
+            seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.needs_seen else None
             contexts = self.batches.batch_contexts(step, tc.batch_size) if self.model.spec.uses_context else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts)

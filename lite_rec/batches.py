@@ -173,6 +173,7 @@ class BatchMaker:
     def set_plan(self, plan: SamplePlan, order: np.ndarray) -> None:
         """Upload one epoch's plan once, so each batch is an on-device slice (no host sync)."""
         perm = torch.as_tensor(order, device=self.device)
+        self.windows = perm  # (S,) plan index of each sample, in batch order
         self.start = torch.as_tensor(plan.start, device=self.device)[perm]
         self.end = torch.as_tensor(plan.end, device=self.device)[perm]
         self.sup = None if plan.sup_start is None else torch.as_tensor(plan.sup_start, device=self.device)[perm]
@@ -204,6 +205,10 @@ class BatchMaker:
         ahead = pos[..., None] + torch.arange(1, self.future + 1, device=self.device)  # (B, L, F)
         inside = supervised[..., None] & (ahead <= self.last[sl][:, None, None])  # (B, L, F)
         return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
+
+    def batch_windows(self, step: int, batch_size: int) -> torch.Tensor:
+        """(B,) plan indices of ``batch(step, batch_size)``'s samples (what ``distill.SoftTargets`` is keyed by)."""
+        return self.windows[step * batch_size:(step + 1) * batch_size]
 
     def batch_contexts(self, step: int, batch_size: int) -> torch.Tensor:
         """(B, L, C) context rows of ``batch(step, batch_size)``'s input items, zeros at padding."""

@@ -198,6 +198,25 @@ class TrainConfig(_Section):
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the recommendation LLM
     num_threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch default
+    # knowledge distillation (lite_rec/distill.py): folders of finished onepass runs of this dataset whose mean
+    # distribution over the next item the model also learns, with weight distill_weight (0 = hard labels only)
+    distill_from: tuple[str, ...] = ()
+    distill_weight: float = Field(0.5, ge=0, le=1)
+    distill_top_k: int = Field(64, ge=1)  # teacher items kept per position (the rest of their mass is dropped)
+
+    @model_validator(mode="after")
+    def _distill_needs_fixed_windows(self) -> "TrainConfig":
+        if not self.distill_from:
+            return self
+        if self.strategy != "onepass":
+            raise ValueError(f"train.distill_from needs train.strategy=onepass (got {self.strategy}): teachers score "
+                             "the one-pass windows once, and only those are the same in every epoch")
+        if self.future_targets > 1:
+            raise ValueError("train.distill_from works with train.future_targets=1 only (one next item per position)")
+        if self.shuffle_ties:
+            raise ValueError("train.distill_from cannot be used with train.shuffle_ties=true: the teachers score the "
+                             "file's order once, and shuffled windows would no longer match their targets")
+        return self
 
     @model_validator(mode="after")
     def _future_needs_windows(self) -> "TrainConfig":

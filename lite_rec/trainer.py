@@ -54,9 +54,11 @@ from tqdm.auto import tqdm
 
 from lite_rec import devices
 from lite_rec.batches import (
-    BatchMaker, build_sequence_store, epoch_plan, flat_column, item_contexts, shuffle_ties, tie_groups, tie_rng,
+    BatchMaker, build_sequence_store, epoch_plan, flat_column, item_contexts, plan_onepass, shuffle_ties, tie_groups,
+    tie_rng,
 )
 from lite_rec.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
+from lite_rec.distill import SoftTargets, load_teachers, soft_cross_entropy, teacher_fingerprint, teacher_soft_targets
 from lite_rec.ema import WeightEMA
 from lite_rec.errors import LiteRecError
 from lite_rec.evaluate import build_eval_set, evaluate_model
@@ -66,7 +68,8 @@ if TYPE_CHECKING:
     from lite_rec.config import LiteRecConfig
 
 log = logging.getLogger(__name__)
-RUNTIME_ONLY = ("device", "compile", "num_threads", "checkpoint_every_steps", "max_stage1_minutes")  # may change on resume
+# may change on resume (distill_from: the teachers' folders may move; their weights are fingerprinted instead)
+RUNTIME_ONLY = ("device", "compile", "num_threads", "checkpoint_every_steps", "max_stage1_minutes", "distill_from")
 STOP_METRIC = "valid_recall_10"
 
 
@@ -104,13 +107,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ra
 def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
-    contexts: torch.Tensor | None = None,
+    contexts: torch.Tensor | None = None, soft: tuple[torch.Tensor, torch.Tensor] | None = None,
+    soft_weight: float = 0.0,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a softmax without the user's whole history;
-    ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (item_context.py)."""
+    ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (item_context.py);
+    ``soft``: the teachers' (B, L, K) items and probabilities (``distill.SoftTargets.batch``), whose
+    cross-entropy gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
-        _, loss = forward(items, targets, seen=seen, contexts=contexts)
+        logits, loss = forward(items, targets, seen=seen, contexts=contexts)
+    if soft is not None:
+        loss = (1.0 - soft_weight) * loss + soft_weight * soft_cross_entropy(logits, *soft)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -146,8 +154,9 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     if cfg.model.ratings:
         data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
+    teachers = {"teachers_sha256": teacher_fingerprint(cfg.train.distill_from)} if cfg.train.distill_from else {}
     return {**_settings(cfg.model, cfg.train, cfg.eval),
-            "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors}
+            "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors, **teachers}
 
 
 def fingerprint_defaults(cfg: "LiteRecConfig") -> dict[str, Any]:
@@ -186,6 +195,29 @@ class Trainer:
         self.needs_seen = (self.tc.loss_excludes_history and self.tc.loss_history_scope == "user") or cfg.model.history_logit
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
+        self.sequences = sequences  # the teachers' context rows come from it (_soft_targets)
+        self.soft: SoftTargets | None = None  # the teachers' targets, scored on the first epoch that needs them
+
+    def _soft_targets(self) -> SoftTargets:
+        """Load the teachers, score every window once (distill.py), and let the teachers go.
+
+        The random state is put back afterwards: building a teacher draws initial weights, and a
+        resumed run (which scores them on its first epoch, not the run's first) must draw the
+        same dropout masks as an uninterrupted one.
+        """
+        if self.soft is None:
+            rng = capture_rng()
+            tc, refit = self.tc, self.tc.fit_on == "train+valid"
+            teachers = load_teachers(tc.distill_from, n_items=self.model.spec.n_items, dataset=self.cfg.dataset.name,
+                                     refit=refit, device=self.device)
+            plan = plan_onepass(self.store, self.cfg.model.max_seq_len, tc.onepass_stride)
+            self.soft = teacher_soft_targets(
+                teachers, self.store, plan, max_len=self.cfg.model.max_seq_len,
+                contexts_of=lambda t: item_contexts(self.sequences, **t.spec.context_features, with_valid=refit),
+                top_k=tc.distill_top_k, batch_size=tc.batch_size, device=self.device, bf16=self.bf16,
+                progress=self.progress)
+            restore_rng(rng)
+        return self.soft
 
     def _steps_per_epoch(self, stage: int) -> int:
         plan, order = epoch_plan(self.tc.strategy, self.store, self.cfg.model.max_seq_len, seed=self.tc.seed,
@@ -261,6 +293,7 @@ class Trainer:
         if self.ties is not None:
             self.batches.set_items(shuffle_ties(self.store.flat, self.ties, tie_rng(tc.seed, stage, epoch)))
         n_batches = self.batches.n_batches(tc.batch_size)
+        soft = self._soft_targets() if tc.distill_from else None
         self.model.train()
         t0 = time.perf_counter()
         loss_sum = torch.tensor(s["loss_sum"], dtype=torch.float64, device=self.device)
@@ -271,8 +304,10 @@ class Trainer:
             items, targets = self.batches.batch(step, tc.batch_size)
             seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.needs_seen else None
             contexts = self.batches.batch_contexts(step, tc.batch_size) if self.model.spec.uses_context else None
+            batch_soft = soft.batch(self.batches.batch_windows(step, tc.batch_size), targets) if soft is not None else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
-                              grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts)
+                              grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts,
+                              soft=batch_soft, soft_weight=tc.distill_weight)
             if self.ema is not None:
                 self.ema.update()
             nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position

@@ -1,0 +1,178 @@
+"""Soft targets from trained teacher models: distilling an ensemble into one model (``train.distill_from``).
+
+Why: on ML-1m three models of one recipe, averaged, rank better than any one of them (mean
+probability: +0.004 R@10 / +0.003 N@10 over their mean, docs/results.md, sessions 8-10), but an
+ensemble costs its size in every request. Training one model to also match the ensemble's
+distribution over the next item (Hinton et al., 2015, "Distilling the knowledge in a neural
+network") is the usual way to keep that gain at one model's serving cost. The loss of a position
+becomes ``(1 - w) * CE(target) + w * CE(teachers' distribution)`` (``soft_cross_entropy``).
+
+How, and why this way:
+
+- Teachers score each one-pass window once, before training, not in every step: the windows of
+  ``plan_onepass`` are the same in every epoch and both stages (only their order changes), so one
+  forward pass of each teacher over the data gives every target it will ever be asked for.
+  Teachers in the step would cost a forward pass each per step (three teachers: about twice the
+  step time).
+- Per supervised position only the ``top_k`` items of the teachers' mean probability are kept,
+  renormalised to sum to 1: the dense table would be positions x (N+1) floats (ML-1m: 981k x
+  3,417 = 13 GB); top 64 is 0.4 GB (item_idx int32 + probability fp16) and holds most of the mass
+  (``SoftTargets.coverage`` says how much).
+- The teachers' distribution leaves out the items the user already has (the position's prefix
+  and the items before the window), as the evaluation's ranking does, without keeping the target
+  (a teacher must not know it): a teacher trained with the history-free softmax puts real mass on
+  such items, and the student should not learn to recommend them. The hard-label term still
+  teaches a repeat when one is the target.
+- Teachers read their own inputs (a teacher with ``model.time_gaps`` gets its context rows, a
+  student without them does not), so a servable student can learn from teachers that read the
+  time of each item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lite_rec.batches import BatchMaker, SamplePlan, SequenceStore
+from lite_rec.checkpoint import MODEL_META, MODEL_WEIGHTS, load_model
+from lite_rec.errors import DataError
+from lite_rec.model import IGNORE_INDEX, LiteRecModel, mask_history
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """The teachers' top-K next items of every supervised position of one onepass plan.
+
+    Rows are the supervised positions in plan order, each window's positions in order; the row of
+    position p of window w is ``first_row[w] + p``.
+    """
+
+    items: torch.Tensor  # (P, K) int32 item_idx, most probable first
+    probs: torch.Tensor  # (P, K) float16, the teachers' mean probability renormalised over the K items
+    first_row: torch.Tensor  # (S,) int64: row of window w's position 0 (rows before its first supervised one are never read)
+    coverage: float  # mean teacher probability mass inside the K items, before renormalising
+
+    def batch(self, windows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft targets of a batch of windows: (B,) plan indices, (B, L) targets (IGNORE_INDEX where
+        unsupervised) -> items (B, L, K) int64 and probabilities (B, L, K) float32 (zeros where
+        unsupervised)."""
+        supervised = targets != IGNORE_INDEX  # (B, L)
+        rows = self.first_row[windows][:, None] + torch.arange(targets.shape[1], device=targets.device)  # (B, L)
+        rows = torch.where(supervised, rows, 0)
+        items = self.items[rows].long()  # (B, L, K)
+        probs = torch.where(supervised[..., None], self.probs[rows].float(), 0.0)  # (B, L, K)
+        return items, probs
+
+
+def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Mean over positions with soft targets of -sum_k probs[k] * log softmax(logits)[items[k]].
+
+    logits (B, L, N+1); items, probs (B, L, K) (``SoftTargets.batch``). An item the student's
+    softmax leaves out (-inf, under ``train.loss_excludes_history``) is skipped, not an infinite loss.
+    """
+    logits = logits.float()
+    logq = logits.gather(-1, items) - torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, L, K)
+    use = (probs > 0) & torch.isfinite(logq)  # (B, L, K)
+    per_position = -(logq.masked_fill(~use, 0.0) * probs).sum(-1)  # (B, L)
+    return per_position.sum() / (probs.sum(-1) > 0).sum().clamp(min=1)
+
+
+def teacher_fingerprint(dirs: Sequence[str | Path]) -> str:
+    """sha256 over the teachers' weight files, in order: a resumed run must distill from the same ones."""
+    digest = hashlib.sha256()
+    for d in dirs:
+        digest.update(hashlib.sha256((Path(d) / MODEL_WEIGHTS).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def load_teachers(dirs: Sequence[str | Path], *, n_items: int, dataset: str, refit: bool,
+                  device: torch.device) -> list[LiteRecModel]:
+    """Load and check each teacher: a finished model of this dataset's items, causal (one-pass),
+    and never trained on the validation item unless the student is a refit (its early stopping
+    would score items a teacher had learned)."""
+    teachers = []
+    for d in map(Path, dirs):
+        where = f"train.distill_from: {d}"
+        if not (d / MODEL_META).is_file() or not (d / MODEL_WEIGHTS).is_file():
+            raise DataError(f"{where}: no {MODEL_META} and {MODEL_WEIGHTS} (expected the folder of a finished training run)")
+        meta = json.loads((d / MODEL_META).read_text(encoding="utf-8"))
+        trained_on = (meta.get("config") or {}).get("dataset", {}).get("name")
+        if trained_on is not None and trained_on != dataset:
+            raise DataError(f"{where}: the teacher was trained on {trained_on!r}, this run is {dataset!r}")
+        fit_on = (meta.get("protocol") or {}).get("fit_on", "train")
+        if fit_on != "train" and not refit:
+            raise DataError(f"{where}: the teacher was fit on {fit_on!r}, so it learned the validation items that "
+                            "decide this run's early stopping; use teachers trained with train.fit_on=train")
+        teacher, _ = load_model(d, device)
+        if teacher.spec.n_items != n_items:
+            raise DataError(f"{where}: the teacher scores {teacher.spec.n_items} items, this run's data has {n_items}")
+        if not teacher.spec.causal:
+            raise DataError(f"{where}: the teacher was not trained one-pass (causal); it cannot score every "
+                            "position of a window in one pass")
+        teachers.append(teacher)
+    return teachers
+
+
+@torch.no_grad()
+def teacher_soft_targets(
+    teachers: Sequence[LiteRecModel], store: SequenceStore, plan: SamplePlan, *, max_len: int,
+    contexts_of: Callable[[LiteRecModel], np.ndarray | None], top_k: int, batch_size: int,
+    device: torch.device, bf16: bool, progress: bool = False,
+) -> SoftTargets:
+    """Score every window of ``plan`` (a onepass plan over ``store``) with every teacher and keep,
+    per supervised position, the top ``top_k`` items of their mean probability (module docstring).
+
+    ``contexts_of(teacher)`` gives the (I, C) context rows that teacher reads (``batches.item_contexts``
+    with its ``spec.context_features``), or None.
+    """
+    if plan.sup_start is None or plan.first is None:
+        raise ValueError("teacher_soft_targets needs a onepass plan (windows with supervised starts and user offsets)")
+    n_items = teachers[0].spec.n_items
+    k = min(top_k, n_items)
+    identity = np.arange(len(plan))
+    makers = []
+    for teacher in teachers:
+        maker = BatchMaker(store, max_len, device, contexts=contexts_of(teacher) if teacher.spec.uses_context else None)
+        maker.set_plan(plan, identity)
+        makers.append(maker)
+    for teacher in teachers:
+        teacher.eval()
+    items_out, probs_out, mass = [], [], []
+    n_batches = makers[0].n_batches(batch_size)
+    for step in tqdm(range(n_batches), desc="teacher targets", disable=not progress, leave=False):
+        total = None
+        for teacher, maker in zip(teachers, makers, strict=True):
+            items, targets = maker.batch(step, batch_size)  # (B, L), (B, L)
+            seen = maker.seen_before(step, batch_size, n_items)  # (B, N+1)
+            contexts = maker.batch_contexts(step, batch_size) if teacher.spec.uses_context else None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, _ = teacher(items, targets, seen=seen, contexts=contexts)  # (B, L, N+1)
+            unknown = torch.full_like(targets, IGNORE_INDEX)  # the target is not kept in: a teacher must not know it
+            logits = mask_history(logits.float(), items, unknown, seen)
+            p = torch.softmax(logits, dim=-1)  # (B, L, N+1)
+            total = p if total is None else total + p
+        mean = total / len(teachers)  # (B, L, N+1)
+        top_p, top_i = mean.topk(k, dim=-1)  # (B, L, K)
+        supervised = targets != IGNORE_INDEX  # (B, L), the same windows for every maker
+        kept = top_p[supervised]  # (P_b, K), window-major, positions in order
+        mass.append(kept.sum(-1))
+        probs_out.append((kept / kept.sum(-1, keepdim=True).clamp(min=1e-12)).half())
+        items_out.append(top_i[supervised].int())
+    window_offset = plan.sup_start - plan.start  # (S,) first supervised position of each window
+    counts = plan.end - plan.sup_start  # (S,) supervised positions of each window
+    first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]) - window_offset
+    coverage = float(torch.cat(mass).mean()) if mass else 0.0
+    log.info("teacher targets: %d positions, top %d items hold %.1f%% of the teachers' probability", int(counts.sum()),
+             k, 100 * coverage)
+    return SoftTargets(items=torch.cat(items_out), probs=torch.cat(probs_out),
+                       first_row=torch.as_tensor(first_row, dtype=torch.int64, device=device), coverage=coverage)

@@ -202,7 +202,7 @@ class TrainConfig(_Section):
     # distribution over the next item the model also learns, with weight distill_weight (0 = hard labels only)
     distill_from: tuple[str, ...] = ()
     distill_weight: float = Field(0.5, ge=0, le=1)
-    distill_top_k: int = Field(64, ge=1)  # teacher items kept per position (the rest of their mass is dropped)
+    distill_top_k: int = Field(128, ge=1)  # teacher items kept per position (the rest of their mass is dropped)
 
     @model_validator(mode="after")
     def _distill_needs_fixed_windows(self) -> "TrainConfig":

@@ -16,8 +16,8 @@ How, and why this way:
   step time).
 - Per supervised position only the ``top_k`` items of the teachers' mean probability are kept,
   renormalised to sum to 1: the dense table would be positions x (N+1) floats (ML-1m: 981k x
-  3,417 = 13 GB); top 64 is 0.4 GB (item_idx int32 + probability fp16) and holds most of the mass
-  (``SoftTargets.coverage`` says how much).
+  3,417 = 13 GB); the top 128 (the default) take 0.75 GB (item_idx int32 + probability fp16), and
+  ``SoftTargets.coverage`` says how much of the teachers' mass they hold.
 - The teachers' distribution leaves out the items the user already has (the position's prefix
   and the items before the window), as the evaluation's ranking does, without keeping the target
   (a teacher must not know it): a teacher trained with the history-free softmax puts real mass on

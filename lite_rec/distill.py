@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ class SoftTargets:
     probs: torch.Tensor  # (P, K) float16, the teachers' mean probability renormalised over the K items
     first_row: torch.Tensor  # (S,) int64: row of window w's position 0 (rows before its first supervised one are never read)
     coverage: float  # mean teacher probability mass inside the K items, before renormalising
+    seconds: float = 0.0  # wall time of scoring them (every teacher over every window)
 
     def batch(self, windows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft targets of a batch of windows: (B,) plan indices, (B, L) targets (IGNORE_INDEX where
@@ -137,6 +139,7 @@ def teacher_soft_targets(
     """
     if plan.sup_start is None or plan.first is None:
         raise ValueError("teacher_soft_targets needs a onepass plan (windows with supervised starts and user offsets)")
+    t0 = time.perf_counter()
     n_items = teachers[0].spec.n_items
     k = min(top_k, n_items)
     identity = np.arange(len(plan))
@@ -171,8 +174,10 @@ def teacher_soft_targets(
     window_offset = plan.sup_start - plan.start  # (S,) first supervised position of each window
     counts = plan.end - plan.sup_start  # (S,) supervised positions of each window
     first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]) - window_offset
-    coverage = float(torch.cat(mass).mean()) if mass else 0.0
-    log.info("teacher targets: %d positions, top %d items hold %.1f%% of the teachers' probability", int(counts.sum()),
-             k, 100 * coverage)
+    coverage = float(torch.cat(mass).mean()) if mass else 0.0  # one host sync, at the end
+    seconds = time.perf_counter() - t0
+    log.info("teacher targets: %d positions from %d teachers in %.1f s; the top %d items hold %.1f%% of their probability",
+             int(counts.sum()), len(teachers), seconds, k, 100 * coverage)
     return SoftTargets(items=torch.cat(items_out), probs=torch.cat(probs_out),
-                       first_row=torch.as_tensor(first_row, dtype=torch.int64, device=device), coverage=coverage)
+                       first_row=torch.as_tensor(first_row, dtype=torch.int64, device=device), coverage=coverage,
+                       seconds=seconds)

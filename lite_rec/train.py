@@ -107,8 +107,8 @@ def train_model(
                        epochs_run=float(len(s["history"])), train_seconds=sum(h["seconds"] for h in s["history"]))
         if model.spec.history_logit:  # what the model learned about coming back to items (model.history_logit)
             metrics["history_logit"] = float(model.history_logit().detach())
-        if trainer.soft is not None:  # how much of the teachers' probability the kept top-k items held
-            metrics["distill_top_k_mass"] = trainer.soft.coverage
+        if trainer.soft is not None:  # how much of the teachers' probability the kept top-k items held, and its cost
+            metrics.update(distill_top_k_mass=trainer.soft.coverage, distill_seconds=trainer.soft.seconds)
         protocol = {"exclude_history": ev.exclude_history, "max_seq_len": cfg.model.max_seq_len, "ks": list(ev.ks),
                     "strategy": tc.strategy, "seed": tc.seed, "fit_on": tc.fit_on}
         save_model(model, out_dir, {"backbone_init": backbone_init, "protocol": protocol, "best": s["best"],

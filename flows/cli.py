@@ -88,6 +88,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {name:16s} {masked:.4f}    {unmasked:.4f}")
     if "history_logit" in summary:
         print(f"history score:     {summary['history_logit']:.2f} (model.history_logit: learned for items already seen)")
+    if "distill_top_k_mass" in summary:
+        print(f"teachers:          {len(cfg.train.distill_from)} (train.distill_from; the top {cfg.train.distill_top_k} "
+              f"items held {100 * summary['distill_top_k_mass']:.1f}% of their probability)")
     resumed = " (resumed from its last checkpoint)" if summary.get("resumed") else ""
     print(f"model folder:      {summary['model_dir']}{resumed}")
     if "model_uri" in summary:

@@ -33,8 +33,9 @@ def train_flow(
     result = train_task(cfg, embed_task(cfg, progress=progress), progress=progress)
     summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir), "resumed": result.resumed,
                                "metrics": {k: v for k, v in result.metrics.items() if k.startswith("test_")}}
-    if "history_logit" in result.metrics:
-        summary["history_logit"] = result.metrics["history_logit"]
+    for key in ("history_logit", "distill_top_k_mass"):  # what the model learned / how much of its teachers it saw
+        if key in result.metrics:
+            summary[key] = result.metrics[key]
     if register_model:
         version = register_task(cfg, result)
         summary.update(model_uri=version.model_uri, aliases=list(version.aliases))

@@ -190,3 +190,34 @@ def test_soft_targets_batch_reads_rows_by_window_and_position() -> None:
     items, probs = soft.batch(torch.tensor([0, 1]), targets)
     assert items[..., 0].tolist() == [[0, 1, 2, 0], [0, 4, 5, 0]]
     assert probs[..., 0].tolist() == [[1, 1, 1, 0], [0, 1, 1, 0]]
+
+
+def test_the_distill_benchmark_script_times_scoring_and_both_students(tmp_path: Path) -> None:
+    import importlib.util
+
+    from safetensors.torch import save_file
+
+    from lite_rec.config import REPO_ROOT
+    from tests.unit.test_train import _timed
+
+    spec = importlib.util.spec_from_file_location("distill_bench", REPO_ROOT / "scripts" / "distill_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sequences = _timed(tiny_sequences(), tied=False)
+    sequences["train_rating"] = [[float(1 + i % 5) for i in range(len(s))] for s in sequences["train_seq"]]
+    sequences["valid_rating"] = 4.0
+    (tmp_path / "processed").mkdir()
+    sequences.to_parquet(tmp_path / "processed" / "sequences.parquet")
+    save_file({"vectors": tiny_vectors()}, str(tmp_path / "vectors.safetensors"))
+    small = ["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.d_ff=32", "model.max_seq_len=5",
+             "train.batch_size=8", "train.num_threads=1", "model.pretrained=false"]
+    assert bench.main(["--dataset", "ml-100k", "--processed-dir", str(tmp_path / "processed"), "--item-vectors",
+                       str(tmp_path / "vectors.safetensors"), "--out", str(tmp_path / "out.json"), "--work",
+                       str(tmp_path / "work"), "--teachers", "2", "--epochs", "2", "--common", *small]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["teachers"] == 2 and out["positions"] == sum(len(s) - 1 for s in sequences["train_seq"])
+    assert len(out["scoring_seconds"]) == 2 and all(t > 0 for t in out["scoring_seconds"])
+    assert out["soft_table_bytes"] == out["positions"] * 30 * (4 + 2)  # top 128 capped at the 30 items
+    assert out["runs"]["student-without"]["distill_seconds"] is None
+    assert out["runs"]["student-with"]["distill_seconds"] > 0
+    assert len(out["runs"]["student-with"]["epoch_seconds"]) == 2

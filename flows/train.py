@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow
 
 from lite_rec.config import build_config
+from lite_rec.distill import check_teachers
 from lite_rec.offline import check_registrable
 from tasks.data import build_sequences_task, fetch_raw_task
 from tasks.model import embed_task, register_task, train_task
@@ -29,6 +30,7 @@ def train_flow(
     cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
     if register_model:
         check_registrable(cfg)
+    check_teachers(cfg.train.distill_from, cfg.dataset.name)  # a missing teacher fails now, not after ingest and embed
     build_sequences_task(cfg, fetch_raw_task(cfg, progress=progress), progress=progress)
     result = train_task(cfg, embed_task(cfg, progress=progress), progress=progress)
     summary: dict[str, Any] = {"dataset": cfg.dataset.name, "model_dir": str(result.out_dir), "resumed": result.resumed,

@@ -89,8 +89,29 @@ def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.T
     return per_position.sum() / (probs.sum(-1) > 0).sum().clamp(min=1)
 
 
-def teacher_fingerprint(dirs: Sequence[str | Path]) -> str:
+def check_teachers(dirs: Sequence[str | Path], dataset: str) -> list[dict]:
+    """Each teacher folder's ``model.json``, after checking that the folder holds a finished model
+    trained on ``dataset``; a clear error naming the folder otherwise. Cheap (no weights read), so
+    the ``train`` flow runs it before any data or encoding work."""
+    metas = []
+    for d in map(Path, dirs):
+        where = f"train.distill_from: {d}"
+        if not (d / MODEL_META).is_file() or not (d / MODEL_WEIGHTS).is_file():
+            raise DataError(f"{where}: no {MODEL_META} and {MODEL_WEIGHTS} (expected the folder of a finished training run)")
+        try:
+            meta = json.loads((d / MODEL_META).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{where}: {MODEL_META} is not readable JSON ({exc})") from None
+        trained_on = (meta.get("config") or {}).get("dataset", {}).get("name")
+        if trained_on is not None and trained_on != dataset:
+            raise DataError(f"{where}: the teacher was trained on {trained_on!r}, this run is {dataset!r}")
+        metas.append(meta)
+    return metas
+
+
+def teacher_fingerprint(dirs: Sequence[str | Path], dataset: str) -> str:
     """sha256 over the teachers' weight files, in order: a resumed run must distill from the same ones."""
+    check_teachers(dirs, dataset)
     digest = hashlib.sha256()
     for d in dirs:
         digest.update(hashlib.sha256((Path(d) / MODEL_WEIGHTS).read_bytes()).digest())
@@ -103,14 +124,8 @@ def load_teachers(dirs: Sequence[str | Path], *, n_items: int, dataset: str, ref
     and never trained on the validation item unless the student is a refit (its early stopping
     would score items a teacher had learned)."""
     teachers = []
-    for d in map(Path, dirs):
+    for d, meta in zip(map(Path, dirs), check_teachers(dirs, dataset), strict=True):
         where = f"train.distill_from: {d}"
-        if not (d / MODEL_META).is_file() or not (d / MODEL_WEIGHTS).is_file():
-            raise DataError(f"{where}: no {MODEL_META} and {MODEL_WEIGHTS} (expected the folder of a finished training run)")
-        meta = json.loads((d / MODEL_META).read_text(encoding="utf-8"))
-        trained_on = (meta.get("config") or {}).get("dataset", {}).get("name")
-        if trained_on is not None and trained_on != dataset:
-            raise DataError(f"{where}: the teacher was trained on {trained_on!r}, this run is {dataset!r}")
         fit_on = (meta.get("protocol") or {}).get("fit_on", "train")
         if fit_on != "train" and not refit:
             raise DataError(f"{where}: the teacher was fit on {fit_on!r}, so it learned the validation items that "

@@ -154,7 +154,7 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     if cfg.model.ratings:
         data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
-    teachers = {"teachers_sha256": teacher_fingerprint(cfg.train.distill_from)} if cfg.train.distill_from else {}
+    teachers = {"teachers_sha256": teacher_fingerprint(cfg.train.distill_from, cfg.dataset.name)} if cfg.train.distill_from else {}
     return {**_settings(cfg.model, cfg.train, cfg.eval),
             "sequences_sha256": data.hexdigest(), "item_vectors_sha256": vectors, **teachers}
 

@@ -13,7 +13,7 @@ import torch
 
 from lite_rec.batches import BatchMaker, build_sequence_store, plan_onepass
 from lite_rec.config import ConfigError
-from lite_rec.distill import SoftTargets, load_teachers, soft_cross_entropy, teacher_soft_targets
+from lite_rec.distill import SoftTargets, check_teachers, load_teachers, soft_cross_entropy, teacher_soft_targets
 from lite_rec.errors import CacheMismatch, DataError
 from lite_rec.model import IGNORE_INDEX
 from lite_rec.train import train_model
@@ -152,6 +152,15 @@ def test_teachers_that_do_not_fit_are_refused_by_name(tmp_path: Path, backward_t
 
     with pytest.raises(DataError, match=rf"distill_from: {tmp_path / 'nowhere'}: no model.json"):
         load(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=rf"distill_from: {tmp_path / 'nowhere'}: no model.json"):  # not a traceback
+        train_model(_onepass(**{"train.distill_from": f"[{tmp_path / 'nowhere'}]"}), tiny_sequences(), tiny_vectors(),
+                    tmp_path / "run", progress=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match="model.json is not readable JSON"):
+        check_teachers([broken], "ml-100k")
     with pytest.raises(DataError, match="trained on 'ml-100k', this run is 'ml-1m'"):
         load(backward_teacher, dataset="ml-1m")
     with pytest.raises(DataError, match="scores 30 items, this run's data has 31"):

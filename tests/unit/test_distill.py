@@ -18,7 +18,7 @@ from lite_rec.errors import CacheMismatch, DataError
 from lite_rec.model import IGNORE_INDEX
 from lite_rec.train import train_model
 from tests.helpers.tiny_models import tiny_model
-from tests.unit.test_train import N_ITEMS, _cfg, tiny_sequences, tiny_vectors
+from tests.unit.test_train import N_ITEMS, _cfg, killed_then_resumed, tiny_sequences, tiny_vectors
 
 IGN = IGNORE_INDEX
 
@@ -120,22 +120,7 @@ def test_distilled_runs_resume_and_refuse_other_teachers(tmp_path: Path, backwar
     cfg = _onepass(**{"train.distill_from": f"[{backward_teacher}]", "train.max_epochs": 3})
     data = tiny_sequences()
     whole = train_model(cfg, data, tiny_vectors(), tmp_path / "whole", progress=False)
-    import lite_rec.trainer as trainer_module
-
-    real_step, calls = trainer_module.train_step, []
-
-    def step_then_die(*args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        if len(calls) == 5:  # 3 steps per epoch: dies inside epoch 2
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, data, tiny_vectors(), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(trainer_module, "train_step", real_step)
-    resumed = train_model(cfg, data, tiny_vectors(), tmp_path / "cut", progress=False)
-    assert resumed.resumed
+    resumed = killed_then_resumed(cfg, data, tmp_path / "cut", monkeypatch, die_at_step=5)  # inside epoch 2 of 3
     assert resumed.metrics["test_recall_10"] == pytest.approx(whole.metrics["test_recall_10"], abs=1e-6)
     assert resumed.history[-1]["loss"] == pytest.approx(whole.history[-1]["loss"], rel=1e-5)
     other = tmp_path / "other"  # the same folder name does not matter: its weights do

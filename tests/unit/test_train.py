@@ -168,6 +168,28 @@ def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
     assert result.metrics["valid_recall_10"] == pytest.approx(result.history[0]["valid_recall_10"])
 
 
+def killed_then_resumed(cfg, sequences: pd.DataFrame, out: Path, monkeypatch: pytest.MonkeyPatch, die_at_step: int):
+    """Train until the ``die_at_step``-th optimizer step raises (a kill), then run the same call
+    again: the result of the resumed run (which must say it resumed)."""
+    import lite_rec.trainer as trainer_module
+
+    real_step, calls = trainer_module.train_step, []
+
+    def step_then_die(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == die_at_step:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, sequences, tiny_vectors(), out, progress=False)
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    resumed = train_model(cfg, sequences, tiny_vectors(), out, progress=False)
+    assert resumed.resumed
+    return resumed
+
+
 @pytest.mark.parametrize("extra", [{}, {"train.strategy": "onepass", "model.time_gaps": "true", "model.ratings": "true",
                                         "model.time_bias": "true", "train.shuffle_ties": "true",
                                         "model.history_logit": "true"}],
@@ -179,22 +201,8 @@ def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monke
     sequences["train_rating"] = [[float(1 + i % 5) for i in range(len(s))] for s in sequences["train_seq"]]
     sequences["valid_rating"] = 3.0
     whole = train_model(cfg, sequences, tiny_vectors(), tmp_path / "whole", progress=False)
-    import lite_rec.trainer as trainer_module
-
-    real_step, calls = trainer_module.train_step, []
-
-    def step_then_die(*args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        if len(calls) == 8:  # 3 steps per epoch: dies in the middle of epoch 3, its first step is replayed
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, sequences, tiny_vectors(), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(trainer_module, "train_step", real_step)
-    resumed = train_model(cfg, sequences, tiny_vectors(), tmp_path / "cut", progress=False)
-    assert resumed.resumed
+    # 3 steps per epoch: dies in the middle of epoch 3, its first step is replayed
+    resumed = killed_then_resumed(cfg, sequences, tmp_path / "cut", monkeypatch, die_at_step=8)
     assert resumed.metrics["test_recall_10"] == pytest.approx(whole.metrics["test_recall_10"], abs=1e-6)
     kept, reference = load_file(str(tmp_path / "cut" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
     for name in reference:

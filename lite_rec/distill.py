@@ -158,30 +158,33 @@ def teacher_soft_targets(
     n_items = teachers[0].spec.n_items
     k = min(top_k, n_items)
     identity = np.arange(len(plan))
-    makers = []
-    for teacher in teachers:
-        maker = BatchMaker(store, max_len, device, contexts=contexts_of(teacher) if teacher.spec.uses_context else None)
-        maker.set_plan(plan, identity)
-        makers.append(maker)
+    # one batch maker per distinct input context (teachers of one recipe share it); the first also
+    # gives every teacher the same items, targets and seen items of each step
+    reads_of = [tuple(t.spec.context_features.items()) if t.spec.uses_context else () for t in teachers]
+    makers: dict[tuple, BatchMaker] = {}
+    for teacher, reads in zip(teachers, reads_of, strict=True):
+        if reads not in makers:
+            makers[reads] = BatchMaker(store, max_len, device, contexts=contexts_of(teacher) if reads else None)
+            makers[reads].set_plan(plan, identity)
+    base = next(iter(makers.values()))
     for teacher in teachers:
         teacher.eval()
     items_out, probs_out, mass = [], [], []
-    n_batches = makers[0].n_batches(batch_size)
-    for step in tqdm(range(n_batches), desc="teacher targets", disable=not progress, leave=False):
+    for step in tqdm(range(base.n_batches(batch_size)), desc="teacher targets", disable=not progress, leave=False):
+        items, targets = base.batch(step, batch_size)  # (B, L), (B, L)
+        seen = base.seen_before(step, batch_size, n_items)  # (B, N+1)
+        contexts = {reads: maker.batch_contexts(step, batch_size) for reads, maker in makers.items() if reads}  # (B, L, C)
+        unknown = torch.full_like(targets, IGNORE_INDEX)  # the target is not kept in: a teacher must not know it
         total = None
-        for teacher, maker in zip(teachers, makers, strict=True):
-            items, targets = maker.batch(step, batch_size)  # (B, L), (B, L)
-            seen = maker.seen_before(step, batch_size, n_items)  # (B, N+1)
-            contexts = maker.batch_contexts(step, batch_size) if teacher.spec.uses_context else None
+        for teacher, reads in zip(teachers, reads_of, strict=True):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits, _ = teacher(items, targets, seen=seen, contexts=contexts)  # (B, L, N+1)
-            unknown = torch.full_like(targets, IGNORE_INDEX)  # the target is not kept in: a teacher must not know it
+                logits, _ = teacher(items, targets, seen=seen, contexts=contexts.get(reads))  # (B, L, N+1)
             logits = mask_history(logits.float(), items, unknown, seen)
             p = torch.softmax(logits, dim=-1)  # (B, L, N+1)
             total = p if total is None else total + p
         mean = total / len(teachers)  # (B, L, N+1)
         top_p, top_i = mean.topk(k, dim=-1)  # (B, L, K)
-        supervised = targets != IGNORE_INDEX  # (B, L), the same windows for every maker
+        supervised = targets != IGNORE_INDEX  # (B, L)
         kept = top_p[supervised]  # (P_b, K), window-major, positions in order
         mass.append(kept.sum(-1))
         probs_out.append((kept / kept.sum(-1, keepdim=True).clamp(min=1e-12)).half())

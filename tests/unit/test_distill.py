@@ -215,3 +215,29 @@ def test_the_distill_benchmark_script_times_scoring_and_both_students(tmp_path: 
     assert out["runs"]["student-without"]["distill_seconds"] is None
     assert out["runs"]["student-with"]["distill_seconds"] > 0
     assert len(out["runs"]["student-with"]["epoch_seconds"]) == 2
+
+
+def test_teachers_with_different_inputs_each_read_their_own_and_are_averaged(tmp_path: Path) -> None:
+    from lite_rec.batches import item_contexts
+    from lite_rec.checkpoint import load_model
+    from tests.unit.test_train import _timed
+
+    timed = _timed(tiny_sequences(), tied=False)
+    for name, extra in (("plain", {}), ("gaps", {"model.time_gaps": "true"})):
+        train_model(_onepass(**{"train.max_epochs": 1, **extra}), timed, tiny_vectors(), tmp_path / name, progress=False)
+    teachers = [load_model(tmp_path / name)[0] for name in ("plain", "gaps")]
+    store = build_sequence_store(timed["train_seq"])
+    plan = plan_onepass(store, max_len=5)
+
+    def dense(group: list, data: pd.DataFrame = timed) -> torch.Tensor:  # (P, N+1) every item kept (K = N)
+        soft = teacher_soft_targets(group, store, plan, max_len=5, top_k=N_ITEMS, batch_size=8,
+                                    contexts_of=lambda t: item_contexts(data, **t.spec.context_features),
+                                    device=torch.device("cpu"), bf16=False)
+        assert soft.coverage == pytest.approx(1.0, abs=1e-4)
+        return torch.zeros(len(soft.items), N_ITEMS + 1).scatter(1, soft.items.long(), soft.probs.float())
+
+    alone = [dense([t]) for t in teachers]
+    tied = _timed(tiny_sequences(), tied=True)  # other gaps: the second teacher must score differently
+    assert not torch.allclose(dense([teachers[1]], tied), alone[1], atol=1e-3)
+    torch.testing.assert_close(dense([teachers[0]], tied), alone[0])  # the first reads no time
+    torch.testing.assert_close(dense(teachers), (alone[0] + alone[1]) / 2, atol=2e-3, rtol=0)

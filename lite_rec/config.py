@@ -203,6 +203,9 @@ class TrainConfig(_Section):
     distill_from: tuple[str, ...] = ()
     distill_weight: float = Field(0.5, ge=0, le=1)
     distill_top_k: int = Field(128, ge=1)  # teacher items kept per position (the rest of their mass is dropped)
+    # T of Hinton et al.: teachers' softmax(logits / T), the student's distillation term on its logits / T, times T^2;
+    # T > 1 flattens the teachers (more of their ranking below the top item); ranking always uses T = 1
+    distill_temperature: float = Field(1.0, gt=0, le=20)
 
     @model_validator(mode="after")
     def _distill_needs_fixed_windows(self) -> "TrainConfig":

@@ -76,12 +76,17 @@ class SoftTargets:
         return items, probs
 
 
-def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Mean over positions with soft targets of -sum_k probs[k] * log softmax(logits)[items[k]].
+def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Mean over positions with soft targets of -T^2 sum_k probs[k] * log softmax(logits / T)[items[k]].
 
-    logits (B, L, N+1); items, probs (B, L, K) (``SoftTargets.batch``). An item the student's
+    logits (B, L, N+1); items, probs (B, L, K) (``SoftTargets.batch``, scored at the same T). The
+    T^2 keeps the term's gradient on the logits about as large at any T (Hinton et al., section 2),
+    so ``train.distill_weight`` means the same share at every temperature. An item the student's
     softmax leaves out (-inf, under ``train.loss_excludes_history``) is skipped, not an infinite loss.
     """
+    if temperature != 1.0:
+        return temperature**2 * soft_cross_entropy(logits.float() / temperature, items, probs)
     logits = logits.float()
     logq = logits.gather(-1, items) - torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, L, K)
     use = (probs > 0) & torch.isfinite(logq)  # (B, L, K)
@@ -144,10 +149,11 @@ def load_teachers(dirs: Sequence[str | Path], *, n_items: int, dataset: str, ref
 def teacher_soft_targets(
     teachers: Sequence[LiteRecModel], store: SequenceStore, plan: SamplePlan, *, max_len: int,
     contexts_of: Callable[[LiteRecModel], np.ndarray | None], top_k: int, batch_size: int,
-    device: torch.device, bf16: bool, progress: bool = False,
+    device: torch.device, bf16: bool, progress: bool = False, temperature: float = 1.0,
 ) -> SoftTargets:
     """Score every window of ``plan`` (a onepass plan over ``store``) with every teacher and keep,
-    per supervised position, the top ``top_k`` items of their mean probability (module docstring).
+    per supervised position, the top ``top_k`` items of their mean probability (module docstring),
+    each teacher's probability taken at ``temperature`` (softmax of its logits / T).
 
     ``contexts_of(teacher)`` gives the (I, C) context rows that teacher reads (``batches.item_contexts``
     with its ``spec.context_features``), or None.
@@ -180,7 +186,7 @@ def teacher_soft_targets(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, _ = teacher(items, targets, seen=seen, contexts=contexts.get(reads))  # (B, L, N+1)
             logits = mask_history(logits.float(), items, unknown, seen)
-            p = torch.softmax(logits, dim=-1)  # (B, L, N+1)
+            p = torch.softmax(logits / temperature, dim=-1)  # (B, L, N+1)
             total = p if total is None else total + p
         mean = total / len(teachers)  # (B, L, N+1)
         top_p, top_i = mean.topk(k, dim=-1)  # (B, L, K)

@@ -108,17 +108,17 @@ def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
     contexts: torch.Tensor | None = None, soft: tuple[torch.Tensor, torch.Tensor] | None = None,
-    soft_weight: float = 0.0,
+    soft_weight: float = 0.0, soft_temperature: float = 1.0,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a softmax without the user's whole history;
     ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (item_context.py);
     ``soft``: the teachers' (B, L, K) items and probabilities (``distill.SoftTargets.batch``), whose
-    cross-entropy gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``."""
+    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits, loss = forward(items, targets, seen=seen, contexts=contexts)
     if soft is not None:
-        loss = (1.0 - soft_weight) * loss + soft_weight * soft_cross_entropy(logits, *soft)
+        loss = (1.0 - soft_weight) * loss + soft_weight * soft_cross_entropy(logits, *soft, soft_temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -215,7 +215,7 @@ class Trainer:
                 teachers, self.store, plan, max_len=self.cfg.model.max_seq_len,
                 contexts_of=lambda t: item_contexts(self.sequences, **t.spec.context_features, with_valid=refit),
                 top_k=tc.distill_top_k, batch_size=tc.batch_size, device=self.device, bf16=self.bf16,
-                progress=self.progress)
+                progress=self.progress, temperature=tc.distill_temperature)
             restore_rng(rng)
         return self.soft
 
@@ -307,7 +307,8 @@ class Trainer:
             batch_soft = soft.batch(self.batches.batch_windows(step, tc.batch_size), targets) if soft is not None else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts,
-                              soft=batch_soft, soft_weight=tc.distill_weight)
+                              soft=batch_soft, soft_weight=tc.distill_weight,
+                              soft_temperature=tc.distill_temperature)
             if self.ema is not None:
                 self.ema.update()
             nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position

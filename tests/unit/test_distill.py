@@ -36,17 +36,25 @@ def test_soft_cross_entropy_matches_a_hand_computed_value() -> None:
     assert math.isfinite(value) and value == pytest.approx(-0.75 * math.log(3 / 4), rel=1e-6)
 
 
+def test_soft_cross_entropy_at_a_temperature_is_t_squared_times_the_flattened_loss() -> None:
+    logits = torch.tensor([[[float("-inf"), 0.0, math.log(9.0), 0.0]]])  # at T=2: softmax over items 1..3 is 1/5, 3/5, 1/5
+    items, probs = torch.tensor([[[2, 1]]]), torch.tensor([[[0.75, 0.25]]])  # (1, 1, K=2)
+    expected = 4 * -(0.75 * math.log(3 / 5) + 0.25 * math.log(1 / 5))
+    assert float(soft_cross_entropy(logits, items, probs, 2.0)) == pytest.approx(expected, rel=1e-6)
+
+
 def _store_and_plan(stride: int):
     store = build_sequence_store([[1, 2, 3, 4, 5, 6, 7], [8, 9, 10], [11]])
     return store, plan_onepass(store, max_len=4, stride=stride)
 
 
-@pytest.mark.parametrize("stride", [4, 2])  # windows side by side, and overlapping (supervised from an offset)
-def test_teacher_targets_are_each_positions_top_items_without_the_users_history(stride: int) -> None:
+@pytest.mark.parametrize(("stride", "temperature"), [(4, 1.0), (2, 1.0), (4, 3.0)])  # windows side by side, and
+def test_teacher_targets_are_each_positions_top_items_without_the_users_history(stride: int, temperature: float) -> None:
+    # overlapping (supervised from an offset); and each teacher's softmax at a temperature
     store, plan = _store_and_plan(stride)
     teacher = tiny_model(n_items=12, window=4, causal=True, seed=3)
     soft = teacher_soft_targets([teacher], store, plan, max_len=4, contexts_of=lambda t: None, top_k=3,
-                                batch_size=2, device=torch.device("cpu"), bf16=False)
+                                batch_size=2, device=torch.device("cpu"), bf16=False, temperature=temperature)
     maker = BatchMaker(store, 4)
     maker.set_plan(plan, np.arange(len(plan))[::-1].copy())  # a shuffled order reads the same rows
     items, targets = maker.batch(0, len(plan))
@@ -64,7 +72,7 @@ def test_teacher_targets_are_each_positions_top_items_without_the_users_history(
             with torch.no_grad():
                 scores = teacher(torch.tensor([context]))[0][0]  # (N+1,) causal: the last prefix
             scores[history] = float("-inf")
-            expected = torch.softmax(scores, -1).topk(3)
+            expected = torch.softmax(scores / temperature, -1).topk(3)
             assert got_items[row, pos].tolist() == expected.indices.tolist()
             torch.testing.assert_close(got_probs[row, pos], expected.values / expected.values.sum(), atol=2e-3, rtol=0)
             assert not set(got_items[row, pos].tolist()) & set(history)
@@ -79,6 +87,15 @@ def test_the_whole_catalogue_as_top_k_keeps_all_the_mass() -> None:
     soft = teacher_soft_targets(teachers, store, plan, max_len=4, contexts_of=lambda t: None, top_k=50,
                                 batch_size=8, device=torch.device("cpu"), bf16=False)
     assert soft.items.shape == (8, 12) and soft.coverage == pytest.approx(1.0, abs=1e-5)  # K capped at N
+
+
+def test_a_higher_temperature_leaves_less_of_the_teachers_mass_in_the_top_items() -> None:
+    store, plan = _store_and_plan(4)
+    teacher = tiny_model(n_items=12, window=4, causal=True, seed=5)
+    coverage = [teacher_soft_targets([teacher], store, plan, max_len=4, contexts_of=lambda t: None, top_k=2,
+                                     batch_size=8, device=torch.device("cpu"), bf16=False, temperature=t).coverage
+                for t in (0.5, 1.0, 4.0)]
+    assert coverage[0] > coverage[1] > coverage[2] > 2 / 12  # flatter, and never below a uniform share
 
 
 def _backward(sequences: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +122,8 @@ def backward_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_student_at_weight_one_follows_its_teacher_not_its_labels(tmp_path: Path, backward_teacher: Path) -> None:
     data = tiny_sequences(users=48)
     own = train_model(_onepass(), data, tiny_vectors(), tmp_path / "own", progress=False)
-    student = train_model(_onepass(**{"train.distill_from": f"[{backward_teacher}]", "train.distill_weight": 1.0}),
+    student = train_model(_onepass(**{"train.distill_from": f"[{backward_teacher}]", "train.distill_weight": 1.0,
+                                      "train.distill_top_k": 3}),
                           data, tiny_vectors(), tmp_path / "student", progress=False)
     half = train_model(_onepass(**{"train.distill_from": f"[{backward_teacher}]", "train.distill_weight": 0.5}),
                        data, tiny_vectors(), tmp_path / "half", progress=False)
@@ -113,6 +131,12 @@ def test_a_student_at_weight_one_follows_its_teacher_not_its_labels(tmp_path: Pa
     assert student.metrics["test_recall_10"] < own.metrics["test_recall_10"] - 0.3  # the teacher walks backward
     assert half.history[0]["loss"] != pytest.approx(own.history[0]["loss"], rel=1e-3)  # both terms count
     assert 0 < student.metrics["distill_top_k_mass"] <= 1 and student.metrics["distill_seconds"] > 0
+    hot = train_model(_onepass(**{"train.distill_from": f"[{backward_teacher}]", "train.distill_weight": 1.0,
+                                  "train.distill_top_k": 3, "train.distill_temperature": 3.0}),
+                      data, tiny_vectors(), tmp_path / "hot", progress=False)
+    assert hot.metrics["test_recall_10"] < own.metrics["test_recall_10"] - 0.3  # still the teacher's walk
+    assert hot.metrics["distill_top_k_mass"] < student.metrics["distill_top_k_mass"]  # the teacher scored flatter
+    assert hot.history[0]["loss"] != pytest.approx(student.history[0]["loss"], rel=1e-3)  # and the loss at T
 
 
 def test_distilled_runs_resume_and_refuse_other_teachers(tmp_path: Path, backward_teacher: Path,

@@ -85,13 +85,11 @@ def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.T
     so ``train.distill_weight`` means the same share at every temperature. An item the student's
     softmax leaves out (-inf, under ``train.loss_excludes_history``) is skipped, not an infinite loss.
     """
-    if temperature != 1.0:
-        return temperature**2 * soft_cross_entropy(logits.float() / temperature, items, probs)
-    logits = logits.float()
+    logits = logits.float() / temperature  # (B, L, N+1); -inf stays -inf
     logq = logits.gather(-1, items) - torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, L, K)
     use = (probs > 0) & torch.isfinite(logq)  # (B, L, K)
     per_position = -(logq.masked_fill(~use, 0.0) * probs).sum(-1)  # (B, L)
-    return per_position.sum() / (probs.sum(-1) > 0).sum().clamp(min=1)
+    return temperature**2 * per_position.sum() / (probs.sum(-1) > 0).sum().clamp(min=1)
 
 
 def check_teachers(dirs: Sequence[str | Path], dataset: str) -> list[dict]:

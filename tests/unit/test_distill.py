@@ -48,9 +48,9 @@ def _store_and_plan(stride: int):
     return store, plan_onepass(store, max_len=4, stride=stride)
 
 
-@pytest.mark.parametrize(("stride", "temperature"), [(4, 1.0), (2, 1.0), (4, 3.0)])  # windows side by side, and
+# windows side by side, overlapping (supervised from an offset), and the teacher's softmax at a temperature
+@pytest.mark.parametrize(("stride", "temperature"), [(4, 1.0), (2, 1.0), (4, 3.0)])
 def test_teacher_targets_are_each_positions_top_items_without_the_users_history(stride: int, temperature: float) -> None:
-    # overlapping (supervised from an offset); and each teacher's softmax at a temperature
     store, plan = _store_and_plan(stride)
     teacher = tiny_model(n_items=12, window=4, causal=True, seed=3)
     soft = teacher_soft_targets([teacher], store, plan, max_len=4, contexts_of=lambda t: None, top_k=3,

@@ -85,7 +85,9 @@ def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.T
     so ``train.distill_weight`` means the same share at every temperature. An item the student's
     softmax leaves out (-inf, under ``train.loss_excludes_history``) is skipped, not an infinite loss.
     """
-    logits = logits.float() / temperature  # (B, L, N+1); -inf stays -inf
+    logits = logits.float()  # (B, L, N+1)
+    if temperature != 1.0:  # not a no-op division at T = 1: the copy would cost a (B, L, N+1) tensor per step
+        logits = logits / temperature  # -inf stays -inf
     logq = logits.gather(-1, items) - torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, L, K)
     use = (probs > 0) & torch.isfinite(logq)  # (B, L, K)
     per_position = -(logq.masked_fill(~use, 0.0) * probs).sum(-1)  # (B, L)
@@ -184,7 +186,7 @@ def teacher_soft_targets(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, _ = teacher(items, targets, seen=seen, contexts=contexts.get(reads))  # (B, L, N+1)
             logits = mask_history(logits.float(), items, unknown, seen)
-            p = torch.softmax(logits / temperature, dim=-1)  # (B, L, N+1)
+            p = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)  # (B, L, N+1)
             total = p if total is None else total + p
         mean = total / len(teachers)  # (B, L, N+1)
         top_p, top_i = mean.topk(k, dim=-1)  # (B, L, K)

@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                                     top_k=teacher_cfg.train.distill_top_k, batch_size=teacher_cfg.train.batch_size,
                                     device=device, bf16=device.type == "cuda")
         scoring.append(soft.seconds)
-        table_bytes = soft.items.element_size() * soft.items.numel() + soft.probs.element_size() * soft.probs.numel()
+    table_bytes = soft.items.element_size() * soft.items.numel() + soft.probs.element_size() * soft.probs.numel()
     del teachers, soft
-    torch.cuda.empty_cache() if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     runs = {}
     for name, extra in (("student-without", []), ("student-with", [f"train.distill_from=[{','.join(map(str, dirs))}]"])):
         cfg = build_config(dataset, [f"train.max_epochs={args.epochs}", "train.finetune_epochs=0",

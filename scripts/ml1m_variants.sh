@@ -52,6 +52,11 @@ recipe_runs() {  # name prefix, name suffix, overrides: the session-6 recipe for
   done
 }
 EPOCHS=${EPOCHS:-70}
+# A run killed by the limit has no test metrics (the same command again resumes it from its checkpoints).
+# Past the stage-1 budget a run still needs about 150 s on an H100 (compiling, the epoch that crosses the
+# budget, stage 2, the test; session 14 lost two runs with 107-108 s left): say so before spending the GPU.
+[ -n "${BUDGET:-}" ] && awk -v limit="$LIMIT" -v budget="$BUDGET" 'BEGIN { left = limit - 60 * budget; if (left < 170)
+  printf "warning: a %s s limit leaves %.0f s after the %s-min stage-1 budget; runs need about 150 s more\n", limit, left, budget > "/dev/stderr" }'
 MODELS="/tmp/ml1m-$SET-$(basename "$OUT")"  # the ensemble set's trained models, one folder per seed
 E70="$DO5 train.max_epochs=$EPOCHS train.max_stage1_minutes=${BUDGET:-8.3} model.item_repr=text+id train.lr=2e-3 train.ema_decay=0.999"
 mkdir -p "$OUT"

@@ -244,7 +244,8 @@ class BatchMaker:
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
-# read when present (written since session 9): train.shuffle_ties, model.time_gaps, model.ratings and model.time_bias need them
+# read when present (written since session 9): train.shuffle_ties, model.time_gaps, model.ratings, model.time_bias and
+# model.calendar need them
 SIDE_COLUMNS = {"ts": ("train_ts", "valid_ts"), "rating": ("train_rating", "valid_rating")}
 
 
@@ -275,7 +276,7 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
     missing = [c for c in (train, valid) if c not in sequences.columns]
     if missing:
         raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties, model.time_gaps, "
-                        "model.ratings and model.time_bias need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
+                        "model.ratings, model.time_bias and model.calendar need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
     values = list(sequences[train])
     if with_valid:
         values = [np.append(np.asarray(t), v) for t, v in zip(values, sequences[valid], strict=True)]
@@ -289,15 +290,15 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
 
 
 def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
-                  with_valid: bool = False) -> np.ndarray | None:
+                  calendar: bool = False, with_valid: bool = False) -> np.ndarray | None:
     """(I, C) context row of every history item (``item_context.py``), aligned with the item store
     of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used."""
-    if not (time_gaps or ratings or time_bias):
+    if not (time_gaps or ratings or time_bias or calendar):
         return None
-    times = flat_column(sequences, "ts", with_valid) if time_gaps or time_bias else None
+    times = flat_column(sequences, "ts", with_valid) if time_gaps or time_bias or calendar else None
     return context_table(times if time_gaps else None,
                          flat_column(sequences, "rating", with_valid) if ratings else None,
-                         times if time_bias else None)
+                         times if time_bias or calendar else None)
 
 
 def with_pad_row(values: np.ndarray) -> np.ndarray:

@@ -299,7 +299,7 @@ def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str,
         raise DataError(f"{model_dir / META_FILE}: not a training run's model.json ({exc})") from None
     if reads_context:
         raise DataError(f"{model_dir / META_FILE}: the model reads an input context (model.time_gaps / model.ratings / "
-                        "model.time_bias), which the serving path does not pass yet; bundle a model trained without them")
+                        "model.time_bias / model.calendar), which the serving path does not pass yet; bundle a model trained without them")
     items = pd.read_parquet(processed / ITEMS_FILE, columns=["item_idx", "item_id", "title"])
     sequences = pd.read_parquet(processed / "sequences.parquet", columns=["train_seq"])
     num_items = len(items)

@@ -126,6 +126,9 @@ class ModelConfig(_Section):
     # beyond the paper: bias attention by the time between the query item and each earlier item (TiSASRec /
     # HSTU style; item_context.py); lean backbone only; needs sequences.parquet's *_ts columns
     time_bias: bool = False
+    # beyond the paper: embed the calendar month of each input item and add it to the item (item_context.py), so the
+    # model knows when a history happened (new releases, drifting tastes); needs sequences.parquet's *_ts columns
+    calendar: bool = False
     # beyond the paper: one learned score added to every item the user already has (model.add_history_logit), so
     # the model learns from the data whether users come back to items; needs train.loss_excludes_history=false
     history_logit: bool = False
@@ -133,7 +136,7 @@ class ModelConfig(_Section):
     @property
     def uses_context(self) -> bool:
         """Whether the model reads an input context per item (``ModelSpec.uses_context``, which it becomes)."""
-        return self.time_gaps or self.ratings or self.time_bias
+        return self.time_gaps or self.ratings or self.time_bias or self.calendar
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

@@ -10,7 +10,8 @@ free W_proj, ``score="cosine"`` uses cos(h_u, w_i) / tau, the loss can leave the
 items out of the softmax (``mask_history``), ``time_gaps`` / ``ratings`` add an embedding of
 each input item's context (its gap to the previous item, its rating: ``item_context.py``), and
 ``time_bias`` adds a learned per-head attention bias by how long before the query item each
-key item came (lean backbone only), and ``history_logit`` adds one learned score to every item
+key item came (lean backbone only), ``calendar`` adds an embedding of each input item's month,
+and ``history_logit`` adds one learned score to every item
 the user already has (``add_history_logit``).
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
@@ -30,7 +31,8 @@ from torch import nn
 
 from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
 from lite_rec.errors import DataError
-from lite_rec.item_context import CONTEXT_ID, CONTEXT_TIME, PAD_CONTEXT, TIME_BUCKETS, n_contexts, time_bucket
+from lite_rec.item_context import (CALENDAR_BUCKETS, CONTEXT_ID, CONTEXT_TIME, PAD_CONTEXT, TIME_BUCKETS,
+                                   calendar_bucket, n_contexts, time_bucket)
 
 if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
     from lite_rec.config import ModelConfig
@@ -62,11 +64,12 @@ class ModelSpec:
     ratings: bool = False  # the input context holds the rating the user gave each item
     time_bias: bool = False  # attention is biased by the time between query and key items (item_context.py)
     history_logit: bool = False  # one learned score added to the items the user already has (add_history_logit)
+    calendar: bool = False  # the month of each input item is embedded and added to it (item_context.py)
 
     @property
     def uses_context(self) -> bool:
         """Whether the model reads a context row per input item (``contexts=``)."""
-        return self.time_gaps or self.ratings or self.time_bias
+        return self.time_gaps or self.ratings or self.time_bias or self.calendar
 
     @property
     def uses_context_ids(self) -> bool:
@@ -76,7 +79,8 @@ class ModelSpec:
     @property
     def context_features(self) -> dict[str, bool]:
         """The input-context features read, as ``batches.item_contexts`` takes them."""
-        return {"time_gaps": self.time_gaps, "ratings": self.ratings, "time_bias": self.time_bias}
+        return {"time_gaps": self.time_gaps, "ratings": self.ratings, "time_bias": self.time_bias,
+                "calendar": self.calendar}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +118,11 @@ class LiteRecModel(nn.Module):
         if spec.history_logit:
             # zero: training starts from the model without it
             self.history_logit_param = nn.Parameter(torch.zeros(()))
+        if spec.calendar:
+            # zeros: training starts from the model without it, and months no training item fell in stay
+            # "no calendar signal" (row 0 is padding and times before 1990)
+            self.calendar_embedding = nn.Embedding(CALENDAR_BUCKETS, d, padding_idx=0)
+            nn.init.zeros_(self.calendar_embedding.weight)
         if spec.uses_context_ids:
             self.context_embedding = nn.Embedding(n_contexts(spec.time_gaps, spec.ratings), d, padding_idx=PAD_CONTEXT)
             nn.init.normal_(self.context_embedding.weight, std=0.02)
@@ -155,8 +164,9 @@ class LiteRecModel(nn.Module):
 
         ``contexts`` (B, T, C) context rows of the items (``item_context.py``), required by a model
         with ``spec.uses_context``; with ``spec.time_gaps`` or ``spec.ratings`` the embedding of
-        their id is added to each item's vector (after item dropout: a dropped item still says
-        when it happened).
+        their id is added to each item's vector, with ``spec.calendar`` the embedding of its month
+        (``item_context.calendar_bucket``); both after item dropout: a dropped item still says
+        when it happened.
 
         ``item_dropout`` (training only, ``train.item_dropout``): each input item's whole vector
         is zeroed with this probability, unscaled (a missing item, not noise on its features).
@@ -170,13 +180,16 @@ class LiteRecModel(nn.Module):
             x = x * keep[..., None].to(x.dtype)
         if self.spec.uses_context_ids:
             x = x + self.context_embedding(self._contexts(items, contexts)[..., CONTEXT_ID])  # (B, T, D)
+        if self.spec.calendar:
+            x = x + self.calendar_embedding(calendar_bucket(self._contexts(items, contexts)[..., CONTEXT_TIME]))  # (B, T, D)
         return self.input_dropout(x)
 
     def _contexts(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
         """``contexts`` checked against ``items`` (B, T): (B, T, C)."""
         if contexts is None or contexts.dim() != 3 or contexts.shape[:2] != items.shape:
             got = "none" if contexts is None else f"shape {tuple(contexts.shape)}"
-            raise ValueError("this model reads an input context (model.time_gaps / model.ratings / model.time_bias): "
+            raise ValueError("this model reads an input context (model.time_gaps / model.ratings / model.time_bias / "
+                             "model.calendar): "
                              f"pass contexts (B, T, C) with the items {tuple(items.shape)}; got {got}")
         return contexts
 
@@ -481,7 +494,7 @@ def build_model(
         pooling=model_cfg.pooling, head=model_cfg.head, score=model_cfg.score,
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
         user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps, ratings=model_cfg.ratings,
-        time_bias=model_cfg.time_bias, history_logit=model_cfg.history_logit,
+        time_bias=model_cfg.time_bias, history_logit=model_cfg.history_logit, calendar=model_cfg.calendar,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

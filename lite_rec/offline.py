@@ -71,7 +71,7 @@ def check_registrable(cfg: LiteRecConfig) -> None:
     """Refuse, before any work, a run that would train for minutes and then fail to register:
     the serving path does not pass input contexts yet (``lite_rec/item_context.py``)."""
     if cfg.model.uses_context:
-        raise ConfigError("model.time_gaps / model.ratings / model.time_bias: such a model cannot be registered or served yet (the "
+        raise ConfigError("model.time_gaps / model.ratings / model.time_bias / model.calendar: such a model cannot be registered or served yet (the "
                           "serving path does not pass the input context); train it with --no-register "
                           "(the flow's register_model=false) to measure it")
 

@@ -1,5 +1,5 @@
-"""Input contexts (model.time_gaps, model.ratings, model.time_bias): hand-computed gaps, ratings
-and time buckets, their batches and their evaluation inputs."""
+"""Input contexts (model.time_gaps, model.ratings, model.time_bias, model.calendar): hand-computed
+gaps, ratings, time and month buckets, their batches and their evaluation inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from lite_rec.batches import BatchMaker, build_sequence_store, item_contexts, pl
 from lite_rec.errors import DataError
 from lite_rec.evaluate import build_eval_set, iter_eval_batches
 from lite_rec.item_context import (
-    CONTEXT_ID, CONTEXT_TIME, N_GAPS, TIME_BUCKETS, context_ids, context_table, gap_index, n_contexts, rating_index, time_bucket,
+    CALENDAR_BUCKETS, CALENDAR_ORIGIN, CONTEXT_ID, CONTEXT_TIME, N_GAPS, TIME_BUCKETS, calendar_bucket, context_ids,
+    context_table, gap_index, n_contexts, rating_index, time_bucket,
 )
 from lite_rec.model import ModelSpec
 
@@ -79,6 +80,15 @@ def test_batches_carry_the_contexts_of_their_window_even_across_the_window_start
         BatchMaker(store, 2, contexts=contexts[:3])
 
 
+def test_calendar_bucket_of_hand_computed_months() -> None:
+    # 1990-01-01 00:00 UTC; 1990-01-30 (month 1); 1990-02-14; 2000-11-15 12:00 (130 months on);
+    # 2000-12-15; 2003-02-28 (ML-1m's last month, 157 on); 2100 (clamped); 0 s and 1989-12-31 (no month)
+    seconds = torch.tensor([631_152_000, 633_657_600, 634_953_600, 974_289_600, 976_838_400, 1_046_390_400,
+                            4_102_444_800, 0, 631_065_600])
+    assert CALENDAR_ORIGIN == 631_152_000
+    assert calendar_bucket(seconds).tolist() == [1, 1, 2, 131, 132, 158, CALENDAR_BUCKETS - 1, 0, 0]
+
+
 def _spec(time_gaps: bool, ratings: bool, time_bias: bool = False) -> ModelSpec:
     from lite_rec.encoder_backbone import BackboneSpec
 
@@ -104,3 +114,6 @@ def test_a_file_without_the_columns_says_to_rerun_the_data_stage() -> None:
         item_contexts(old, time_gaps=True, ratings=True)
     assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [[1, 0], [2, 0], [5, 0]]
     assert item_contexts(old, time_gaps=False, ratings=False, time_bias=True).tolist() == [[0, 0], [0, 0], [0, 100]]
+    assert item_contexts(old, time_gaps=False, ratings=False, calendar=True).tolist() == [[0, 0], [0, 0], [0, 100]]
+    assert item_contexts(old, time_gaps=True, ratings=False, calendar=True, with_valid=True)[:, CONTEXT_TIME].tolist() == [
+        0, 0, 100, 100 + DAY]

@@ -309,13 +309,14 @@ def test_context_model_adds_a_context_embedding_and_needs_the_contexts() -> None
     assert not torch.allclose(model(items, contexts=burst)[0], model(items, contexts=days)[0])  # they are read
     padded = torch.tensor([[3, 5, 2, 0, 0, 0, 0, 0]]), _ids([[1, 6, 6, 0, 0, 0, 0, 0]])
     torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=burst)[0])
-    with pytest.raises(ValueError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias\): "
+    with pytest.raises(ValueError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias / "
+                                         r"model.calendar\): "
                                          r"pass contexts \(B, T, C\) with the items \(1, 6\); got none"):
         model(items)
     with pytest.raises(ValueError, match=r"got shape \(1, 6\)"):  # ids alone, the layout before time_bias
         model(items, contexts=burst[..., 0])
     assert not hasattr(_model(), "context_embedding")  # off by default: the paper's inputs
-    legacy = {k: v for k, v in _model().spec.to_dict().items() if k not in ("time_gaps", "ratings", "time_bias")}
+    legacy = {k: v for k, v in _model().spec.to_dict().items() if k not in ("time_gaps", "ratings", "time_bias", "calendar")}
     assert not ModelSpec.from_dict(legacy).uses_context  # an older model.json
 
 
@@ -356,6 +357,34 @@ def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_n
     torch.testing.assert_close(model(items, targets=targets, contexts=later)[0][:, :3], early)
     with pytest.raises(ValueError, match="model.time_bias needs model.backbone=lean"):
         ModelConfig(backbone="t5-small", time_bias=True)
+
+
+def test_calendar_reads_the_month_keeps_padding_and_causality_and_starts_as_a_no_op() -> None:
+    from lite_rec.item_context import CALENDAR_MONTH, CALENDAR_ORIGIN
+
+    torch.manual_seed(0)
+    plain = _model(causal=True, item_repr="id")
+    model = _model(causal=True, item_repr="id", calendar=True)
+    assert model.calendar_embedding.weight.shape == (512, 16) and not hasattr(model, "context_embedding")
+    model.load_state_dict({**plain.state_dict(), "calendar_embedding.weight": model.calendar_embedding.weight}, strict=True)
+    items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
+    nov = CALENDAR_ORIGIN + 130 * CALENDAR_MONTH  # the first second of a month
+    times = _ids([[0] * 6], [[nov, nov + 60, nov + 86_400, nov + 90_000, 0, 0]])
+    torch.testing.assert_close(model(items, contexts=times)[0], plain(items)[0])  # zero init: the plain model
+    with torch.no_grad():
+        model.calendar_embedding.weight[1:].normal_()
+    later = _ids([[0] * 6], [[t + 12 * CALENDAR_MONTH if t else 0 for t in times[0, :, 1].tolist()]])  # a year on
+    assert not torch.allclose(model(items, contexts=times)[0], model(items, contexts=later)[0])  # the month is read
+    same_month = _ids([[0] * 6], [[nov + 5, nov + 65, nov + 86_405, nov + 90_005, 0, 0]])
+    torch.testing.assert_close(model(items, contexts=same_month)[0], model(items, contexts=times)[0])  # only months count
+    padded = torch.tensor([[3, 5, 2, 4, 0, 0, 0, 0]]), _ids([[0] * 8], [[*times[0, :4, 1].tolist(), 0, 0, 0, nov]])
+    torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=times)[0])
+    targets = torch.full((1, 6), -100)
+    moved = times.clone()
+    moved[0, 3, 1] += 40 * CALENDAR_MONTH  # only the last item's month differs
+    early = model(items, targets=targets, contexts=times)[0][:, :3]  # (1, 3, N+1) prefixes ending before it
+    torch.testing.assert_close(model(items, targets=targets, contexts=moved)[0][:, :3], early)
+    assert not torch.allclose(model(items, targets=targets, contexts=moved)[0][:, 3], model(items, targets=targets, contexts=times)[0][:, 3])
 
 
 def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> None:

@@ -308,13 +308,22 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     assert meta["spec"]["time_bias"] is True and not hasattr(loaded, "context_embedding")
     torch.testing.assert_close(loaded.time_bias.weight, result.model.time_bias.weight.cpu())
     assert loaded.time_bias.weight.abs().sum() > 0  # trained away from its zero start
-    with pytest.raises(DataError, match="model.ratings and model.time_bias need them"):
+    dated = timed.assign(train_ts=[[1_000_000_000 + 40 * 86_400 * i for i in range(len(s))] for s in timed["train_seq"]],
+                         valid_ts=[1_000_000_000 + 40 * 86_400 * len(s) for s in timed["train_seq"]])  # a month apart
+    monthly = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.calendar": "true"})
+    result = train_model(monthly, dated, tiny_vectors(), tmp_path / "monthly", progress=False)
+    loaded, meta = load_model(tmp_path / "monthly")
+    assert meta["spec"]["calendar"] is True and result.metrics["test_users"] == 24.0
+    torch.testing.assert_close(loaded.calendar_embedding.weight, result.model.calendar_embedding.weight.cpu())
+    assert loaded.calendar_embedding.weight.abs().sum() > 0  # trained away from its zero start
+    with pytest.raises(DataError, match="model.ratings, model.time_bias and model.calendar need them"):
         train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
     data_cfg.processed_dir.mkdir(parents=True)
     for name in ("items.parquet", "sequences.parquet"):
         (data_cfg.processed_dir / name).touch()
-    with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias\).*not pass yet"):
+    with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias / "
+                                        r"model.calendar\).*not pass yet"):
         build_bundle(data_cfg, tmp_path / "run", tmp_path / "bundle")
 
 
@@ -323,6 +332,6 @@ def test_a_run_that_could_not_be_registered_is_refused_before_any_work() -> None
     from lite_rec.offline import check_registrable
 
     check_registrable(_cfg())  # the paper's inputs: fine
-    for key in ("model.time_gaps", "model.ratings", "model.time_bias"):
+    for key in ("model.time_gaps", "model.ratings", "model.time_bias", "model.calendar"):
         with pytest.raises(ConfigError, match=r"cannot be registered or served yet.*--no-register"):
             check_registrable(_cfg(**{key: "true"}))

@@ -181,6 +181,9 @@ class TrainConfig(_Section):
     future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
     item_dropout: float = Field(0.0, ge=0, lt=1)  # chance that an input item's whole vector is zeroed in training (model.embed_items)
+    # R-Drop (lite_rec/rdrop.py): every batch runs twice with independent dropout, and the two next-item
+    # distributions' symmetric KL is added to the loss with this weight; 0 = off; twice the compute per step
+    rdrop_weight: float = Field(0.0, ge=0, le=100)
     # each epoch, a new random order inside each run of a user's items with the same timestamp (batches.shuffle_ties);
     # needs sequences.parquet's train_ts/valid_ts (docs/data.md); evaluation keeps the file's order
     shuffle_ties: bool = False

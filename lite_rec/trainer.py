@@ -63,6 +63,7 @@ from lite_rec.ema import WeightEMA
 from lite_rec.errors import LiteRecError
 from lite_rec.evaluate import build_eval_set, evaluate_model
 from lite_rec.model import IGNORE_INDEX, LiteRecModel
+from lite_rec.rdrop import symmetric_kl, twice
 
 if TYPE_CHECKING:
     from lite_rec.config import LiteRecConfig
@@ -108,17 +109,26 @@ def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
     contexts: torch.Tensor | None = None, soft: tuple[torch.Tensor, torch.Tensor] | None = None,
-    soft_weight: float = 0.0, soft_temperature: float = 1.0,
+    soft_weight: float = 0.0, soft_temperature: float = 1.0, rdrop_weight: float = 0.0,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a softmax without the user's whole history;
     ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (item_context.py);
     ``soft``: the teachers' (B, L, K) items and probabilities (``distill.SoftTargets.batch``), whose
-    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``."""
+    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``;
+    ``rdrop_weight`` > 0: the batch runs twice (two dropout masks) and their symmetric KL is added with
+    this weight (``rdrop.py``)."""
+    if rdrop_weight > 0:
+        nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, L) or (B,): the next item
+        supervised = nxt != IGNORE_INDEX
+        items, targets, seen, contexts = twice(items), twice(targets), twice(seen), twice(contexts)  # (2B, ...)
+        soft = None if soft is None else (twice(soft[0]), twice(soft[1]))
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits, loss = forward(items, targets, seen=seen, contexts=contexts)
     if soft is not None:
         loss = (1.0 - soft_weight) * loss + soft_weight * soft_cross_entropy(logits, *soft, soft_temperature)
+    if rdrop_weight > 0:
+        loss = loss + rdrop_weight * symmetric_kl(logits, supervised)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -308,7 +318,7 @@ class Trainer:
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts,
                               soft=batch_soft, soft_weight=tc.distill_weight,
-                              soft_temperature=tc.distill_temperature)
+                              soft_temperature=tc.distill_temperature, rdrop_weight=tc.rdrop_weight)
             if self.ema is not None:
                 self.ema.update()
             nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position

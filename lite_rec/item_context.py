@@ -24,6 +24,9 @@ of their test items are), and what is popular drifts. Each input item's month (`
 months since 1990) gets a learned embedding added to the item's vector; the last input's month
 is the closest thing to "now" that the history holds (the predicted item's time is never read).
 Months outside the training data keep their zero start (no calendar signal), not a wrong one.
+Measured on ML-1m (three seeds, masked, docs/results.md session 15): 0.3827 / 0.2304 against
+0.3814 / 0.2310 for twenty-one runs without it: nothing; the items of a recent history already
+say when it is (``scripts/calendar_signal.py`` measures the signal itself).
 
 Gap index 0 is a user's first item (no previous one); 1.. cover the gap in seconds: 0, 1-9,
 10-59, 1-10 min, 10-60 min, 1-24 h, 1-7 days, 7-30 days, more. The gap is always to the user's

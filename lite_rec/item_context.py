@@ -19,8 +19,8 @@ ratings on top +0.003 / +0.001.
 
 Why a calendar (``model.calendar``): gaps and the time bias are relative, so nothing tells the
 model *when* a history happened, while the items a user picks next depend on it: films come out
-during the log (ML-1m's users of 2000 hold 5.5% films of that year in their histories, but 11.7%
-of their test items are), and what is popular drifts. Each input item's month (``calendar_bucket``,
+during the log (for ML-1m's users whose last rating is from 2000, films of 2000 are 5.5% of
+their history items but 11.7% of their test items), and what is popular drifts. Each input item's month (``calendar_bucket``,
 months since 1990) gets a learned embedding added to the item's vector; the last input's month
 is the closest thing to "now" that the history holds (the predicted item's time is never read).
 Months outside the training data keep their zero start (no calendar signal), not a wrong one.

@@ -5,10 +5,10 @@ two next-item distributions to agree (a symmetric KL at every supervised positio
 Why (beyond the paper): our ML-1m models train with heavy dropout (0.5 on the item inputs, 0.2
 inside the backbone), and inference uses the model without dropout, a different function from
 any network trained. Averaging several trained models (docs/results.md, sessions 8-12) gains
-about +0.003 N@10 over one, and distilling them into one keeps most of it: the spread between
-dropout sub-networks is a large part of what the ensemble removes. R-Drop removes it inside one
-model and one training, at twice the compute per step, with no teachers to train first.
-Measured on ML-1m (docs/results.md, session 15): it does not. Weights 0.2-0.5 (three runs,
+about +0.003 N@10 over one, and distilling them into one keeps most of it. If the spread between
+dropout sub-networks were a large part of what the ensemble removes, R-Drop would remove it
+inside one model and one training, at twice the compute per step, with no teachers to train
+first. Measured on ML-1m (docs/results.md, session 15): it is not. Weights 0.2-0.5 (three runs,
 58-64 epochs) scored 0.3824 / 0.2317 R@10 / N@10, the recipe's level without it (0.3814 /
 0.2310 over twenty-one runs); weight 2 lost 0.02 N@10. Kept for other data, off by default.
 """

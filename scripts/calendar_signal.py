@@ -53,7 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--processed-dir", type=Path, required=True, help="a dataset's processed folder (sequences + items)")
     args = parser.parse_args()
-    seq = pd.read_parquet(args.processed_dir / "sequences.parquet")
+    path = args.processed_dir / "sequences.parquet"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist: run `lite-rec ingest <dataset>` first")
+    seq = pd.read_parquet(path)
+    missing = [c for c in ("train_seq", "train_ts", "valid_item_idx", "valid_ts", "test_item_idx") if c not in seq.columns]
+    if missing:
+        raise SystemExit(f"error: {path}: no column(s) {', '.join(missing)}; re-run `lite-rec ingest <dataset>` to rewrite the file")
     items = pd.read_parquet(args.processed_dir / "items.parquet", columns=["item_idx", "title"])
     n_items = int(items["item_idx"].max())
     years = release_years(items, n_items)

@@ -8,6 +8,7 @@ from types import ModuleType
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from lite_rec.config import REPO_ROOT
 
@@ -36,3 +37,10 @@ def test_popularity_counts_only_before_the_last_input_and_inside_the_window() ->
     # 30 days: user 0 counts only item 1 (its own), user 1 nothing: both targets tie with one other item
     recent = script.popularity_metrics(seq, 5, 30 * 86_400)
     assert math.isclose(recent["ndcg_10"], 1 / np.log2(3))
+
+
+def test_a_file_without_timestamps_is_refused_by_name(tmp_path, monkeypatch) -> None:
+    pd.DataFrame({"train_seq": [[1]], "valid_item_idx": [2], "test_item_idx": [3]}).to_parquet(tmp_path / "sequences.parquet")
+    monkeypatch.setattr("sys.argv", ["calendar_signal.py", "--processed-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"sequences.parquet: no column\(s\) train_ts, valid_ts; re-run"):
+        _script().main()

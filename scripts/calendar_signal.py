@@ -42,8 +42,10 @@ def popularity_metrics(seq: pd.DataFrame, n_items: int, window_s: int | None) ->
     for history, valid, test, now in zip(seq["train_seq"], seq["valid_item_idx"], seq["test_item_idx"], seq["valid_ts"], strict=True):
         lo = 0 if window_s is None else np.searchsorted(times, now - window_s, "left")
         counts = np.bincount(items[lo:np.searchsorted(times, now, "left")], minlength=n_items + 1).astype(float)
-        counts[[0, *history, valid]] = -1.0  # padding and the user's history never rank
-        rank = int((counts >= counts[test]).sum()) - 1  # items scored at least as high, the target excluded
+        target = counts[test]
+        counts[[0, *history, valid]] = -1.0  # padding and the user's history never rank ...
+        counts[test] = target  # ... the target always does (as lite_rec/metrics.py restores it)
+        rank = int((counts >= target).sum()) - 1  # items scored at least as high, the target excluded
         hits.append(rank < 10)
         gains.append(1.0 / np.log2(rank + 2) if rank < 10 else 0.0)
     return {"recall_10": float(np.mean(hits)), "ndcg_10": float(np.mean(gains))}

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from lite_rec.config import LiteRecConfig, ModelConfig
 from lite_rec.errors import CacheMismatch, DataError
+from lite_rec.item_context import CONTEXT_SETTINGS
 from lite_rec.model import ModelSpec
 from lite_rec.popularity import item_popularity
 
@@ -298,8 +299,8 @@ def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str,
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{model_dir / META_FILE}: not a training run's model.json ({exc})") from None
     if reads_context:
-        raise DataError(f"{model_dir / META_FILE}: the model reads an input context (model.time_gaps / model.ratings / "
-                        "model.time_bias / model.calendar), which the serving path does not pass yet; bundle a model trained without them")
+        raise DataError(f"{model_dir / META_FILE}: the model reads an input context ({CONTEXT_SETTINGS}), which the "
+                        "serving path does not pass yet; bundle a model trained without them")
     items = pd.read_parquet(processed / ITEMS_FILE, columns=["item_idx", "item_id", "title"])
     sequences = pd.read_parquet(processed / "sequences.parquet", columns=["train_seq"])
     num_items = len(items)

@@ -20,9 +20,10 @@ ratings on top +0.003 / +0.001.
 Why a calendar (``model.calendar``): gaps and the time bias are relative, so nothing tells the
 model *when* a history happened, while the items a user picks next depend on it: films come out
 during the log (for ML-1m's users whose last rating is from 2000, films of 2000 are 5.5% of
-their history items but 11.7% of their test items), and what is popular drifts. Each input item's month (``calendar_bucket``,
-months since 1990) gets a learned embedding added to the item's vector; the last input's month
-is the closest thing to "now" that the history holds (the predicted item's time is never read).
+their history items but 11.7% of their test items), and what is popular drifts. Each input
+item's month (``calendar_bucket``, months since 1990) gets a learned embedding added to the
+item's vector; the last input's month is the closest thing to "now" that the history holds (the
+predicted item's time is never read).
 Months outside the training data keep their zero start (no calendar signal), not a wrong one.
 Measured on ML-1m (three seeds, masked, docs/results.md session 15): 0.3827 / 0.2304 against
 0.3814 / 0.2310 for twenty-one runs without it: nothing; the items of a recent history already
@@ -60,6 +61,8 @@ RATING_LEVELS = 5  # ratings 1..5
 PAD_CONTEXT = 0
 CONTEXT_ID, CONTEXT_TIME = 0, 1  # columns of a context row
 CONTEXT_COLUMNS = 2
+# the settings that make a model read an input context, as errors name them (ModelSpec.uses_context)
+CONTEXT_SETTINGS = " / ".join(f"model.{name}" for name in ("time_gaps", "ratings", "time_bias", "calendar"))
 TIME_BUCKETS = 32  # |t_query - t_key| seconds: 0, then one bucket per power of two (1 s .. ~34 years)
 CALENDAR_ORIGIN = 631_152_000  # 1990-01-01 00:00 UTC, Unix seconds: bucket 1 starts here
 CALENDAR_MONTH = 2_629_746  # seconds in a mean Gregorian month (365.2425 days / 12)

@@ -31,8 +31,8 @@ from torch import nn
 
 from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
 from lite_rec.errors import DataError
-from lite_rec.item_context import (CALENDAR_BUCKETS, CONTEXT_ID, CONTEXT_TIME, PAD_CONTEXT, TIME_BUCKETS,
-                                   calendar_bucket, n_contexts, time_bucket)
+from lite_rec.item_context import (CALENDAR_BUCKETS, CONTEXT_ID, CONTEXT_SETTINGS, CONTEXT_TIME, PAD_CONTEXT,
+                                   TIME_BUCKETS, calendar_bucket, n_contexts, time_bucket)
 
 if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
     from lite_rec.config import ModelConfig
@@ -188,8 +188,7 @@ class LiteRecModel(nn.Module):
         """``contexts`` checked against ``items`` (B, T): (B, T, C)."""
         if contexts is None or contexts.dim() != 3 or contexts.shape[:2] != items.shape:
             got = "none" if contexts is None else f"shape {tuple(contexts.shape)}"
-            raise ValueError("this model reads an input context (model.time_gaps / model.ratings / model.time_bias / "
-                             "model.calendar): "
+            raise ValueError(f"this model reads an input context ({CONTEXT_SETTINGS}): "
                              f"pass contexts (B, T, C) with the items {tuple(items.shape)}; got {got}")
         return contexts
 

@@ -18,6 +18,7 @@ import torch
 
 from lite_rec.config import LiteRecConfig
 from lite_rec.errors import ConfigError
+from lite_rec.item_context import CONTEXT_SETTINGS
 
 
 def run_name(cfg: LiteRecConfig) -> str:
@@ -71,7 +72,7 @@ def check_registrable(cfg: LiteRecConfig) -> None:
     """Refuse, before any work, a run that would train for minutes and then fail to register:
     the serving path does not pass input contexts yet (``lite_rec/item_context.py``)."""
     if cfg.model.uses_context:
-        raise ConfigError("model.time_gaps / model.ratings / model.time_bias / model.calendar: such a model cannot be registered or served yet (the "
+        raise ConfigError(f"{CONTEXT_SETTINGS}: such a model cannot be registered or served yet (the "
                           "serving path does not pass the input context); train it with --no-register "
                           "(the flow's register_model=false) to measure it")
 

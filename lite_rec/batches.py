@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lite_rec.errors import DataError
-from lite_rec.item_context import context_table
+from lite_rec.item_context import context_table, next_gap_index
 from lite_rec.model import IGNORE_INDEX
 
 STRATEGIES = ("sampling", "all", "onepass")
@@ -244,9 +244,11 @@ class BatchMaker:
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
-# read when present (written since session 9): train.shuffle_ties, model.time_gaps, model.ratings, model.time_bias and
-# model.calendar need them
+# read when present (written since session 9): train.shuffle_ties, model.time_gaps, model.ratings, model.time_bias,
+# model.calendar and model.query_time need them
 SIDE_COLUMNS = {"ts": ("train_ts", "valid_ts"), "rating": ("train_rating", "valid_rating")}
+# the time of each split's target: model.query_time's query time after that split's history
+QUERY_TIME_COLUMNS = {"valid": "valid_ts", "test": "test_ts"}
 
 
 def read_sequences(path: Path | str) -> pd.DataFrame:
@@ -257,7 +259,8 @@ def read_sequences(path: Path | str) -> pd.DataFrame:
         raise DataError(f"{path} does not exist: run `lite-rec ingest <dataset>` first")
     try:
         present = set(pq.read_schema(path).names)
-        columns = [*SEQUENCE_COLUMNS, *(c for pair in SIDE_COLUMNS.values() for c in pair if c in present)]
+        side = [*(c for pair in SIDE_COLUMNS.values() for c in pair), QUERY_TIME_COLUMNS["test"]]
+        columns = [*SEQUENCE_COLUMNS, *(c for c in side if c in present)]
         frame = pd.read_parquet(path, columns=columns)
     except (KeyError, ValueError, OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read columns {', '.join(SEQUENCE_COLUMNS)} ({exc})") from None
@@ -276,7 +279,7 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
     missing = [c for c in (train, valid) if c not in sequences.columns]
     if missing:
         raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties, model.time_gaps, "
-                        "model.ratings, model.time_bias and model.calendar need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
+                        "model.ratings, model.time_bias, model.calendar and model.query_time need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
     values = list(sequences[train])
     if with_valid:
         values = [np.append(np.asarray(t), v) for t, v in zip(values, sequences[valid], strict=True)]
@@ -290,15 +293,30 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
 
 
 def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
-                  calendar: bool = False, with_valid: bool = False) -> np.ndarray | None:
+                  calendar: bool = False, query_time: bool = False, with_valid: bool = False,
+                  query: str | None = None, source: str = "sequences.parquet") -> np.ndarray | None:
     """(I, C) context row of every history item (``item_context.py``), aligned with the item store
-    of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used."""
-    if not (time_gaps or ratings or time_bias or calendar):
+    of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used.
+
+    ``query`` ("valid" | "test"): with ``query_time``, the split whose target's time is the query
+    time after each user's last item (an evaluation's histories); None in training, where that
+    item carries no loss and its next gap stays unknown (``item_context.next_gap_index``)."""
+    if not (time_gaps or ratings or time_bias or calendar or query_time):
         return None
-    times = flat_column(sequences, "ts", with_valid) if time_gaps or time_bias or calendar else None
+    times = flat_column(sequences, "ts", with_valid, source) if time_gaps or time_bias or calendar or query_time else None
+    next_gaps = None
+    if query_time:
+        column = None if query is None else QUERY_TIME_COLUMNS[query]
+        if column is not None and column not in sequences.columns:
+            raise DataError(f"{source}: no column {column}; model.query_time needs it: "
+                            "re-run `lite-rec ingest <dataset>` to rewrite the file")
+        try:
+            next_gaps = next_gap_index(times, None if column is None else sequences[column].to_numpy(np.int64))
+        except ValueError as exc:
+            raise DataError(f"{source}: {exc}") from None
     return context_table(times if time_gaps else None,
-                         flat_column(sequences, "rating", with_valid) if ratings else None,
-                         times if time_bias or calendar else None)
+                         flat_column(sequences, "rating", with_valid, source) if ratings else None,
+                         times if time_bias or calendar else None, next_gaps)
 
 
 def with_pad_row(values: np.ndarray) -> np.ndarray:

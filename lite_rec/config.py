@@ -129,6 +129,9 @@ class ModelConfig(_Section):
     # beyond the paper: embed the calendar month of each input item and add it to the item (item_context.py), so the
     # model knows when a history happened (new releases, drifting tastes); needs sequences.parquet's *_ts columns
     calendar: bool = False
+    # beyond the paper: embed each input item's gap to the next item, the last one's gap to the time of the prediction
+    # (the request's; offline the target's timestamp, as HSTU; item_context.py); needs sequences.parquet's *_ts columns
+    query_time: bool = False
     # beyond the paper: one learned score added to every item the user already has (model.add_history_logit), so
     # the model learns from the data whether users come back to items; needs train.loss_excludes_history=false
     history_logit: bool = False
@@ -136,7 +139,7 @@ class ModelConfig(_Section):
     @property
     def uses_context(self) -> bool:
         """Whether the model reads an input context per item (``ModelSpec.uses_context``, which it becomes)."""
-        return self.time_gaps or self.ratings or self.time_bias or self.calendar
+        return self.time_gaps or self.ratings or self.time_bias or self.calendar or self.query_time
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

@@ -57,7 +57,8 @@ def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None =
         targets = sequences["test_item_idx"].to_numpy(np.int64, copy=True)
     else:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    contexts = None if spec is None else item_contexts(sequences, **spec.context_features, with_valid=split == "test")
+    contexts = None if spec is None else item_contexts(sequences, **spec.context_features, with_valid=split == "test",
+                                                       query=split)
     return EvalSet(split, build_sequence_store(seqs), targets, contexts)
 
 

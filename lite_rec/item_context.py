@@ -4,10 +4,13 @@ time gap to the user's previous item (``model.time_gaps``) and the rating the us
 the item's vector (``LiteRecModel.embed_items``); and the item's time itself (``model.time_bias``),
 from which the model biases each attention score by how long before the query item the key item
 came (``time_bucket``, ``LiteRecModel.contextualize``), and whose month the model embeds and adds
-to the item's vector (``model.calendar``, ``calendar_bucket``).
+to the item's vector (``model.calendar``, ``calendar_bucket``); and the time until the item that
+follows it, for the last input item the time of the prediction itself (``model.query_time``,
+``next_gap_index``).
 
 The context of an item is one row of ``CONTEXT_COLUMNS`` int64 values: its context id (0 when
-the model reads no id) and its Unix time in seconds (0 when the model reads no time).
+the model reads no id), its Unix time in seconds (0 when the model reads no time) and the gap
+index to the next item or to the query time (0 when unknown or not read).
 
 Why time gaps: the paper reads item order only. On ML-1m 53% of consecutive ratings share their
 second (a user rating a page of films at once), and the file order inside that second carries
@@ -36,6 +39,17 @@ predicted is never used: at test time it is unknown. Ratings are rounded and cli
 The context id is ``1 + gap * R + (rating - 1)`` (R = 5 with ratings, else 1; a feature not
 used counts as 0); 0 is padding.
 
+Why the query time (``model.query_time``): on ML-1m 42% of the test items share their second with
+the user's last input and 91% come within the hour, while 8% come days or months later: whether
+the item asked for continues the page of films being rated or starts a new visit is something
+no input item says. A recommendation is asked for at a known time (the request's), so each input
+item also gets an embedding of its gap to the next item (``next_gap_index``), and the last input
+item of its gap to the query time: offline, the predicted item's timestamp stands in for the
+request time, as in HSTU's public code (its relative time bias reads ``ts[i + 1] - ts[j]``, the
+next item's time, for position i). Never its identity: a position reads when the next item came,
+never which it was. In training every position but a user's last has a next item in the log; the
+last carries no loss and gets gap 0 (unknown), so no validation or test time is read in training.
+
 Why a time bias besides the gap: the gap says how far an item is from the one before it; what
 matters for the item at the query position is how far each earlier item is from *it* (a film
 rated minutes ago against one rated last year), the sum of all gaps in between, which attention
@@ -59,10 +73,11 @@ GAP_EDGES = np.array([0, 1, 10, 60, 600, 3_600, 86_400, 7 * 86_400, 30 * 86_400]
 N_GAPS = 1 + len(GAP_EDGES)  # the first item, then one per edge
 RATING_LEVELS = 5  # ratings 1..5
 PAD_CONTEXT = 0
-CONTEXT_ID, CONTEXT_TIME = 0, 1  # columns of a context row
-CONTEXT_COLUMNS = 2
+CONTEXT_ID, CONTEXT_TIME, CONTEXT_NEXT_GAP = 0, 1, 2  # columns of a context row
+CONTEXT_COLUMNS = 3
 # the settings that make a model read an input context, as errors name them (ModelSpec.uses_context)
-CONTEXT_SETTINGS = " / ".join(f"model.{name}" for name in ("time_gaps", "ratings", "time_bias", "calendar"))
+CONTEXT_SETTINGS = " / ".join(f"model.{name}" for name in ("time_gaps", "ratings", "time_bias", "calendar", "query_time"))
+UNKNOWN_NEXT_GAP = 0  # next-gap index of padding and of a last item without a query time
 TIME_BUCKETS = 32  # |t_query - t_key| seconds: 0, then one bucket per power of two (1 s .. ~34 years)
 CALENDAR_ORIGIN = 631_152_000  # 1990-01-01 00:00 UTC, Unix seconds: bucket 1 starts here
 CALENDAR_MONTH = 2_629_746  # seconds in a mean Gregorian month (365.2425 days / 12)
@@ -80,6 +95,28 @@ def gap_index(times: "SequenceStore") -> np.ndarray:
                          "the data stage orders each user's items by time")
     index = np.searchsorted(GAP_EDGES, gap, side="right")  # (I,) 1..N_GAPS-1
     index[starts] = 0
+    return index.astype(np.int64)
+
+
+def next_gap_index(times: "SequenceStore", query_times: np.ndarray | None = None) -> np.ndarray:
+    """(I,) int64 0..N_GAPS-1: each item's gap to the same user's next item (``gap_index``'s
+    buckets, 1..N_GAPS-1); for each user's last item the gap to ``query_times`` (U,) Unix seconds,
+    the time of the prediction that follows the history, or ``UNKNOWN_NEXT_GAP`` without them."""
+    ends = times.offsets[1:] - 1  # (U,) each user's last item
+    gap = np.diff(times.flat, append=times.flat[-1:])  # (I,) to the next flat entry
+    gap[ends] = 0  # ... which belongs to another user there
+    if query_times is not None:
+        query_times = np.asarray(query_times, dtype=np.int64)
+        if query_times.shape != ends.shape:
+            raise ValueError(f"next_gap_index: {query_times.shape[0]} query times for {len(ends)} users")
+        gap[ends] = query_times - times.flat[ends]
+    if (gap < 0).any():
+        at = int(np.flatnonzero(gap < 0)[0])
+        raise ValueError(f"model.query_time: the next time lies before the item's at flat position {at} "
+                         "(a query time before the user's last input, or timestamps out of order)")
+    index = np.searchsorted(GAP_EDGES, gap, side="right")  # (I,) 1..N_GAPS-1
+    if query_times is None:
+        index[ends] = UNKNOWN_NEXT_GAP
     return index.astype(np.int64)
 
 
@@ -121,16 +158,23 @@ def context_ids(times: "SequenceStore | None", ratings: "SequenceStore | None") 
 
 
 def context_table(gap_times: "SequenceStore | None", ratings: "SequenceStore | None",
-                  times: "SequenceStore | None") -> np.ndarray:  # times: for model.time_bias and model.calendar
-    """(I, CONTEXT_COLUMNS) int64 context rows of every item. Each store is a feature's source, or
-    None when the model does not read that feature: ``gap_times`` (timestamps) and ``ratings``
-    make the context id (0 when both are None), ``times`` (timestamps) is copied as the time."""
-    given = [s for s in (gap_times, ratings, times) if s is not None]
-    if not given:
-        raise ValueError("context_table needs at least one feature's values")
-    table = np.zeros((len(given[0].flat), CONTEXT_COLUMNS), dtype=np.int64)
+                  times: "SequenceStore | None",  # times: for model.time_bias and model.calendar
+                  next_gaps: np.ndarray | None = None) -> np.ndarray:
+    """(I, CONTEXT_COLUMNS) int64 context rows of every item. Each source is None when the model
+    does not read that feature: ``gap_times`` (timestamps) and ``ratings`` make the context id (0
+    when both are None), ``times`` (timestamps) is copied as the time, ``next_gaps`` (I,)
+    (``next_gap_index``) as the next-gap index."""
+    sizes = {len(s.flat) for s in (gap_times, ratings, times) if s is not None}
+    if next_gaps is not None:
+        sizes.add(len(next_gaps))
+    if len(sizes) != 1:
+        raise ValueError("context_table needs at least one feature's values" if not sizes else
+                         f"context_table: the features' sources differ in length ({sorted(sizes)} items)")
+    table = np.zeros((sizes.pop(), CONTEXT_COLUMNS), dtype=np.int64)
     if gap_times is not None or ratings is not None:
         table[:, CONTEXT_ID] = context_ids(gap_times, ratings)
     if times is not None:
         table[:, CONTEXT_TIME] = times.flat
+    if next_gaps is not None:
+        table[:, CONTEXT_NEXT_GAP] = next_gaps
     return table

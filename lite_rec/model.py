@@ -11,7 +11,8 @@ items out of the softmax (``mask_history``), ``time_gaps`` / ``ratings`` add an 
 each input item's context (its gap to the previous item, its rating: ``item_context.py``), and
 ``time_bias`` adds a learned per-head attention bias by how long before the query item each
 key item came (lean backbone only), ``calendar`` adds an embedding of each input item's month,
-and ``history_logit`` adds one learned score to every item
+``query_time`` an embedding of each input item's gap to the next item (the last one's to the
+time of the prediction), and ``history_logit`` adds one learned score to every item
 the user already has (``add_history_logit``).
 
 Causal models (the ``onepass`` strategy) use causal attention, so the running mean of the outputs
@@ -31,8 +32,9 @@ from torch import nn
 
 from lite_rec.encoder_backbone import BackboneSpec, build_backbone, build_from_spec
 from lite_rec.errors import DataError
-from lite_rec.item_context import (CALENDAR_BUCKETS, CONTEXT_ID, CONTEXT_SETTINGS, CONTEXT_TIME, PAD_CONTEXT,
-                                   TIME_BUCKETS, calendar_bucket, n_contexts, time_bucket)
+from lite_rec.item_context import (CALENDAR_BUCKETS, CONTEXT_ID, CONTEXT_NEXT_GAP, CONTEXT_SETTINGS, CONTEXT_TIME,
+                                   N_GAPS, PAD_CONTEXT, TIME_BUCKETS, UNKNOWN_NEXT_GAP, calendar_bucket, n_contexts,
+                                   time_bucket)
 
 if TYPE_CHECKING:  # config needs pydantic; the model itself must load without it
     from lite_rec.config import ModelConfig
@@ -65,11 +67,12 @@ class ModelSpec:
     time_bias: bool = False  # attention is biased by the time between query and key items (item_context.py)
     history_logit: bool = False  # one learned score added to the items the user already has (add_history_logit)
     calendar: bool = False  # the month of each input item is embedded and added to it (item_context.py)
+    query_time: bool = False  # each input item's gap to the next item (the last's: to the query time) is embedded
 
     @property
     def uses_context(self) -> bool:
         """Whether the model reads a context row per input item (``contexts=``)."""
-        return self.time_gaps or self.ratings or self.time_bias or self.calendar
+        return self.time_gaps or self.ratings or self.time_bias or self.calendar or self.query_time
 
     @property
     def uses_context_ids(self) -> bool:
@@ -80,7 +83,7 @@ class ModelSpec:
     def context_features(self) -> dict[str, bool]:
         """The input-context features read, as ``batches.item_contexts`` takes them."""
         return {"time_gaps": self.time_gaps, "ratings": self.ratings, "time_bias": self.time_bias,
-                "calendar": self.calendar}
+                "calendar": self.calendar, "query_time": self.query_time}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +126,10 @@ class LiteRecModel(nn.Module):
             # "no calendar signal" (row 0 is padding and times before 1990)
             self.calendar_embedding = nn.Embedding(CALENDAR_BUCKETS, d, padding_idx=0)
             nn.init.zeros_(self.calendar_embedding.weight)
+        if spec.query_time:
+            # zeros: training starts from the model without it; row 0 (padding, no next time known) stays zero
+            self.query_gap_embedding = nn.Embedding(N_GAPS, d, padding_idx=UNKNOWN_NEXT_GAP)
+            nn.init.zeros_(self.query_gap_embedding.weight)
         if spec.uses_context_ids:
             self.context_embedding = nn.Embedding(n_contexts(spec.time_gaps, spec.ratings), d, padding_idx=PAD_CONTEXT)
             nn.init.normal_(self.context_embedding.weight, std=0.02)
@@ -165,8 +172,13 @@ class LiteRecModel(nn.Module):
         ``contexts`` (B, T, C) context rows of the items (``item_context.py``), required by a model
         with ``spec.uses_context``; with ``spec.time_gaps`` or ``spec.ratings`` the embedding of
         their id is added to each item's vector, with ``spec.calendar`` the embedding of its month
-        (``item_context.calendar_bucket``); both after item dropout: a dropped item still says
-        when it happened.
+        (``item_context.calendar_bucket``), with ``spec.query_time`` the embedding of its gap to
+        the next item (``item_context.next_gap_index``); all after item dropout: a dropped item
+        still says when it happened.
+
+        ``query_time`` makes position t read the *time* of item t + 1 (for the last input, the
+        time of the prediction): a causal model's prefix ending at t still never reads a later
+        item's identity, but it does read when the item it predicts came (HSTU's convention).
 
         ``item_dropout`` (training only, ``train.item_dropout``): each input item's whole vector
         is zeroed with this probability, unscaled (a missing item, not noise on its features).
@@ -182,6 +194,8 @@ class LiteRecModel(nn.Module):
             x = x + self.context_embedding(self._contexts(items, contexts)[..., CONTEXT_ID])  # (B, T, D)
         if self.spec.calendar:
             x = x + self.calendar_embedding(calendar_bucket(self._contexts(items, contexts)[..., CONTEXT_TIME]))  # (B, T, D)
+        if self.spec.query_time:
+            x = x + self.query_gap_embedding(self._contexts(items, contexts)[..., CONTEXT_NEXT_GAP])  # (B, T, D)
         return self.input_dropout(x)
 
     def _contexts(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
@@ -494,6 +508,7 @@ def build_model(
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
         user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps, ratings=model_cfg.ratings,
         time_bias=model_cfg.time_bias, history_logit=model_cfg.history_logit, calendar=model_cfg.calendar,
+        query_time=model_cfg.query_time,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

@@ -159,10 +159,13 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
     refit = cfg.train.fit_on == "train+valid"
-    if cfg.train.shuffle_ties or cfg.model.time_gaps or cfg.model.time_bias or cfg.model.calendar:  # timestamps shape every batch
+    if cfg.train.shuffle_ties or cfg.model.time_gaps or cfg.model.time_bias or cfg.model.calendar or cfg.model.query_time:
+        # timestamps shape every batch
         data.update(flat_column(sequences, "ts", with_valid=refit).flat.tobytes())
     if cfg.model.ratings:
         data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())
+    if cfg.model.query_time and not refit:  # the validation's query time (early stopping reads it)
+        data.update(sequences["valid_ts"].to_numpy(np.int64).tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
     teachers = {"teachers_sha256": teacher_fingerprint(cfg.train.distill_from, cfg.dataset.name)} if cfg.train.distill_from else {}
     return {**_settings(cfg.model, cfg.train, cfg.eval),

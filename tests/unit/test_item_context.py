@@ -1,5 +1,5 @@
-"""Input contexts (model.time_gaps, model.ratings, model.time_bias, model.calendar): hand-computed
-gaps, ratings, time and month buckets, their batches and their evaluation inputs."""
+"""Input contexts (model.time_gaps, model.ratings, model.time_bias, model.calendar, model.query_time):
+hand-computed gaps, ratings, time and month buckets, next gaps, their batches and their evaluation inputs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from lite_rec.batches import BatchMaker, build_sequence_store, item_contexts, pl
 from lite_rec.errors import DataError
 from lite_rec.evaluate import build_eval_set, iter_eval_batches
 from lite_rec.item_context import (
-    CALENDAR_BUCKETS, CALENDAR_ORIGIN, CONTEXT_ID, CONTEXT_TIME, N_GAPS, TIME_BUCKETS, calendar_bucket, context_ids,
-    context_table, gap_index, n_contexts, rating_index, time_bucket,
+    CALENDAR_BUCKETS, CALENDAR_ORIGIN, CONTEXT_ID, CONTEXT_NEXT_GAP, CONTEXT_TIME, N_GAPS, TIME_BUCKETS, calendar_bucket,
+    context_ids, context_table, gap_index, n_contexts, next_gap_index, rating_index, time_bucket,
 )
 from lite_rec.model import ModelSpec
 
 HOUR, DAY = 3_600, 86_400
 SEQUENCES = pd.DataFrame({"user_idx": [0], "train_seq": [[1, 2, 3]], "valid_item_idx": [4], "test_item_idx": [5],
-                          "train_ts": [[0, 0, 100]], "valid_ts": [100 + DAY],
+                          "train_ts": [[0, 0, 100]], "valid_ts": [100 + DAY], "test_ts": [100 + DAY + 30],
                           "train_rating": [[5.0, 1.0, 3.0]], "valid_rating": [4.0]})
 
 
@@ -59,10 +59,25 @@ def test_context_table_holds_the_id_and_the_time_of_each_item() -> None:
     times, ratings = build_sequence_store([[0, 0, 20]]), build_sequence_store([[1.0, 5.0, 3.0]], np.float64)
     both = context_table(times, ratings, times)
     assert both[:, CONTEXT_ID].tolist() == context_ids(times, ratings).tolist() and both[:, CONTEXT_TIME].tolist() == [0, 0, 20]
-    assert context_table(None, None, times).tolist() == [[0, 0], [0, 0], [0, 20]]  # time only: no id
+    assert context_table(None, None, times).tolist() == [[0, 0, 0], [0, 0, 0], [0, 20, 0]]  # time only: no id
     assert context_table(times, None, None)[:, CONTEXT_TIME].tolist() == [0, 0, 0]  # gaps only: no time
+    assert context_table(None, None, None, np.array([2, 3, 0])).tolist() == [[0, 0, 2], [0, 0, 3], [0, 0, 0]]
     with pytest.raises(ValueError, match="at least one feature"):
         context_table(None, None, None)
+    with pytest.raises(ValueError, match=r"differ in length \(\[2, 3\] items\)"):
+        context_table(times, None, None, np.array([1, 1]))
+
+
+def test_next_gap_index_of_hand_computed_gaps_and_query_times() -> None:
+    # user 0: next gaps 0 s, 20 s, then its last item; user 1: 2 days, then its last item
+    times = build_sequence_store([[0, 0, 20], [5, 5 + 2 * DAY]])
+    assert next_gap_index(times).tolist() == [1, 3, 0, 7, 0]  # last items: unknown (training)
+    # the query times after each user's last item: 1 hour later (bucket 6), the same second (bucket 1)
+    assert next_gap_index(times, np.array([20 + HOUR, 5 + 2 * DAY])).tolist() == [1, 3, 6, 7, 1]
+    with pytest.raises(ValueError, match="before the item's at flat position 4"):
+        next_gap_index(times, np.array([20, 4]))  # a query before the user's last input
+    with pytest.raises(ValueError, match="1 query times for 2 users"):
+        next_gap_index(times, np.array([20]))
 
 
 def test_batches_carry_the_contexts_of_their_window_even_across_the_window_start() -> None:
@@ -76,6 +91,7 @@ def test_batches_carry_the_contexts_of_their_window_even_across_the_window_start
     batch = maker.batch_contexts(0, 2)  # (B, L, C)
     assert batch[..., CONTEXT_ID].tolist() == [[1, 2], [4, 2]]  # item 3's gap is to item 2, before its window
     assert batch[..., CONTEXT_TIME].tolist() == [[0, 0], [20, 20]]
+    assert batch[..., CONTEXT_NEXT_GAP].tolist() == [[0, 0], [0, 0]]  # not read: zeros
     with pytest.raises(ValueError, match="3 context rows for 5 items"):
         BatchMaker(store, 2, contexts=contexts[:3])
 
@@ -89,12 +105,12 @@ def test_calendar_bucket_of_hand_computed_months() -> None:
     assert calendar_bucket(seconds).tolist() == [1, 1, 2, 131, 132, 158, CALENDAR_BUCKETS - 1, 0, 0]
 
 
-def _spec(time_gaps: bool, ratings: bool, time_bias: bool = False) -> ModelSpec:
+def _spec(time_gaps: bool, ratings: bool, time_bias: bool = False, query_time: bool = False) -> ModelSpec:
     from lite_rec.encoder_backbone import BackboneSpec
 
     return ModelSpec(n_items=5, item_dim=0, item_repr="id", max_seq_len=3, dropout=0.0, causal=True, head_bias=False,
                      backbone_name="lean", backbone=BackboneSpec(kind="lean", d_model=8, n_layers=1, n_heads=2, d_ff=8, dropout=0.0),
-                     time_gaps=time_gaps, ratings=ratings, time_bias=time_bias)
+                     time_gaps=time_gaps, ratings=ratings, time_bias=time_bias, query_time=query_time)
 
 
 def test_the_test_split_reads_the_validation_items_context_too() -> None:
@@ -108,12 +124,29 @@ def test_the_test_split_reads_the_validation_items_context_too() -> None:
     assert item_contexts(SEQUENCES, time_gaps=False, ratings=False) is None
 
 
+def test_each_split_reads_its_own_targets_time_as_the_query_time_and_training_none() -> None:
+    # train times 0, 0, 100; validation item at 100 + 1 day; test item 30 s after it
+    [valid] = list(iter_eval_batches(build_eval_set(SEQUENCES, "valid", _spec(False, False, query_time=True)), 3, 8, "cpu"))
+    assert valid.contexts[..., CONTEXT_NEXT_GAP].tolist() == [[1, 4, 7]]  # 0 s, 100 s, then 1 day to the validation item
+    [test] = list(iter_eval_batches(build_eval_set(SEQUENCES, "test", _spec(False, False, query_time=True)), 3, 8, "cpu"))
+    assert test.inputs.tolist() == [[2, 3, 4]] and test.contexts[..., CONTEXT_NEXT_GAP].tolist() == [[4, 7, 3]]  # 30 s
+    training = item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True)
+    assert training[:, CONTEXT_NEXT_GAP].tolist() == [1, 4, 0]  # the last item's next time is not read in training
+    assert item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True, with_valid=True)[
+        :, CONTEXT_NEXT_GAP].tolist() == [1, 4, 7, 0]  # a refit: the validation item is the last, unknown
+    with pytest.raises(DataError, match="no column test_ts; model.query_time needs it"):
+        build_eval_set(SEQUENCES.drop(columns=["test_ts"]), "test", _spec(False, False, query_time=True))
+    early = SEQUENCES.assign(test_ts=[50])  # a test item before the validation item's time
+    with pytest.raises(DataError, match="sequences.parquet: model.query_time: the next time lies before"):
+        build_eval_set(early, "test", _spec(False, False, query_time=True))
+
+
 def test_a_file_without_the_columns_says_to_rerun_the_data_stage() -> None:
     old = SEQUENCES.drop(columns=["train_rating", "valid_rating"])
     with pytest.raises(DataError, match=r"no column\(s\) train_rating, valid_rating.*re-run `lite-rec ingest"):
         item_contexts(old, time_gaps=True, ratings=True)
-    assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [[1, 0], [2, 0], [5, 0]]
-    assert item_contexts(old, time_gaps=False, ratings=False, time_bias=True).tolist() == [[0, 0], [0, 0], [0, 100]]
-    assert item_contexts(old, time_gaps=False, ratings=False, calendar=True).tolist() == [[0, 0], [0, 0], [0, 100]]
+    assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [[1, 0, 0], [2, 0, 0], [5, 0, 0]]
+    assert item_contexts(old, time_gaps=False, ratings=False, time_bias=True).tolist() == [[0, 0, 0], [0, 0, 0], [0, 100, 0]]
+    assert item_contexts(old, time_gaps=False, ratings=False, calendar=True).tolist() == [[0, 0, 0], [0, 0, 0], [0, 100, 0]]
     assert item_contexts(old, time_gaps=True, ratings=False, calendar=True, with_valid=True)[:, CONTEXT_TIME].tolist() == [
         0, 0, 100, 100 + DAY]

@@ -310,13 +310,14 @@ def test_context_model_adds_a_context_embedding_and_needs_the_contexts() -> None
     padded = torch.tensor([[3, 5, 2, 0, 0, 0, 0, 0]]), _ids([[1, 6, 6, 0, 0, 0, 0, 0]])
     torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=burst)[0])
     with pytest.raises(ValueError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias / "
-                                         r"model.calendar\): "
+                                         r"model.calendar / model.query_time\): "
                                          r"pass contexts \(B, T, C\) with the items \(1, 6\); got none"):
         model(items)
     with pytest.raises(ValueError, match=r"got shape \(1, 6\)"):  # ids alone, the layout before time_bias
         model(items, contexts=burst[..., 0])
     assert not hasattr(_model(), "context_embedding")  # off by default: the paper's inputs
-    legacy = {k: v for k, v in _model().spec.to_dict().items() if k not in ("time_gaps", "ratings", "time_bias", "calendar")}
+    legacy = {k: v for k, v in _model().spec.to_dict().items()
+              if k not in ("time_gaps", "ratings", "time_bias", "calendar", "query_time")}
     assert not ModelSpec.from_dict(legacy).uses_context  # an older model.json
 
 
@@ -385,6 +386,38 @@ def test_calendar_reads_the_month_keeps_padding_and_causality_and_starts_as_a_no
     early = model(items, targets=targets, contexts=times)[0][:, :3]  # (1, 3, N+1) prefixes ending before it
     torch.testing.assert_close(model(items, targets=targets, contexts=moved)[0][:, :3], early)
     assert not torch.allclose(model(items, targets=targets, contexts=moved)[0][:, 3], model(items, targets=targets, contexts=times)[0][:, 3])
+
+
+def test_query_time_reads_the_next_gap_keeps_padding_and_item_causality_and_starts_as_a_no_op() -> None:
+    from lite_rec.item_context import CONTEXT_NEXT_GAP
+
+    torch.manual_seed(0)
+    plain = _model(causal=True, item_repr="id")
+    model = _model(causal=True, item_repr="id", query_time=True)
+    assert model.query_gap_embedding.weight.shape == (10, 16) and not hasattr(model, "context_embedding")
+    model.load_state_dict({**plain.state_dict(), "query_gap_embedding.weight": model.query_gap_embedding.weight}, strict=True)
+    items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
+
+    def rows(gaps: list[int]) -> torch.Tensor:
+        out = _ids([[0] * len(gaps)])
+        out[..., CONTEXT_NEXT_GAP] = torch.tensor([gaps])
+        return out
+
+    burst = rows([1, 1, 6, 1, 0, 0])  # the last input's next item (the query) comes in the same second
+    torch.testing.assert_close(model(items, contexts=burst)[0], plain(items)[0])  # zero init: the plain model
+    with torch.no_grad():
+        model.query_gap_embedding.weight[1:].normal_()
+    visit = rows([1, 1, 6, 9, 0, 0])  # ... or months later
+    assert not torch.allclose(model(items, contexts=burst)[0], model(items, contexts=visit)[0])  # the query time is read
+    padded = torch.tensor([[3, 5, 2, 4, 0, 0, 0, 0]]), rows([1, 1, 6, 1, 0, 0, 0, 5])
+    torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=burst)[0])
+    targets = torch.full((1, 6), -100)
+    swapped = torch.tensor([[3, 5, 2, 1, 0, 0]])  # a later item's identity never reaches an earlier prefix
+    early = model(items, targets=targets, contexts=burst)[0][:, :3]  # (1, 3, N+1)
+    torch.testing.assert_close(model(swapped, targets=targets, contexts=burst)[0][:, :3], early)
+    later = model(items, targets=targets, contexts=visit)[0]  # the last input's next gap: its own prefix only
+    torch.testing.assert_close(later[:, :3], early)
+    assert not torch.allclose(later[:, 3], model(items, targets=targets, contexts=burst)[0][:, 3])
 
 
 def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> None:

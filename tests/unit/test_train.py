@@ -316,14 +316,21 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     assert meta["spec"]["calendar"] is True and result.metrics["test_users"] == 24.0
     torch.testing.assert_close(loaded.calendar_embedding.weight, result.model.calendar_embedding.weight.cpu())
     assert loaded.calendar_embedding.weight.abs().sum() > 0  # trained away from its zero start
-    with pytest.raises(DataError, match="model.ratings, model.time_bias and model.calendar need them"):
+    queried = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.query_time": "true"})
+    result = train_model(queried, dated.assign(test_ts=dated["valid_ts"] + 60), tiny_vectors(), tmp_path / "queried",
+                         progress=False)
+    loaded, meta = load_model(tmp_path / "queried")
+    assert meta["spec"]["query_time"] is True and result.metrics["test_users"] == 24.0
+    torch.testing.assert_close(loaded.query_gap_embedding.weight, result.model.query_gap_embedding.weight.cpu())
+    assert loaded.query_gap_embedding.weight.abs().sum() > 0  # trained away from its zero start
+    with pytest.raises(DataError, match="model.calendar and model.query_time need them"):
         train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
     data_cfg.processed_dir.mkdir(parents=True)
     for name in ("items.parquet", "sequences.parquet"):
         (data_cfg.processed_dir / name).touch()
     with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias / "
-                                        r"model.calendar\).*not pass yet"):
+                                        r"model.calendar / model.query_time\).*not pass yet"):
         build_bundle(data_cfg, tmp_path / "run", tmp_path / "bundle")
 
 

@@ -293,14 +293,15 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
 
 
 def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
-                  calendar: bool = False, query_time: bool = False, with_valid: bool = False,
+                  calendar: bool = False, query_time: bool = False, query_gap_floor: int = 0, with_valid: bool = False,
                   query: str | None = None, source: str = "sequences.parquet") -> np.ndarray | None:
     """(I, C) context row of every history item (``item_context.py``), aligned with the item store
     of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used.
 
     ``query`` ("valid" | "test"): with ``query_time``, the split whose target's time is the query
     time after each user's last item (an evaluation's histories); None in training, where that
-    item carries no loss and its next gap stays unknown (``item_context.next_gap_index``)."""
+    item carries no loss and its next gap stays unknown (``item_context.next_gap_index``, which
+    also reads ``query_gap_floor``)."""
     if not (time_gaps or ratings or time_bias or calendar or query_time):
         return None
     times = flat_column(sequences, "ts", with_valid, source) if time_gaps or time_bias or calendar or query_time else None
@@ -311,7 +312,8 @@ def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, ti
             raise DataError(f"{source}: no column {column}; model.query_time needs it: "
                             "re-run `lite-rec ingest <dataset>` to rewrite the file")
         try:
-            next_gaps = next_gap_index(times, None if column is None else sequences[column].to_numpy(np.int64))
+            query_times = None if column is None else sequences[column].to_numpy(np.int64)
+            next_gaps = next_gap_index(times, query_times, query_gap_floor)
         except ValueError as exc:
             raise DataError(f"{source}: {exc}") from None
     return context_table(times if time_gaps else None,

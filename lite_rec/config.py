@@ -132,6 +132,9 @@ class ModelConfig(_Section):
     # beyond the paper: embed each input item's gap to the next item, the last one's gap to the time of the prediction
     # (the request's; offline the target's timestamp, as HSTU; item_context.py); needs sequences.parquet's *_ts columns
     query_time: bool = False
+    # with query_time: next gaps shorter than this many seconds all read as one ("within the session"); 3600 keeps a
+    # new visit's gap but not whether the next item shares the last input's second (item_context.py)
+    query_gap_floor: int = Field(0, ge=0)
     # beyond the paper: one learned score added to every item the user already has (model.add_history_logit), so
     # the model learns from the data whether users come back to items; needs train.loss_excludes_history=false
     history_logit: bool = False
@@ -150,6 +153,9 @@ class ModelConfig(_Section):
                              f"got model.backbone={self.backbone!r}")
         if self.head == "tied" and self.head_bias:
             raise ValueError("model.head_bias applies to the linear head only; with model.head=tied set it to false")
+        if self.query_gap_floor and not self.query_time:
+            raise ValueError(f"model.query_gap_floor={self.query_gap_floor} coarsens the gap model.query_time reads; "
+                             "set model.query_time=true as well, or leave the floor at 0")
         return self
 
 

@@ -49,6 +49,10 @@ request time, as in HSTU's public code (its relative time bias reads ``ts[i + 1]
 next item's time, for position i). Never its identity: a position reads when the next item came,
 never which it was. In training every position but a user's last has a next item in the log; the
 last carries no loss and gets gap 0 (unknown), so no validation or test time is read in training.
+``model.query_gap_floor`` (seconds) reads every next gap below it as one: with 3600, the model
+knows whether the user is back after an hour or more (a new visit, which a live service knows
+from the request time) but not whether the item asked for shares its second with the last input
+(on MovieLens: a page of films submitted at once, which a live service cannot know).
 
 Why a time bias besides the gap: the gap says how far an item is from the one before it; what
 matters for the item at the query position is how far each earlier item is from *it* (a film
@@ -98,10 +102,11 @@ def gap_index(times: "SequenceStore") -> np.ndarray:
     return index.astype(np.int64)
 
 
-def next_gap_index(times: "SequenceStore", query_times: np.ndarray | None = None) -> np.ndarray:
+def next_gap_index(times: "SequenceStore", query_times: np.ndarray | None = None, floor: int = 0) -> np.ndarray:
     """(I,) int64 0..N_GAPS-1: each item's gap to the same user's next item (``gap_index``'s
     buckets, 1..N_GAPS-1); for each user's last item the gap to ``query_times`` (U,) Unix seconds,
-    the time of the prediction that follows the history, or ``UNKNOWN_NEXT_GAP`` without them."""
+    the time of the prediction that follows the history, or ``UNKNOWN_NEXT_GAP`` without them.
+    Gaps under ``floor`` seconds (``model.query_gap_floor``) all read as a gap of 0 s."""
     ends = times.offsets[1:] - 1  # (U,) each user's last item
     gap = np.diff(times.flat, append=times.flat[-1:])  # (I,) to the next flat entry
     gap[ends] = 0  # ... which belongs to another user there
@@ -114,7 +119,7 @@ def next_gap_index(times: "SequenceStore", query_times: np.ndarray | None = None
         at = int(np.flatnonzero(gap < 0)[0])
         raise ValueError(f"model.query_time: the next time lies before the item's at flat position {at} "
                          "(a query time before the user's last input, or timestamps out of order)")
-    index = np.searchsorted(GAP_EDGES, gap, side="right")  # (I,) 1..N_GAPS-1
+    index = np.searchsorted(GAP_EDGES, np.where(gap < floor, 0, gap), side="right")  # (I,) 1..N_GAPS-1
     if query_times is None:
         index[ends] = UNKNOWN_NEXT_GAP
     return index.astype(np.int64)

@@ -68,6 +68,7 @@ class ModelSpec:
     history_logit: bool = False  # one learned score added to the items the user already has (add_history_logit)
     calendar: bool = False  # the month of each input item is embedded and added to it (item_context.py)
     query_time: bool = False  # each input item's gap to the next item (the last's: to the query time) is embedded
+    query_gap_floor: int = 0  # seconds: next gaps below it read as one (item_context.next_gap_index)
 
     @property
     def uses_context(self) -> bool:
@@ -83,7 +84,7 @@ class ModelSpec:
     def context_features(self) -> dict[str, bool]:
         """The input-context features read, as ``batches.item_contexts`` takes them."""
         return {"time_gaps": self.time_gaps, "ratings": self.ratings, "time_bias": self.time_bias,
-                "calendar": self.calendar, "query_time": self.query_time}
+                "calendar": self.calendar, "query_time": self.query_time, "query_gap_floor": self.query_gap_floor}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -508,7 +509,7 @@ def build_model(
         temperature=model_cfg.temperature if model_cfg.score == "cosine" else 1.0,
         user_dropout=model_cfg.user_dropout, time_gaps=model_cfg.time_gaps, ratings=model_cfg.ratings,
         time_bias=model_cfg.time_bias, history_logit=model_cfg.history_logit, calendar=model_cfg.calendar,
-        query_time=model_cfg.query_time,
+        query_time=model_cfg.query_time, query_gap_floor=model_cfg.query_gap_floor,
     )
     return LiteRecModel(spec, backbone, item_vectors if needs_text else None), note
 

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     # the input context the members read (members that read none ignore it); mixed contexts cannot share one
     specs = {tuple(m.spec.context_features.items()) for m in models.values() if m.spec.uses_context}
     if len(specs) > 1:
-        readers = "; ".join(" + ".join(f"model.{k}" for k, v in spec if v) for spec in sorted(specs))
+        readers = "; ".join(" + ".join(f"model.{k}" if v is True else f"model.{k}={v}" for k, v in spec if v)
+                            for spec in sorted(specs))
         print(f"error: ensemble members read different input contexts: {readers}", file=sys.stderr)
         return 2
     reader = next((m.spec for m in models.values() if m.spec.uses_context), None)

@@ -74,6 +74,8 @@ def test_next_gap_index_of_hand_computed_gaps_and_query_times() -> None:
     assert next_gap_index(times).tolist() == [1, 3, 0, 7, 0]  # last items: unknown (training)
     # the query times after each user's last item: 1 hour later (bucket 6), the same second (bucket 1)
     assert next_gap_index(times, np.array([20 + HOUR, 5 + 2 * DAY])).tolist() == [1, 3, 6, 7, 1]
+    floored = next_gap_index(times, np.array([20 + HOUR, 5 + 2 * DAY]), floor=HOUR)  # under an hour: one bucket
+    assert floored.tolist() == [1, 1, 6, 7, 1]
     with pytest.raises(ValueError, match="before the item's at flat position 4"):
         next_gap_index(times, np.array([20, 4]))  # a query before the user's last input
     with pytest.raises(ValueError, match="1 query times for 2 users"):
@@ -134,6 +136,8 @@ def test_each_split_reads_its_own_targets_time_as_the_query_time_and_training_no
     assert training[:, CONTEXT_NEXT_GAP].tolist() == [1, 4, 0]  # the last item's next time is not read in training
     assert item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True, with_valid=True)[
         :, CONTEXT_NEXT_GAP].tolist() == [1, 4, 7, 0]  # a refit: the validation item is the last, unknown
+    assert item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True, query_gap_floor=HOUR, with_valid=True,
+                         query="test")[:, CONTEXT_NEXT_GAP].tolist() == [1, 1, 7, 1]  # 100 s and 30 s: under the floor
     with pytest.raises(DataError, match="no column test_ts; model.query_time needs it"):
         build_eval_set(SEQUENCES.drop(columns=["test_ts"]), "test", _spec(False, False, query_time=True))
     early = SEQUENCES.assign(test_ts=[50])  # a test item before the validation item's time

@@ -418,6 +418,11 @@ def test_query_time_reads_the_next_gap_keeps_padding_and_item_causality_and_star
     later = model(items, targets=targets, contexts=visit)[0]  # the last input's next gap: its own prefix only
     torch.testing.assert_close(later[:, :3], early)
     assert not torch.allclose(later[:, 3], model(items, targets=targets, contexts=burst)[0][:, 3])
+    from lite_rec.config import ModelConfig
+
+    with pytest.raises(ValueError, match="model.query_gap_floor=3600 coarsens the gap model.query_time reads"):
+        ModelConfig(backbone="lean", query_gap_floor=3600)
+    assert _model(query_time=True, query_gap_floor=3600).spec.context_features["query_gap_floor"] == 3600
 
 
 def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> None:

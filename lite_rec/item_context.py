@@ -34,8 +34,9 @@ say when it is (``scripts/calendar_signal.py`` measures the signal itself).
 
 Gap index 0 is a user's first item (no previous one); 1.. cover the gap in seconds: 0, 1-9,
 10-59, 1-10 min, 10-60 min, 1-24 h, 1-7 days, 7-30 days, more. The gap is always to the user's
-previous item, also when that item lies before the input window. The gap to the item being
-predicted is never used: at test time it is unknown. Ratings are rounded and clipped to 1..5.
+previous item, also when that item lies before the input window. These ids never hold the gap
+to the item being predicted (``model.query_time`` reads that, as the time of the request, in
+its own column). Ratings are rounded and clipped to 1..5.
 The context id is ``1 + gap * R + (rating - 1)`` (R = 5 with ratings, else 1; a feature not
 used counts as 0); 0 is padding.
 
@@ -54,9 +55,10 @@ knows whether the user is back after an hour or more (a new visit, which a live 
 from the request time) but not whether the item asked for shares its second with the last input
 (on MovieLens: a page of films submitted at once, which a live service cannot know).
 Measured on ML-1m (three seeds, masked, docs/results.md session 16), on top of gaps, ratings and
-the time bias: +0.006 R@10 / +0.004 N@10 with a 3600 s floor (0.3876 / 0.2350), all from the 9%
-of users back after an hour or more; +0.042 / +0.034 without a floor, two thirds of it from the
-test items that share their second with the last input (``scripts/gap_breakdown.py``).
+the time bias: +0.006 R@10 / +0.004 N@10 with a 3600 s floor (0.3876 / 0.2350), about what the 9%
+of users back after an hour or more gain (0.040 -> 0.090-0.097 N@10, +0.005 weighted); +0.042 /
++0.034 without a floor, two thirds of it from the test items that share their second with the
+last input (``scripts/gap_breakdown.py``).
 
 Why a time bias besides the gap: the gap says how far an item is from the one before it; what
 matters for the item at the query position is how far each earlier item is from *it* (a film

@@ -81,7 +81,7 @@ class ModelSpec:
         return self.time_gaps or self.ratings
 
     @property
-    def context_features(self) -> dict[str, bool]:
+    def context_features(self) -> dict[str, bool | int]:
         """The input-context features read, as ``batches.item_contexts`` takes them."""
         return {"time_gaps": self.time_gaps, "ratings": self.ratings, "time_bias": self.time_bias,
                 "calendar": self.calendar, "query_time": self.query_time, "query_gap_floor": self.query_gap_floor}

@@ -12,30 +12,21 @@ model is the product). Needs only torch, pandas, pyarrow and safetensors, like t
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lite_rec.batches import read_sequences  # noqa: E402
-from lite_rec.checkpoint import load_model  # noqa: E402
+from lite_rec.checkpoint import load_model, write_json  # noqa: E402
 from lite_rec.errors import DataError  # noqa: E402
+from lite_rec.eval_cli import model_folders_parser  # noqa: E402
 from lite_rec.evaluate import COMBINES, build_eval_set, ensemble_scorer, evaluate_scores, model_scorer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--processed-dir", type=Path, required=True, help="holds sequences.parquet")
-    p.add_argument("--model", type=Path, action="append", required=True,
-                   help="a trained model folder (model.safetensors + model.json); repeat for each member")
-    p.add_argument("--out", type=Path, required=True, help="results JSON")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    args = model_folders_parser(__doc__.split("\n\n")[0], "repeat for each member").parse_args(argv)
     try:
         sequences = read_sequences(args.processed_dir / "sequences.parquet")
         models = {str(d): load_model(d, args.device)[0] for d in args.model}
@@ -74,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         results["scores"][name] = {"metrics": metrics, "seconds": time.perf_counter() - start}
         short = {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall_10") or k.endswith("ndcg_10")}
         print(f"{name}: {short}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(args.out)
+    write_json(args.out, results)
     return 0
 
 

@@ -14,21 +14,19 @@ safetensors, like the GPU workers.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lite_rec.batches import QUERY_TIME_COLUMNS, read_sequences  # noqa: E402
-from lite_rec.checkpoint import load_model  # noqa: E402
+from lite_rec.checkpoint import load_model, write_json  # noqa: E402
 from lite_rec.errors import DataError  # noqa: E402
+from lite_rec.eval_cli import model_folders_parser  # noqa: E402
 from lite_rec.evaluate import build_eval_set, evaluate_scores, model_scorer  # noqa: E402
 from lite_rec.model import LiteRecModel  # noqa: E402
 
@@ -64,13 +62,7 @@ def breakdown(model: LiteRecModel, sequences: pd.DataFrame, device: str) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--processed-dir", type=Path, required=True, help="holds sequences.parquet")
-    p.add_argument("--model", type=Path, action="append", required=True,
-                   help="a trained model folder (model.safetensors + model.json); repeat for each model")
-    p.add_argument("--out", type=Path, required=True, help="results JSON")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    args = model_folders_parser(__doc__.split("\n\n")[0], "repeat for each model").parse_args(argv)
     try:
         sequences = read_sequences(args.processed_dir / "sequences.parquet")
         buckets = gap_buckets(sequences)
@@ -92,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for bucket, metrics in per_bucket.items():
             print(f"{name} [{bucket}]: R@10 {metrics['test_masked_recall_10']:.4f} N@10 {metrics['test_masked_ndcg_10']:.4f} "
                   f"(masked, {int(metrics['test_users'])} users)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(args.out)
+    write_json(args.out, results)
     return 0
 
 

@@ -333,14 +333,22 @@ def _ids(ids: list[list[int]], times: list[list[int]] | None = None) -> torch.Te
     return rows
 
 
+def _with_new_input(**setting: bool) -> tuple[LiteRecModel, LiteRecModel]:
+    """A causal id model without and with one more input (``setting``); the second holds the
+    first's weights plus its own new, zero-initialised table, so the two should score alike."""
+    plain = _model(causal=True, item_repr="id")
+    model = _model(causal=True, item_repr="id", **setting)
+    own = {k: v for k, v in model.state_dict().items() if k not in plain.state_dict()}
+    assert own, f"{setting} adds no parameters"
+    model.load_state_dict({**plain.state_dict(), **own}, strict=True)
+    return plain, model
+
+
 def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_no_op() -> None:
     from lite_rec.config import ModelConfig
 
-    torch.manual_seed(0)
-    plain = _model(causal=True, item_repr="id")
-    model = _model(causal=True, item_repr="id", time_bias=True)
+    plain, model = _with_new_input(time_bias=True)
     assert not hasattr(model, "context_embedding") and model.time_bias.weight.shape == (32, 2)  # (buckets, heads)
-    model.load_state_dict({**plain.state_dict(), "time_bias.weight": model.time_bias.weight}, strict=True)
     items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
     times = _ids([[0] * 6], [[0, 60, 86_400, 90_000, 0, 0]])
     torch.testing.assert_close(model(items, contexts=times)[0], plain(items)[0])  # zero init: the plain model
@@ -363,11 +371,8 @@ def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_n
 def test_calendar_reads_the_month_keeps_padding_and_causality_and_starts_as_a_no_op() -> None:
     from lite_rec.item_context import CALENDAR_MONTH, CALENDAR_ORIGIN
 
-    torch.manual_seed(0)
-    plain = _model(causal=True, item_repr="id")
-    model = _model(causal=True, item_repr="id", calendar=True)
+    plain, model = _with_new_input(calendar=True)
     assert model.calendar_embedding.weight.shape == (512, 16) and not hasattr(model, "context_embedding")
-    model.load_state_dict({**plain.state_dict(), "calendar_embedding.weight": model.calendar_embedding.weight}, strict=True)
     items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
     nov = CALENDAR_ORIGIN + 130 * CALENDAR_MONTH  # the first second of a month
     times = _ids([[0] * 6], [[nov, nov + 60, nov + 86_400, nov + 90_000, 0, 0]])
@@ -391,11 +396,8 @@ def test_calendar_reads_the_month_keeps_padding_and_causality_and_starts_as_a_no
 def test_query_time_reads_the_next_gap_keeps_padding_and_item_causality_and_starts_as_a_no_op() -> None:
     from lite_rec.item_context import CONTEXT_NEXT_GAP
 
-    torch.manual_seed(0)
-    plain = _model(causal=True, item_repr="id")
-    model = _model(causal=True, item_repr="id", query_time=True)
+    plain, model = _with_new_input(query_time=True)
     assert model.query_gap_embedding.weight.shape == (10, 16) and not hasattr(model, "context_embedding")
-    model.load_state_dict({**plain.state_dict(), "query_gap_embedding.weight": model.query_gap_embedding.weight}, strict=True)
     items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
 
     def rows(gaps: list[int]) -> torch.Tensor:

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lite_rec.errors import DataError
-from lite_rec.item_context import context_table, next_gap_index
+from lite_rec.item_context import CONTEXT_SETTINGS, context_table, next_gap_index
 from lite_rec.model import IGNORE_INDEX
 
 STRATEGIES = ("sampling", "all", "onepass")
@@ -244,8 +244,7 @@ class BatchMaker:
 
 
 SEQUENCE_COLUMNS = ("user_idx", "train_seq", "valid_item_idx", "test_item_idx")
-# read when present (written since session 9): train.shuffle_ties, model.time_gaps, model.ratings, model.time_bias,
-# model.calendar and model.query_time need them
+# read when present (written since session 9): train.shuffle_ties and the input contexts (CONTEXT_SETTINGS) need them
 SIDE_COLUMNS = {"ts": ("train_ts", "valid_ts"), "rating": ("train_rating", "valid_rating")}
 # the time of each split's target: model.query_time's query time after that split's history
 QUERY_TIME_COLUMNS = {"valid": "valid_ts", "test": "test_ts"}
@@ -278,8 +277,8 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
     train, valid = SIDE_COLUMNS[kind]
     missing = [c for c in (train, valid) if c not in sequences.columns]
     if missing:
-        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties, model.time_gaps, "
-                        "model.ratings, model.time_bias, model.calendar and model.query_time need them: re-run `lite-rec ingest <dataset>` to rewrite the file")
+        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties / {CONTEXT_SETTINGS} read them: "
+                        "re-run `lite-rec ingest <dataset>` to rewrite the file")
     values = list(sequences[train])
     if with_valid:
         values = [np.append(np.asarray(t), v) for t, v in zip(values, sequences[valid], strict=True)]

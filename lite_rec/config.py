@@ -144,6 +144,11 @@ class ModelConfig(_Section):
         """Whether the model reads an input context per item (``ModelSpec.uses_context``, which it becomes)."""
         return self.time_gaps or self.ratings or self.time_bias or self.calendar or self.query_time
 
+    @property
+    def reads_timestamps(self) -> bool:
+        """Whether the model's input context is built from the items' timestamps (all but ``ratings``)."""
+        return self.time_gaps or self.time_bias or self.calendar or self.query_time
+
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.d_model % self.n_heads:

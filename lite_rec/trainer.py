@@ -159,8 +159,7 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
     refit = cfg.train.fit_on == "train+valid"
-    if cfg.train.shuffle_ties or cfg.model.time_gaps or cfg.model.time_bias or cfg.model.calendar or cfg.model.query_time:
-        # timestamps shape every batch
+    if cfg.train.shuffle_ties or cfg.model.reads_timestamps:  # timestamps shape every batch
         data.update(flat_column(sequences, "ts", with_valid=refit).flat.tobytes())
     if cfg.model.ratings:
         data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())

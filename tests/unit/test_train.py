@@ -323,7 +323,8 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     assert meta["spec"]["query_time"] is True and result.metrics["test_users"] == 24.0
     torch.testing.assert_close(loaded.query_gap_embedding.weight, result.model.query_gap_embedding.weight.cpu())
     assert loaded.query_gap_embedding.weight.abs().sum() > 0  # trained away from its zero start
-    with pytest.raises(DataError, match="model.calendar and model.query_time need them"):
+    with pytest.raises(DataError, match=r"train_rating; train.shuffle_ties / model.time_gaps / model.ratings / model.time_bias / "
+                                         r"model.calendar / model.query_time read them"):
         train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
     data_cfg.processed_dir.mkdir(parents=True)

@@ -5,7 +5,7 @@ and the library itself never imports Prefect; library-only subcommands import la
 
 Every subcommand takes a dataset name (``ml-1m``) or YAML path, an optional ``--profile``
 and any number of ``--set section.field=value`` overrides, builds the same
-:class:`~lite_rec.config.LiteRecConfig` that the Prefect flows build from deployment
+:class:`~lite_rec.core.config.LiteRecConfig` that the Prefect flows build from deployment
 parameters, and calls the library function for that step. A :class:`LiteRecError` becomes a
 one-paragraph message and exit code 2, never a traceback.
 """
@@ -19,9 +19,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from lite_rec.config import LiteRecConfig, available_datasets, available_profiles, build_config
-from lite_rec.env import apply_local_defaults
-from lite_rec.errors import LiteRecError
+from lite_rec.core.config import LiteRecConfig, available_datasets, available_profiles, build_config
+from lite_rec.core.env import apply_local_defaults
+from lite_rec.core.errors import LiteRecError
 
 log = logging.getLogger("lite_rec")
 
@@ -49,7 +49,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         result = ingest_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
                              force=args.force, progress=not args.no_progress)
     else:
-        from lite_rec.ingest import ingest
+        from lite_rec.data.ingest import ingest
 
         result = ingest(cfg, progress=not args.no_progress, force=args.force)
     stats = result.stats
@@ -61,7 +61,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
-    from lite_rec.item_cache import load_or_encode_items
+    from lite_rec.items.cache import load_or_encode_items
 
     vectors = load_or_encode_items(cfg, progress=not args.no_progress)
     n, d = vectors.vectors.shape
@@ -73,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """The whole offline stage as the Prefect `train` flow, in-process (the embedded default)."""
     cfg = _config_from(args)
     from flows.train import train_flow
-    from lite_rec.offline import check_registrable
-    from lite_rec.tracking import resolve_tracking_uri
+    from lite_rec.pipeline.steps import check_registrable
+    from lite_rec.registry.client import resolve_tracking_uri
 
     if not args.no_register:  # the flow checks it too; here it fails before Prefect starts at all
         check_registrable(cfg)
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
-    from lite_rec.promotion import promote
+    from lite_rec.registry.promotion import promote
 
     print(promote(cfg).as_json())
     return 0
@@ -110,8 +110,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
-    from lite_rec.promotion import rollback
-    from lite_rec.registry import registered_model_name
+    from lite_rec.registry.promotion import rollback
+    from lite_rec.registry.versions import registered_model_name
 
     name = registered_model_name(cfg)
     print(f"{name}: champion is version {rollback(name, cfg=cfg)} again")
@@ -122,8 +122,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     """Start or stop the local team stack: MLflow server, Prefect server, workers (all on 127.0.0.1)."""
     from pathlib import Path
 
-    from lite_rec import local_stack
-    from lite_rec.config import REPO_ROOT
+    from lite_rec.core.config import REPO_ROOT
+    from lite_rec.pipeline import stack as local_stack
 
     root = Path(args.data_dir or "data").resolve() / "stack"
     pids = root / "pids.json"
@@ -226,8 +226,8 @@ SERVE_HELP = "the HTTP service over a registered model (`lite-rec serve --help` 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # the service owns its options (lite_rec/serve.py)
-        from lite_rec.serve import main as serve_main
+    if argv[:1] == ["serve"]:  # the service owns its options (lite_rec/serve/app.py)
+        from lite_rec.serve.app import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)

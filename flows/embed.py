@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from lite_rec.config import build_config
+from lite_rec.core.config import build_config
 from tasks.data import build_sequences_task, fetch_raw_task
 from tasks.model import embed_task
 

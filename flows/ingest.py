@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import flow
 
-from lite_rec.config import build_config
-from lite_rec.ingest import IngestResult
+from lite_rec.core.config import build_config
+from lite_rec.data.ingest import IngestResult
 from tasks.data import build_sequences_task, fetch_raw_task
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect import flow
 
-from lite_rec.config import build_config
-from lite_rec.scoring import ScoreResult, default_scores_path
+from lite_rec.core.config import build_config
+from lite_rec.serve.scoring import ScoreResult, default_scores_path
 from tasks.serving import fetch_model_task, score_users_task
 
 

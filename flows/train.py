@@ -10,9 +10,9 @@ from typing import Any
 
 from prefect import flow
 
-from lite_rec.config import build_config
-from lite_rec.distill import check_teachers
-from lite_rec.offline import check_registrable
+from lite_rec.core.config import build_config
+from lite_rec.pipeline.steps import check_registrable
+from lite_rec.train.distill import check_teachers
 from tasks.data import build_sequences_task, fetch_raw_task
 from tasks.model import embed_task, register_task, train_task
 

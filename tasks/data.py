@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import task
 
-from lite_rec.config import LiteRecConfig
-from lite_rec.ingest import IngestResult, ingest
-from lite_rec.sources import RawFiles, fetch_raw
+from lite_rec.core.config import LiteRecConfig
+from lite_rec.data.ingest import IngestResult, ingest
+from lite_rec.data.sources import RawFiles, fetch_raw
 
 
 @task(name="fetch-raw", retries=3, retry_delay_seconds=[5, 30, 120])

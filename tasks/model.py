@@ -1,12 +1,12 @@
-"""Prefect tasks of the model stage: each one call into ``lite_rec.offline`` / ``lite_rec.promotion``."""
+"""Prefect tasks of the model stage: each one call into ``lite_rec.pipeline.steps`` / ``lite_rec.registry.promotion``."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from lite_rec import offline
-from lite_rec.config import LiteRecConfig
-from lite_rec.promotion import PromotionDecision, promote
+from lite_rec.core.config import LiteRecConfig
+from lite_rec.pipeline import steps as offline
+from lite_rec.registry.promotion import PromotionDecision, promote
 
 
 @task(name="embed-items")

@@ -8,10 +8,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lite_rec.bundle import Bundle
-from lite_rec.config import LiteRecConfig
-from lite_rec.fast_path import FastPathOptions
-from lite_rec.scoring import ScoreResult, resolve_model, score_users
+from lite_rec.core.config import LiteRecConfig
+from lite_rec.infer.bundle import Bundle
+from lite_rec.infer.fast_path import FastPathOptions
+from lite_rec.serve.scoring import ScoreResult, resolve_model, score_users
 
 
 # NO_CACHE: inputs and results hold model tensors; hashing them for a cache key would copy them

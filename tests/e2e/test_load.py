@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lite_rec.registry import CHAMPION, log_training_run, set_champion
+from lite_rec.registry.publish import log_training_run
+from lite_rec.registry.versions import CHAMPION, set_champion
 from tests.helpers.service_process import start_service
 from tests.integration.test_registry import MODEL, N_ITEMS, Run, _variant, run, server  # noqa: F401 - fixtures
 

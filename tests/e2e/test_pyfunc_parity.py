@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lite_rec.promotion import load_held_out
-from lite_rec.registry import CHAMPION, log_training_run
+from lite_rec.registry.promotion import load_held_out
+from lite_rec.registry.publish import log_training_run
+from lite_rec.registry.versions import CHAMPION
 from tests.helpers.service_process import ServiceProcess, start_service
 from tests.integration.test_registry import MODEL, N_ITEMS, Run, _free_port, _stop, run, server  # noqa: F401 - fixtures
 

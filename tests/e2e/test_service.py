@@ -14,19 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lite_rec.bundle import save_bundle
-from lite_rec.config import ModelConfig
-from lite_rec.model import build_model
-from lite_rec.recommender import Recommender
-from lite_rec.registry import CHAMPION, PYFUNC_FILE, log_training_run, set_champion
-from lite_rec.tracking import mlflow_uris
+import mlflow
+from lite_rec.core.config import ModelConfig
+from lite_rec.infer.bundle import save_bundle
+from lite_rec.infer.recommender import Recommender
+from lite_rec.model.rec_llm import build_model
+from lite_rec.registry.client import mlflow_uris
+from lite_rec.registry.publish import PYFUNC_FILE, log_training_run
+from lite_rec.registry.versions import CHAMPION, set_champion
 from tests.helpers.service_process import ServiceProcess, start_service
 from tests.integration.test_registry import MODEL, N_ITEMS, Run, _variant, run, server  # noqa: F401 - fixtures
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lite_rec import local_stack
-from lite_rec.config import REPO_ROOT
+from lite_rec.core.config import REPO_ROOT
+from lite_rec.pipeline import stack as local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -111,9 +111,8 @@ def test_train_deployment_registers_a_verified_champion(stack: Stack, first_run:
 def test_champion_pyfunc_matches_the_in_process_recommender(stack: Stack, first_run: str) -> None:
     import mlflow.pyfunc
 
-    from lite_rec.recommender import Recommender
-
-    from lite_rec.tracking import mlflow_uris
+    from lite_rec.infer.recommender import Recommender
+    from lite_rec.registry.client import mlflow_uris
 
     with mlflow_uris(_client(stack)):  # the process-wide URIs may still name another module's stopped server
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
@@ -142,7 +141,7 @@ def test_second_run_and_promote_move_aliases_by_the_rule(stack: Stack, first_run
     promoted = challenger > champion + margin
     assert tags["promotion.decision"] == ("promoted" if promoted else "rejected"), tags
     assert client.get_model_version_by_alias(MODEL, "champion").version == ("2" if promoted else "1")
-    assert f"promotion.vs_v2" in client.get_model_version(MODEL, "1").tags
+    assert "promotion.vs_v2" in client.get_model_version(MODEL, "1").tags
 
 
 def _wait_for_mid_training_checkpoint(runs: Path, known: set[Path], timeout_s: float = 600) -> Path:

@@ -1,4 +1,4 @@
-"""The real ``lite_rec.serve`` process on 127.0.0.1 for e2e tests: start, wait, stop by PID.
+"""The real ``lite_rec.serve.app`` process on 127.0.0.1 for e2e tests: start, wait, stop by PID.
 
 Why a subprocess and not FastAPI's TestClient: the claims under test ("never a crashed
 worker", 413 on the bytes that arrive, hot swap under load) are about the real uvicorn server,
@@ -62,11 +62,11 @@ class ServiceProcess:
 
 def start_service(args: list[str], log_dir: Path, env: dict[str, str] | None = None, wait_ready: bool = True,
                   timeout: float = 120.0) -> ServiceProcess:
-    """``python -m lite_rec.serve <args> --host 127.0.0.1 --port <free>``; waits for /ready (or /health)."""
+    """``python -m lite_rec.serve.app <args> --host 127.0.0.1 --port <free>``; waits for /ready (or /health)."""
     port = _free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "lite_rec.serve", *args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    cmd = [sys.executable, "-m", "lite_rec.serve.app", *args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=full_env)

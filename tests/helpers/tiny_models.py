@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lite_rec.bundle import save_bundle
-from lite_rec.config import ModelConfig
-from lite_rec.model import LiteRecModel, build_model
+from lite_rec.core.config import ModelConfig
+from lite_rec.infer.bundle import save_bundle
+from lite_rec.model.rec_llm import LiteRecModel, build_model
 
 
 def tiny_model(*, n_items: int, window: int, backbone: str = "lean", item_repr: str = "text", causal: bool = False,

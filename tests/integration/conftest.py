@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lite_rec.config import LiteRecConfig, build_config
-from lite_rec.ingest import IngestResult, ingest
+from lite_rec.core.config import LiteRecConfig, build_config
+from lite_rec.data.ingest import IngestResult, ingest
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lite_rec.config import REPO_ROOT, LiteRecConfig
+from lite_rec.core.config import REPO_ROOT, LiteRecConfig
 
 BAR = "%|"  # what every tqdm bar prints, ours and third-party ones
 

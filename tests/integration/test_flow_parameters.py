@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lite_rec.errors import ConfigError
+from lite_rec.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

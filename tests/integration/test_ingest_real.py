@@ -22,9 +22,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lite_rec.config import LiteRecConfig
-from lite_rec.ingest import IngestResult, ingest
-from lite_rec.sources import fetch_raw
+from lite_rec.core.config import LiteRecConfig
+from lite_rec.data.ingest import IngestResult, ingest
+from lite_rec.data.sources import fetch_raw
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lite_rec.config import build_config
-from lite_rec.readers import load_raw
-from lite_rec.sources import fetch_raw
+from lite_rec.core.config import build_config
+from lite_rec.data.readers import load_raw
+from lite_rec.data.sources import fetch_raw
 
 pytestmark = pytest.mark.integration
 

@@ -16,30 +16,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lite_rec import local_stack
-from lite_rec.bundle import load_bundle, save_bundle
-from lite_rec.config import LiteRecConfig, build_config
-from lite_rec.promotion import load_held_out, promote, rollback, score_recommender
-from lite_rec.recommender import Recommender
-from lite_rec.registry import (
-    CHALLENGER,
-    CHAMPION,
-    RegistryError,
-    alias_version,
-    champion_history,
-    log_training_run,
-    register_verified,
-    remove_unverified_versions,
-)
-from lite_rec.tracking import mlflow_uris
-from lite_rec.train import TrainResult, train_model
+import mlflow
+from lite_rec.core.config import LiteRecConfig, build_config
+from lite_rec.infer.bundle import load_bundle, save_bundle
+from lite_rec.infer.recommender import Recommender
+from lite_rec.pipeline import stack as local_stack
+from lite_rec.registry.client import mlflow_uris
+from lite_rec.registry.promotion import load_held_out, promote, rollback, score_recommender
+from lite_rec.registry.publish import log_training_run, register_verified, remove_unverified_versions
+from lite_rec.registry.versions import CHALLENGER, CHAMPION, RegistryError, alias_version, champion_history
+from lite_rec.train.run import TrainResult, train_model
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +148,7 @@ def run(server: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     result = train_model(cfg, sequences, vectors, root / "model", progress=False)
     manifest = root / "vectors_manifest.json"
     manifest.write_text(json.dumps({"encoder_id": "random-test-vectors", "dim": 8}))
-    from lite_rec.bundle import build_bundle
+    from lite_rec.train.export import build_bundle
 
     return Run(cfg, result, build_bundle(cfg, root / "model", root / "bundle-v1"), manifest)
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lite_rec.bundle import save_bundle
-from lite_rec.config import ModelConfig, build_config
-from lite_rec.model import build_model
-from lite_rec.recommender import Recommender
+from lite_rec.core.config import ModelConfig, build_config
+from lite_rec.infer.bundle import save_bundle
+from lite_rec.infer.recommender import Recommender
+from lite_rec.model.rec_llm import build_model
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lite_rec.batches import read_sequences
-from lite_rec.config import LiteRecConfig, build_config
-from lite_rec.popularity import evaluate_popularity
-from lite_rec.train import train_model
+from lite_rec.core.config import LiteRecConfig, build_config
+from lite_rec.data.sequences import read_sequences
+from lite_rec.eval.popularity import evaluate_popularity
+from lite_rec.train.run import train_model
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lite_rec.batches import read_sequences
-from lite_rec.config import REPO_ROOT, build_config
-from lite_rec.train import read_item_vectors, train_model
-from tests.unit.test_train import tiny_overrides, tiny_sequences, tiny_vectors
+from lite_rec.core.config import REPO_ROOT, build_config
+from lite_rec.data.sequences import read_sequences
+from lite_rec.train.run import read_item_vectors, train_model
+from tests.unit.train.test_run import tiny_overrides, tiny_sequences, tiny_vectors
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
                             tmp_path / "reference", progress=False)
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lite_rec.train", "--processed-dir", str(processed), "--item-vectors", str(vectors),
+    cmd = [sys.executable, "-m", "lite_rec.train.run", "--processed-dir", str(processed), "--item-vectors", str(vectors),
            "--out", str(run), "--profile", "smoke", "--no-progress", *overrides]
     with open(tmp_path / "killed.log", "wb") as log:
         proc = subprocess.Popen([*cmd, "--step-sleep", "0.03"], cwd=REPO_ROOT, stdout=log, stderr=log)

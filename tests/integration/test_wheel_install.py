@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from lite_rec.config import REPO_ROOT
-from lite_rec.fingerprint import code_files
+from lite_rec.core.config import REPO_ROOT
+from lite_rec.data.fingerprint import code_files
 
 pytestmark = pytest.mark.integration
 
 PROBE = """
 import json, sys
-from lite_rec import config, fingerprint, registry, transform
-from lite_rec.config import build_config
+from lite_rec.core import config, fingerprint, registry, transform
+from lite_rec.core.config import build_config
 cfg = build_config("ml-1m", ["train.max_epochs=3"], profile="cpu")
 print(json.dumps({
     "lite_rec": config.__file__, "prefix": sys.prefix,

@@ -1,0 +1,163 @@
+"""One Triton kernel for the whole self-attention of one encoder layer of :class:`~lite_rec.infer.lean_runner.LeanRunner`.
+
+Why: at serving sizes (32 users x 21 items, 8 heads of 64) the attention's arithmetic is tiny and
+its cost in the plan is kernel count: a permute copy of Q/K/V, the score GEMM with the bias, the
+softmax, the value GEMM and a transpose copy back, plus the per-step mask (``masked_fill`` of the
+bias). This kernel does all of it in one launch per layer, one program per (user, head):
+
+- it reads Q, K and V straight from the QKV GEMM's output ``(B*T, 3D)`` through strides (no copy);
+- it reads the per-length relative-position bias ``(1 or H, T, T)`` and the ``(B, T)`` padding and
+  applies the mask itself, so the ``(B, H, T, T)`` masked bias is never materialised;
+- softmax runs in fp32 on the fp32 scores; the output is written as ``(B*T, D)``, row ``b*T + t``,
+  columns ``h*dk : (h+1)*dk``: the layout the output projection (``addmm``) reads with no copy.
+
+The mask is ``attention_allowed``'s (see ``LeanRunner._blocked``): a key is blocked when it is
+padding (or in the future, when causal), except that a query always sees itself, padding or not.
+
+Only stable ``triton.language`` calls are used (load/store/dot/max/sum/exp/where/arange/program_id).
+Triton is imported here, and this module only where ``attention="triton"`` is asked for. On a CPU
+the kernel runs only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+check it. The kernel is decorated with ``triton.jit`` at its first launch, not at import: the
+decorator picks compiled or interpreted from ``TRITON_INTERPRET`` at that moment, so the mode is
+what the environment says when the kernel runs, whoever imported this module first.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("attention='triton' needs the triton package (the version your torch pins, e.g. "
+                      "triton==3.7.1 for torch 2.13); use attention='bmm' or 'sdpa' without it") from exc
+
+__all__ = ["attention", "check_runs", "check_supported", "interpreted"]
+
+MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
+
+
+def interpreted() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _kernel(interpret: bool):  # noqa: ARG001 - the cache key: one decoration per mode
+    """``triton.jit(_attention_kernel)``, decorated now, in the mode the environment asks for."""
+    return triton.jit(_attention_kernel)
+
+
+def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_head_stride,
+                      H: tl.constexpr, DK: tl.constexpr, BLOCK_T: tl.constexpr, CAUSAL: tl.constexpr,
+                      FP32_DOT: tl.constexpr):
+    """One (user b, head h): out[b*T + i, h*DK + d] = softmax_j(scale * q_i.k_j + bias[h, i, j] | mask) @ v."""
+    b = tl.program_id(0) // H
+    h = tl.program_id(0) % H
+    d_model = H * DK
+    rows = tl.arange(0, BLOCK_T)  # query positions i
+    keys = tl.arange(0, BLOCK_T)  # key positions j
+    dims = tl.arange(0, DK)
+    row_ok = rows < T
+    key_ok = keys < T
+
+    head = qkv_ptr + (b * T) * (3 * d_model) + h * DK  # q of (b, h, t=0); k is D columns right, v 2D
+    q = tl.load(head + rows[:, None] * (3 * d_model) + dims[None, :], mask=row_ok[:, None], other=0.0)  # (BLOCK_T, DK)
+    k_t = tl.load(head + d_model + keys[None, :] * (3 * d_model) + dims[:, None], mask=key_ok[None, :], other=0.0)  # (DK, BLOCK_T)
+    v = tl.load(head + 2 * d_model + keys[:, None] * (3 * d_model) + dims[None, :], mask=key_ok[:, None], other=0.0)  # (BLOCK_T, DK)
+
+    inside = row_ok[:, None] & key_ok[None, :]  # (BLOCK_T, BLOCK_T)
+    bias = tl.load(bias_ptr + h * bias_head_stride + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
+    # FP32_DOT: operands as fp32 with exact (IEEE) products, for fp32 activations (no TF32) and for
+    # the interpreter, whose dot misreads bf16 operands; else bf16 tensor cores, fp32 accumulation
+    if FP32_DOT:
+        qk = tl.dot(q.to(tl.float32), k_t.to(tl.float32), input_precision="ieee")
+    else:
+        qk = tl.dot(q, k_t)
+    scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_T, BLOCK_T) fp32
+
+    pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0  # (BLOCK_T,) key is padding
+    future = (keys[None, :] > rows[:, None]) & CAUSAL  # (BLOCK_T, BLOCK_T), all False unless causal
+    # a query always sees itself; block-padding keys (j >= T) never; block-padding query rows
+    # (i >= T, not stored) see the real keys, so no row is all -inf
+    blocked = ((pad[None, :] | future) & (keys[None, :] != rows[:, None]) & row_ok[:, None]) | (~key_ok[None, :])
+    scores = tl.where(blocked, float("-inf"), scores)
+
+    top = tl.max(scores, axis=1)  # (BLOCK_T,) finite: every row sees at least one key
+    p = tl.exp(scores - top[:, None])
+    p = p / tl.sum(p, axis=1)[:, None]  # softmax in fp32
+    if FP32_DOT:
+        out = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")  # (BLOCK_T, DK) fp32
+    else:
+        out = tl.dot(p.to(v.dtype), v)  # (BLOCK_T, DK) fp32
+    tl.store(out_ptr + (b * T + rows[:, None]) * d_model + h * DK + dims[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+def check_supported(device: torch.device, head_dim: int) -> None:
+    """Raise a readable error where the kernel cannot run: a CPU without the interpreter, or a head
+    size ``tl.dot`` and ``tl.arange`` cannot tile (a power of two, at least 16)."""
+    if device.type != "cuda" and not interpreted():
+        raise RuntimeError(f"attention='triton' runs on CUDA devices (got {device}); on a CPU only under Triton's "
+                           "interpreter (TRITON_INTERPRET=1 before lite_rec.infer.triton_attention is imported)")
+    if head_dim < MIN_BLOCK or head_dim & (head_dim - 1):
+        raise ValueError(f"attention='triton' needs a head size that is a power of two >= {MIN_BLOCK}, got {head_dim}")
+
+
+def check_runs(device: torch.device, d_model: int, n_heads: int) -> None:
+    """:func:`check_supported`, then one tiny launch (one user, two items): the first launch is
+    where Triton builds the kernel, so a host that cannot (no C compiler for its launcher, a driver
+    it does not know, ...) raises here, at model load, instead of on the first request."""
+    check_supported(device, d_model // n_heads)
+    t = 2
+    qkv = torch.zeros(t, 3 * d_model, device=device, dtype=torch.bfloat16)  # (B*T, 3D), B = 1
+    bias = torch.zeros(1, t, t, device=device, dtype=torch.bfloat16)  # (1, T, T)
+    pad = torch.zeros(1, t, dtype=torch.bool, device=device)  # (B, T)
+    attention(qkv, bias, pad, n_heads, 1.0, False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads: int, qk_scale: float, causal: bool,
+              num_warps: int = 4) -> torch.Tensor:
+    """Masked multi-head self-attention of B users at once, one kernel.
+
+    qkv:  (B*T, 3D) contiguous, columns [q | k | v], head h at columns h*dk:(h+1)*dk of each
+    bias: (1 or H, T, T) contiguous additive relative-position bias (no mask in it)
+    pad:  (B, T) bool, True where the item is padding
+    returns (B*T, D) in qkv's dtype, row b*T + t, columns h*dk:(h+1)*dk for head h
+    """
+    b, t = pad.shape
+    d = qkv.shape[1] // 3
+    dk = d // n_heads
+    _check_inputs(qkv, bias, pad, n_heads, b, t, d)
+    check_supported(qkv.device, dk)
+    out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
+    interpret = interpreted()
+    _kernel(interpret)[(b * n_heads,)](
+        qkv, bias, pad, out, float(qk_scale), t, 0 if bias.shape[0] == 1 else t * t,
+        H=n_heads, DK=dk, BLOCK_T=max(MIN_BLOCK, triton.next_power_of_2(t)), CAUSAL=bool(causal),
+        FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps,
+    )
+    return out
+
+
+def _check_inputs(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads: int, b: int, t: int, d: int) -> None:
+    """Shapes, dtypes, devices and contiguity the kernel's pointer arithmetic relies on."""
+    if qkv.dim() != 2 or qkv.shape != (b * t, 3 * d) or d % n_heads:
+        raise ValueError(f"qkv must be (B*T, 3D) = ({b * t}, 3 x D divisible by {n_heads} heads), got {tuple(qkv.shape)}")
+    if qkv.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"qkv must be fp32, bf16 or fp16, got {qkv.dtype}")
+    if bias.dim() != 3 or bias.shape[0] not in (1, n_heads) or bias.shape[1:] != (t, t):
+        raise ValueError(f"bias must be (1 or {n_heads}, T, T) with T = {t}, got {tuple(bias.shape)}")
+    if pad.dtype != torch.bool:
+        raise TypeError(f"pad must be a bool (B, T) tensor, got {pad.dtype}")
+    for name, x in (("qkv", qkv), ("bias", bias), ("pad", pad)):
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the kernel indexes it by row-major strides)")
+        if x.device != qkv.device:
+            raise ValueError(f"{name} is on {x.device}, qkv on {qkv.device}")

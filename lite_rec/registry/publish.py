@@ -1,0 +1,224 @@
+"""Logging a trained model to MLflow as a pyfunc, registering it, and moving its aliases safely.
+
+Why the strict order (issue 5, "Faults"): serving follows the ``champion`` alias, so an alias may
+only ever point at a version whose artifacts are complete. :func:`log_training_run` therefore
+
+1. logs the run (``lite_rec.registry.tracking``) and the pyfunc ("models from code": the source of
+   ``pyfunc_model.py``, the code-free bundle as the ``bundle`` artifact, a copy of ``lite_rec``
+   as ``code_paths`` so the version loads where the package is not installed);
+2. creates the model version and *verifies it through the registry*: downloads
+   ``models:/<name>/<version>``, checks every bundle file against its manifest and against the
+   bundle that was logged, loads the pyfunc and predicts the input example;
+3. only then sets ``challenger`` (and ``champion`` when the model has none yet).
+
+If any step after the version exists fails, the version is deleted (its aliases go with it)
+and the error is re-raised: no half-registered version is left behind.
+
+Aliases, their history and downloads live in ``registry.versions``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+
+import mlflow
+from lite_rec.core.config import LiteRecConfig, resource_dir
+from lite_rec.infer.bundle import Bundle, load_bundle
+from lite_rec.registry.client import make_client, mlflow_uris
+from lite_rec.registry.tracking import ensure_experiment, log_run_contents
+from lite_rec.registry.versions import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    alias_version,
+    download_model,
+    registered_model_name,
+    set_champion,
+)
+
+if TYPE_CHECKING:
+    from lite_rec.train.run import TrainResult
+
+__all__ = [
+    "RegisteredVersion",
+    "log_training_run",
+    "model_signature",
+    "register_verified",
+    "remove_unverified_versions",
+]
+
+PYFUNC_FILE = resource_dir("mlflow") / "pyfunc_model.py"  # the models-from-code file
+SIGNATURE_FILE = resource_dir("mlflow") / "signature.json"
+MODEL_NAME = "model"  # the logged model's name inside the run
+REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "pandas", "pyarrow", "numpy", "pydantic", "pyyaml", "tqdm")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+    aliases: tuple[str, ...]
+
+
+def model_signature(path: Path = SIGNATURE_FILE) -> ModelSignature:
+    """The request/response columns, kept in ``mlflow/signature.json`` for serving docs to share."""
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    return ModelSignature.from_dict({"inputs": json.dumps(spec["inputs"]), "outputs": json.dumps(spec["outputs"])})
+
+
+def input_example(bundle: Bundle) -> pd.DataFrame:
+    """A valid request for this very model: two popular items as a history, and an empty one."""
+    ids = bundle.items.set_index("item_idx").loc[bundle.popularity["item_idx"].head(2), "item_id"].tolist()
+    k = min(5, bundle.num_items)
+    return pd.DataFrame({"history": [ids, []], "k": [k, k]})
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned from the running environment (MLflow would otherwise load the model to infer them)."""
+    out = []
+    for name in REQUIREMENTS:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")  # 2.13.0+cpu -> 2.13.0
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _stage(root: Path, bundle_dir: Path) -> tuple[Path, Path]:
+    """A clean copy of the lite_rec package (no caches) for ``code_paths``, and the bundle under
+    the fixed name ``bundle`` (so every version stores it at ``artifacts/bundle``)."""
+    code = root / "lite_rec"
+    shutil.copytree(Path(__file__).resolve().parents[1], code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    bundle = root / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    return code, bundle
+
+
+def verify_version(client: MlflowClient, name: str, version: str, bundle: Bundle, example: pd.DataFrame) -> None:
+    """Refuse a version whose stored files differ from `bundle` or that cannot load and predict."""
+    with tempfile.TemporaryDirectory(prefix="lite-rec-verify-") as tmp:
+        model_dir, stored = download_model(client, name, version, Path(tmp))
+        if load_bundle(stored).fingerprint != bundle.fingerprint:
+            raise RegistryError(f"{name} version {version}: stored bundle differs from the logged one")
+        model = mlflow.pyfunc.load_model(str(model_dir))
+        out = model.predict(example)
+        k = int(example["k"].iloc[0])
+        if list(out.columns[:3]) != ["item_ids", "scores", "titles"] or len(out) != len(example) or len(out["item_ids"].iloc[0]) != k:
+            raise RegistryError(f"{name} version {version}: the pyfunc answered {out.shape} {list(out.columns)}, not a top-{k}")
+
+
+def _cleanup(client: MlflowClient, name: str, version: str | None, created_model: bool) -> None:
+    """Remove a half-registered version (and the registered model when this call created it)."""
+    if version is not None:
+        client.delete_model_version(name, version)
+    if created_model and not client.search_model_versions(f"name = '{name}'"):
+        client.delete_registered_model(name)
+
+
+def remove_unverified_versions(client: MlflowClient, name: str, min_age_s: float = 600.0) -> list[str]:
+    """Delete versions a killed process left half-registered (no ``verified`` tag, no alias).
+
+    try/except cleans up after exceptions; this sweep covers a process killed between creating
+    a version and verifying it. `min_age_s` spares a registration still running elsewhere.
+    """
+    cutoff_ms = (time.time() - min_age_s) * 1000
+    removed = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get("verified") != "true" and not mv.aliases and mv.creation_timestamp < cutoff_ms:
+            client.delete_model_version(name, mv.version)
+            removed.append(str(mv.version))
+    return removed
+
+
+def register_verified(
+    client: MlflowClient, name: str, model_uri: str, model_id: str | None, run_id: str, bundle: Bundle, tags: dict[str, str]
+) -> RegisteredVersion:
+    """Create, verify, then alias a version; delete it again if anything on the way fails."""
+    try:
+        client.get_registered_model(name)
+        created = False
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name, description="Lite-LLM4Rec next-item recommender (lite-rec)")
+        created = True
+    if not created:
+        remove_unverified_versions(client, name)
+    version: str | None = None
+    try:
+        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id, await_creation_for=300)
+        version = str(mv.version)
+        verify_version(client, name, version, bundle, input_example(bundle))
+        client.set_model_version_tag(name, version, "verified", "true")
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        aliases = [CHALLENGER]
+        if alias_version(client, name, CHAMPION) is None:
+            set_champion(client, name, version)  # first version (or champion deleted): it serves
+            aliases.append(CHAMPION)
+    except BaseException:
+        _cleanup(client, name, version, created)
+        raise
+    return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}", tuple(aliases))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole thing
+
+
+def log_training_run(
+    cfg: LiteRecConfig,
+    result: "TrainResult",
+    bundle_dir: Path | str,
+    *,
+    item_vectors_manifest: Path | None = None,
+    commit: str | None = None,
+    run_name: str | None = None,
+) -> RegisteredVersion:
+    """Log one training run and its model, register a verified version, set its aliases.
+
+    `result` is :func:`lite_rec.train.run.train_model`'s return value, `bundle_dir` the bundle built
+    from it (:func:`lite_rec.train.export.build_bundle`). On failure the MLflow run ends FAILED and
+    no registry version is left behind.
+    """
+    bundle = load_bundle(bundle_dir)
+    client = make_client(cfg)
+    experiment_id = ensure_experiment(client, cfg)
+    name = registered_model_name(cfg)
+    with mlflow_uris(client), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        run_id = run.info.run_id
+        tags = log_run_contents(client, run_id, cfg, result, bundle, commit=commit, item_vectors_manifest=item_vectors_manifest)
+        with tempfile.TemporaryDirectory(prefix="lite-rec-stage-") as tmp:
+            code, staged = _stage(Path(tmp), Path(bundle_dir))
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=str(PYFUNC_FILE),
+                artifacts={"bundle": str(staged)},
+                code_paths=[str(code)],
+                signature=model_signature(),
+                input_example=input_example(bundle),
+                pip_requirements=_pip_requirements(),
+                metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint},
+            )
+        metric = cfg.tracking.promote_metric
+        version_tags: dict[str, Any] = {
+            key: tags[key] for key in ("dataset", "protocol", "data_fingerprint", "git_commit", "backbone_weights", "bundle_sha256")
+        }
+        if metric in result.metrics:
+            version_tags[metric] = f"{result.metrics[metric]:.6f}"
+        registered = register_verified(client, name, info.model_uri, getattr(info, "model_id", None), run_id, bundle, version_tags)
+        client.set_tag(run_id, "registered_model_version", f"{name}/{registered.version}")
+    return registered

@@ -1,0 +1,75 @@
+"""Turn a finished training run into a serving bundle (``infer.bundle``'s format).
+
+Why on the training side: a bundle is built from what only training has (the run folder's
+weights and the processed data it was trained on, whose popularity counts the fallback list);
+serving only ever reads bundles, so it never imports this module or the data stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from lite_rec.core.config import LiteRecConfig, ModelConfig
+from lite_rec.core.errors import DataError
+from lite_rec.core.io import sha256_file
+from lite_rec.data.sequences import CONTEXT_SETTINGS
+from lite_rec.eval.popularity import item_popularity
+from lite_rec.infer.bundle import ITEMS_FILE, META_FILE, WEIGHTS_FILE, save_bundle
+from lite_rec.model.rec_llm import ModelSpec
+
+__all__ = ["build_bundle"]
+
+
+
+
+def _data_fingerprint(processed_dir: Path) -> str:
+    """sha256 over the two processed files a bundle is built from (ids, titles, sequences)."""
+    digest = hashlib.sha256()
+    for name in ("items.parquet", "sequences.parquet"):
+        digest.update(f"{name}:{sha256_file(processed_dir / name)};".encode())
+    return digest.hexdigest()
+
+
+def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str, *, overwrite: bool = False) -> Path:
+    """Bundle a finished training run (``train_model``'s out_dir) with the processed data it used.
+
+    Reads ``model.safetensors`` + ``model.json`` from `model_dir` and ``items.parquet`` +
+    ``sequences.parquet`` from ``cfg.processed_dir``; popularity counts the training sequences,
+    exactly as the popularity baseline does.
+    """
+    model_dir, processed = Path(model_dir), cfg.processed_dir
+    for path in (model_dir / WEIGHTS_FILE, model_dir / META_FILE, processed / ITEMS_FILE, processed / "sequences.parquet"):
+        if not path.exists():
+            raise DataError(f"{path}: missing; train the model and run the data stage first")
+    try:
+        meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
+        spec = dict(meta["spec"])
+        reads_context = ModelSpec.from_dict(spec).uses_context
+        # The config the run was trained with wins over the caller's (they may differ in overrides).
+        model_config = ModelConfig.model_validate(meta["config"]["model"]) if "config" in meta else cfg.model
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{model_dir / META_FILE}: not a training run's model.json ({exc})") from None
+    if reads_context:
+        raise DataError(f"{model_dir / META_FILE}: the model reads an input context ({CONTEXT_SETTINGS}), which the "
+                        "serving path does not pass yet; bundle a model trained without them")
+    items = pd.read_parquet(processed / ITEMS_FILE, columns=["item_idx", "item_id", "title"])
+    sequences = pd.read_parquet(processed / "sequences.parquet", columns=["train_seq"])
+    num_items = len(items)
+    counts = item_popularity(sequences, num_items)[1:].long().tolist()  # (N,) item_idx 1..N
+    popularity = pd.DataFrame({"item_idx": range(1, num_items + 1), "count": counts})
+    protocol = {**dict(meta.get("protocol") or {}), "k_core": cfg.dataset.k_core, "min_rating": cfg.dataset.min_rating}
+    extra = {
+        "backbone_init": meta.get("backbone_init", "unknown"),
+        "data_fingerprint": _data_fingerprint(processed),
+        "item_encoder": cfg.item_encoder.model,
+        "best": meta.get("best"),
+    }
+    return save_bundle(
+        out_dir, spec=spec, model_config=model_config, state_dict=load_file(str(model_dir / WEIGHTS_FILE), device="cpu"),
+        items=items, popularity=popularity, dataset=cfg.dataset.name, protocol=protocol, extra=extra, overwrite=overwrite,
+    )

@@ -1,0 +1,211 @@
+"""The in-process recommender: parity with evaluation, masking, fallback, unknown ids, window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lite_rec.core.config import ModelConfig
+from lite_rec.core.errors import DataError
+from lite_rec.eval.evaluate import build_eval_set, iter_eval_batches, model_scorer
+from lite_rec.eval.metrics import mask_history_
+from lite_rec.eval.popularity import item_popularity
+from lite_rec.infer.bundle import save_bundle
+from lite_rec.infer.recommender import Recommendation, Recommender, RecommendError, UnknownItems
+from lite_rec.model.rec_llm import build_model
+
+N_ITEMS = 12
+WINDOW = 4
+IDS = [f"m{i:02d}" for i in range(1, N_ITEMS + 1)]  # item_idx i <-> "m0i"
+# Training sequences (item_idx); popularity comes from them: 3 x5, 1 x4, 2 x3, ...
+SEQUENCES = pd.DataFrame(
+    {
+        "user_idx": [0, 1, 2, 3],
+        "user_id": ["u0", "u1", "u2", "u3"],
+        "train_seq": [[1, 2, 3, 4, 5, 6, 7], [3, 1, 2], [3, 1, 8, 9, 10], [3, 1, 3, 2, 11]],
+        "valid_item_idx": [8, 4, 5, 6],
+        "test_item_idx": [9, 5, 6, 7],
+    }
+)
+
+
+def _ids(idx: list[int] | np.ndarray) -> list[str]:
+    return [IDS[i - 1] for i in idx]
+
+
+def _make_recommender(tmp_path: Path, item_repr: str = "text", backbone: str = "lean",
+                      history_logit: float | None = None) -> Recommender:
+    torch.manual_seed(1)
+    cfg = ModelConfig(
+        backbone=backbone, pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0,
+        max_seq_len=WINDOW, item_repr=item_repr, history_logit=history_logit is not None,
+    )
+    vectors = torch.randn(N_ITEMS + 1, 6)
+    vectors[0] = 0
+    model, _ = build_model(cfg, N_ITEMS, vectors, causal=False)
+    with torch.no_grad():  # random weights give near-flat logits; spread them so rankings are stable
+        model.head.weight.mul_(20.0)
+        if history_logit is not None:
+            model.history_logit_param.fill_(history_logit)
+    counts = item_popularity(SEQUENCES, N_ITEMS)[1:].long().tolist()
+    path = save_bundle(
+        tmp_path / f"bundle-{item_repr}-{backbone}",
+        spec=model.spec.to_dict(), model_config=cfg, state_dict=model.state_dict(),
+        items=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": IDS, "title": [f"Title {i}" for i in IDS]}),
+        popularity=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "count": counts}), dataset="tiny",
+    )
+    return Recommender.from_path(path)
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    return _make_recommender(tmp_path_factory.mktemp("rec"))
+
+
+def _model_topk(rec: Recommender, history_idx: list[int], k: int, exclude: bool) -> list[int]:
+    """Reference: score one user alone, unpadded, straight through the model."""
+    with torch.no_grad():
+        logits, _ = rec.model(torch.tensor([history_idx[-WINDOW:]]))  # (1, N+1)
+    if exclude:
+        logits[0, history_idx] = float("-inf")
+    return torch.topk(logits[0], k).indices.tolist()
+
+
+@pytest.mark.parametrize(("item_repr", "backbone"), [("text", "lean"), ("text+id", "t5-small"), ("id", "lean")])
+def test_top_k_equals_evaluation_code_path(tmp_path: Path, item_repr: str, backbone: str) -> None:
+    """Serving and evaluation must rank identically: same inputs, same mask, same top-k."""
+    rec = _make_recommender(tmp_path, item_repr, backbone)
+    eval_set = build_eval_set(SEQUENCES, "test")
+    scorer = model_scorer(rec.model, device="cpu")
+    k = 4  # user 0 has exactly 4 unseen items left: the whole remaining catalog, in order
+    expected: list[list[int]] = []
+    for inputs, history, targets, _ in iter_eval_batches(eval_set, WINDOW, batch_size=3, device="cpu"):
+        scores = scorer(inputs).float()  # (B, N+1)
+        mask_history_(scores, history, targets)
+        expected += torch.topk(scores, k, dim=1).indices.tolist()
+    histories = [_ids(list(s) + [v]) for s, v in zip(SEQUENCES["train_seq"], SEQUENCES["valid_item_idx"])]
+    got = rec.recommend(histories, k=k)
+    assert [r.item_ids for r in got] == [_ids(e) for e in expected]
+
+
+def test_learned_history_logit_scores_the_whole_history_as_the_unmasked_evaluation_does(tmp_path: Path) -> None:
+    """Unmasked, a model with model.history_logit ranks by its scores plus that logit on every
+    item of the whole history (also those before the window), in serving as in evaluation."""
+    from lite_rec.infer.fast_path import fast_recommender
+
+    rec = _make_recommender(tmp_path, history_logit=-0.1)  # -1.6 logits: moves some seen items, not all
+    eval_set = build_eval_set(SEQUENCES, "test", rec.spec)
+    scorer = model_scorer(rec.model, device="cpu")
+    k = N_ITEMS
+    expected, plain = [], []
+    for inputs, history, _, _ in iter_eval_batches(eval_set, WINDOW, batch_size=3, device="cpu"):
+        expected += torch.topk(scorer(inputs, history=history).float(), k, dim=1).indices.tolist()
+        plain += torch.topk(scorer(inputs).float(), k, dim=1).indices.tolist()
+    assert expected != plain  # the logit changes some ranking, so the comparison below means something
+    histories = [_ids(list(s) + [v]) for s, v in zip(SEQUENCES["train_seq"], SEQUENCES["valid_item_idx"])]
+    got = rec.recommend(histories, k=k, exclude_history=False)
+    assert [r.item_ids for r in got] == [_ids(e) for e in expected]
+    by_scores = dict(zip(got[0].item_ids, got[0].scores))
+    with torch.no_grad():
+        raw = rec.model(torch.tensor([[5, 6, 7, 8]]))[0][0]  # user 0's window: the last 4 of 8 items
+    assert by_scores["m01"] == pytest.approx(float(raw[1]) - 1.6, abs=1e-4)  # before the window, still scored
+    fast = fast_recommender(rec.bundle, "cpu")
+    assert [r.item_ids for r in fast.recommend(histories, k=k, exclude_history=False)] == [_ids(e) for e in expected]
+    masked = rec.recommend(histories, k=4)  # masked: the seen items are removed as before
+    assert all(not set(r.item_ids) & set(h) for r, h in zip(masked, histories))
+
+
+def test_batch_with_mixed_lengths_equals_one_user_at_a_time(rec: Recommender) -> None:
+    histories = [[1, 2], [3], [4, 5, 6, 7], [8, 9, 10]]
+    batch = rec.recommend([_ids(h) for h in histories], k=6)
+    for h, r in zip(histories, batch):
+        assert r.item_ids == _ids(_model_topk(rec, h, 6, exclude=True))
+        assert r.fallback is False
+    single = rec.recommend([_ids(histories[2])], k=6)[0]
+    assert single.scores == pytest.approx(batch[2].scores, abs=1e-5)
+
+
+def test_history_items_are_excluded_only_when_asked(rec: Recommender) -> None:
+    history = _ids([2, 5, 9])
+    masked = rec.recommend([history], k=N_ITEMS - 3)[0]
+    assert not set(history) & set(masked.item_ids)
+    assert len(masked) == N_ITEMS - 3
+    kept = rec.recommend([history], k=N_ITEMS, exclude_history=False)[0]
+    assert set(history) <= set(kept.item_ids)
+    assert kept.scores == sorted(kept.scores, reverse=True)
+
+
+def test_mask_exhausting_the_catalog_returns_fewer_items_not_masked_ones(rec: Recommender) -> None:
+    history = IDS[:10]  # only m11, m12 remain
+    got = rec.recommend([history], k=5)[0]
+    assert sorted(got.item_ids) == ["m11", "m12"]
+    assert all(np.isfinite(got.scores))
+
+
+def test_results_carry_titles_and_iterate_as_tuples(rec: Recommender) -> None:
+    got = rec.recommend([_ids([1, 2])], k=3)[0]
+    assert isinstance(got, Recommendation)
+    for item_id, score, title in got:
+        assert title == f"Title {item_id}"
+        assert isinstance(score, float)
+    assert got[0] == (got.item_ids[0], got.scores[0], got.titles[0])
+
+
+def test_unknown_ids_are_named(rec: Recommender) -> None:
+    with pytest.raises(UnknownItems, match=r"2 unknown item id\(s\).*'nope'.*'zzz'") as info:
+        rec.recommend([["m01", "nope"], ["zzz", "m02", "nope"]], k=3)
+    assert info.value.item_ids == ["nope", "zzz"]
+
+
+def test_ignore_unknown_drops_them_and_reports_them(rec: Recommender) -> None:
+    got = rec.recommend([["m01", "nope", "m02"]], k=4, ignore_unknown=True)[0]
+    ref = rec.recommend([["m01", "m02"]], k=4)[0]
+    assert got.item_ids == ref.item_ids
+    assert got.unknown == ["nope"]
+
+
+def test_empty_history_gets_flagged_popularity_fallback(rec: Recommender) -> None:
+    got = rec.recommend([[], _ids([1, 2]), ["only-unknown"]], k=3, ignore_unknown=True)
+    # Training counts: item 3 x5, item 1 x4, item 2 x3 -> the fallback list, most popular first.
+    assert got[0].fallback is True and got[0].item_ids == ["m03", "m01", "m02"]
+    assert got[0].scores == pytest.approx([5 / 20, 4 / 20, 3 / 20])  # shares of the 20 training interactions
+    assert got[1].fallback is False
+    assert got[2].fallback is True and got[2].item_ids == ["m03", "m01", "m02"] and got[2].unknown == ["only-unknown"]
+
+
+def test_long_history_keeps_the_most_recent_window(rec: Recommender) -> None:
+    long_history = [1, 2, 3, 4, 5, 6, 7, 8]
+    got = rec.recommend([_ids(long_history)], k=N_ITEMS, exclude_history=False)[0]
+    recent = rec.recommend([_ids(long_history[-WINDOW:])], k=N_ITEMS, exclude_history=False)[0]
+    oldest = rec.recommend([_ids(long_history[:WINDOW])], k=N_ITEMS, exclude_history=False)[0]
+    assert got.item_ids == recent.item_ids
+    assert got.scores == pytest.approx(recent.scores, abs=1e-5)
+    assert got.scores != pytest.approx(oldest.scores, abs=1e-5)
+    # The mask still covers the whole history, not only the window.
+    masked = rec.recommend([_ids(long_history)], k=N_ITEMS)[0]
+    assert sorted(masked.item_ids) == _ids([9, 10, 11, 12])
+
+
+@pytest.mark.parametrize("k", [0, -1, N_ITEMS + 1, 2.5, True])
+def test_k_out_of_range_is_a_clear_error(rec: Recommender, k: object) -> None:
+    with pytest.raises(RecommendError, match=f"k must be an integer between 1 and {N_ITEMS}"):
+        rec.recommend([["m01"]], k=k)  # type: ignore[arg-type]
+
+
+def test_history_must_be_a_list_not_a_string(rec: Recommender) -> None:
+    with pytest.raises(RecommendError, match="each history must be a list of item ids"):
+        rec.recommend(["m01"], k=3)  # type: ignore[list-item]
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) -> None:
+    rec = _make_recommender(tmp_path)
+    bundle = rec.bundle
+    tensors = dict(bundle.tensors)
+    tensors["head.weight"] = tensors["head.weight"][:, :-1]
+    broken = type(bundle)(**{**bundle.__dict__, "tensors": tensors})
+    with pytest.raises(DataError, match="weights do not fit the saved architecture"):
+        Recommender(broken)

@@ -1,0 +1,132 @@
+"""The Triton attention kernel (lite_rec.infer.triton_attention) computes LeanRunner's attention: the same
+outputs as a plain torch reference of the mask's definition and as the plan's "bmm" path.
+
+Checked on a CPU under Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before
+anything imports triton); a GPU compiles the same kernel source. Needs the triton package.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lite_rec.infer.lean_runner import LeanRunner
+from lite_rec.model.rec_llm import LiteRecModel
+from tests.helpers.tiny_models import tiny_model
+
+# tests/conftest.py sets it before anything imports triton (which fixes the mode of triton's own
+# library functions at import); this module fails loudly if that did not happen.
+assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py must set TRITON_INTERPRET=1 before triton is imported"
+from lite_rec.infer import triton_attention  # noqa: E402
+
+N_ITEMS = 30
+WINDOW = 21
+
+
+def _pad(rng: np.random.Generator, batch: int, t: int) -> torch.Tensor:
+    """(B, T) bool padding: right-padded histories of random lengths (as batches.py and the service
+    pad), then a user with no item at all (a batch-bucket filler row) and a left-padded one."""
+    lengths = rng.integers(1, t + 1, batch)
+    pad = torch.arange(t)[None, :] >= torch.as_tensor(lengths)[:, None]  # (B, T)
+    pad[-1] = True
+    if batch > 2 and t > 1:
+        pad[-2] = torch.arange(t) < t // 2
+    return pad
+
+
+def _reference(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, heads: int, scale: float, causal: bool,
+               probs_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Attention from the definition, in fp32: a key is visible when it is not padding (and not in the
+    future, when causal), and a query always sees itself. `probs_dtype`: rounding of the
+    probabilities before the value product (bf16 kernels multiply bf16 by bf16)."""
+    (b, t), d = pad.shape, qkv.shape[1] // 3
+    q, k, v = qkv.float().view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dk)
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]  # (T, 1), (1, T)
+    visible = ~pad[:, None, None, :] & ((j <= i) | (not causal))  # (B, 1, T, T)
+    visible = visible | (i == j)
+    scores = scale * q @ k.transpose(-1, -2) + bias.float()  # (B, H, T, T)
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    out = probs.to(probs_dtype).float() @ v  # (B, H, T, dk)
+    return out.transpose(1, 2).reshape(b * t, d)  # (B*T, D)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t", [1, 5, 21])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bias_heads", [1, 4])
+def test_kernel_matches_the_definition(dtype: torch.dtype, t: int, causal: bool, bias_heads: int) -> None:
+    heads, dk, batch = 4, 16, 5
+    gen = torch.Generator().manual_seed(t * 10 + causal)
+    qkv = torch.randn(batch * t, 3 * heads * dk, generator=gen).to(dtype)  # (B*T, 3D)
+    bias = torch.randn(bias_heads, t, t, generator=gen).to(dtype)  # (1 or H, T, T)
+    pad = _pad(np.random.default_rng(t), batch, t)  # (B, T)
+    got = triton_attention.attention(qkv, bias, pad, heads, 0.125 * (1 + causal), causal)
+    assert got.shape == (batch * t, heads * dk) and got.dtype == dtype
+    want = _reference(qkv, bias, pad, heads, 0.125 * (1 + causal), causal, probs_dtype=dtype)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:  # rounding of the output and of the probabilities (an ulp either way), summation order
+        torch.testing.assert_close(got.float(), want, rtol=1.6e-2, atol=1e-2)
+
+
+def test_padding_query_sees_only_itself() -> None:
+    """A user with no item: every query is padding and sees only itself, so its output is its own value."""
+    heads, dk, t = 2, 16, 5
+    qkv = torch.randn(t, 3 * heads * dk)  # (T, 3D) one user
+    got = triton_attention.attention(qkv, torch.zeros(1, t, t), torch.ones(1, t, dtype=torch.bool), heads, 1.0, False)
+    torch.testing.assert_close(got, qkv[:, 2 * heads * dk :])
+
+
+def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:
+    return tiny_model(n_items=N_ITEMS, window=WINDOW, causal=causal, seed=seed, d_model=d_model, n_heads=n_heads, d_ff=96)
+
+
+def _items(pad: torch.Tensor, seed: int) -> torch.Tensor:
+    """(B, T) item_idx with 0 where `pad`."""
+    items = torch.randint(1, N_ITEMS + 1, pad.shape, generator=torch.Generator().manual_seed(seed))
+    return items.masked_fill(pad, 0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_runner_with_triton_attention_equals_bmm(causal: bool) -> None:
+    model = _model(causal, seed=3)
+    items = _items(_pad(np.random.default_rng(7), 6, WINDOW), seed=8)  # (6, 21)
+    with torch.inference_mode():
+        want = LeanRunner(model, attention="bmm")(items)
+        got = LeanRunner(model, attention="triton")(items)
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got))
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-3)
+    assert torch.equal(got.topk(5).indices, want.topk(5).indices)
+
+
+def test_runner_with_triton_attention_in_bf16_stays_within_bf16_rounding() -> None:
+    model = _model(False, seed=4)
+    items = _items(_pad(np.random.default_rng(9), 6, WINDOW), seed=10)
+    with torch.inference_mode():
+        want, _ = model(items)  # fp32 eager model
+        bmm = LeanRunner(model, torch.bfloat16, attention="bmm")(items)
+        got = LeanRunner(model, torch.bfloat16, attention="triton")(items)
+    finite = torch.isfinite(want)
+    rel = float((got[finite] - want[finite]).norm() / want[finite].norm())
+    rel_bmm = float((bmm[finite] - want[finite]).norm() / want[finite].norm())
+    assert 0 < rel < 3e-2
+    assert rel < 2 * rel_bmm + 1e-3  # fp32 scores inside the kernel: no worse than the bf16 bmm path
+
+
+def test_unsupported_uses_are_refused_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        LeanRunner(_model(False, seed=5, d_model=32, n_heads=4), attention="triton")  # head size 8
+    qkv, pad = torch.randn(10, 96), torch.zeros(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="contiguous"):
+        triton_attention.attention(qkv, torch.zeros(1, 5, 5).transpose(1, 2), pad, 2, 1.0, False)
+    with pytest.raises(ValueError, match="bias must be"):
+        triton_attention.attention(qkv, torch.zeros(3, 5, 5), pad, 2, 1.0, False)
+    with pytest.raises(TypeError, match="bool"):
+        triton_attention.attention(qkv, torch.zeros(1, 5, 5), pad.long(), 2, 1.0, False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        LeanRunner(_model(False, seed=5), attention="triton")

@@ -1,0 +1,61 @@
+"""Promotion scoring: same numbers as the evaluation code path, on raw ids, misses for unknowns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lite_rec.core.config import build_config
+from lite_rec.core.errors import ConfigError, DataError
+from lite_rec.eval.evaluate import build_eval_set, evaluate_model
+from lite_rec.infer.recommender import Recommender
+from lite_rec.registry.promotion import HeldOut, load_held_out, parse_metric, score_recommender
+from tests.unit.infer.test_recommender import IDS, SEQUENCES, _make_recommender
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    return _make_recommender(tmp_path_factory.mktemp("promo"))
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> HeldOut:
+    cfg = build_config("ml-100k", {"data_dir": str(tmp_path_factory.mktemp("data"))})
+    cfg.processed_dir.mkdir(parents=True)
+    items = pd.DataFrame({"item_idx": range(1, len(IDS) + 1), "item_id": IDS, "title": IDS})
+    items.sample(frac=1.0, random_state=0).to_parquet(cfg.processed_dir / "items.parquet", index=False)  # order must not matter
+    SEQUENCES.to_parquet(cfg.processed_dir / "sequences.parquet", index=False)
+    return load_held_out(cfg)
+
+
+def test_held_out_is_the_test_split_in_raw_ids(held_out: HeldOut) -> None:
+    assert held_out.histories[1] == ["m03", "m01", "m02", "m04"]  # train_seq + [valid]
+    assert held_out.targets == ["m09", "m05", "m06", "m07"]
+
+
+@pytest.mark.parametrize("metric", ["test_ndcg_10", "test_recall_5", "ndcg_3", "test_recall_1"])
+def test_promotion_score_equals_the_evaluation_metric(rec: Recommender, held_out: HeldOut, metric: str) -> None:
+    expected = evaluate_model(rec.model, build_eval_set(SEQUENCES, "test"), ks=(parse_metric(metric)[1],), progress=False)
+    key = "test_" + metric.removeprefix("test_")
+    assert score_recommender(rec, held_out, metric) == pytest.approx(expected[key], abs=1e-9)
+
+
+def test_unknown_target_is_a_miss_and_unknown_history_items_are_dropped(rec: Recommender, held_out: HeldOut) -> None:
+    base = score_recommender(rec, held_out, "test_recall_12")  # k = catalog: every known target hits
+    assert base == pytest.approx(1.0)
+    odd = HeldOut([h + ["not-in-this-model"] for h in held_out.histories], ["gone", *held_out.targets[1:]], "test")
+    assert score_recommender(rec, odd, "test_recall_12") == pytest.approx(3 / 4)
+
+
+@pytest.mark.parametrize("bad", ["valid_ndcg_10", "test_mrr_10", "ndcg_0", "ndcg10"])
+def test_unsupported_promote_metric_is_a_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="tracking.promote_metric"):
+        parse_metric(bad)
+
+
+def test_missing_processed_data_is_named(tmp_path: Path) -> None:
+    cfg = build_config("ml-100k", {"data_dir": str(tmp_path)})
+    with pytest.raises(DataError, match=r"items\.parquet: missing; run the data stage"):
+        load_held_out(cfg)

@@ -17,13 +17,60 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from lite_rec.core.config import LiteRecConfig, available_datasets, available_profiles, build_config
 from lite_rec.core.env import apply_local_defaults
 from lite_rec.core.errors import LiteRecError
 
 log = logging.getLogger("lite_rec")
+
+class _OursOrWarnings(logging.Filter):
+    """Lets through our own records at any level and everybody else's from WARNING up: Great
+    Expectations, httpx (the requests to the temporary Prefect server), matplotlib and Prefect
+    narrate their internals at INFO, and some of them reset their loggers' levels on import."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith("lite_rec")
+
+
+def _configure_output(verbose: bool) -> None:
+    """Our own progress and results at INFO, everybody else's only from WARNING unless `verbose`.
+
+    Prefect and MLflow read their logging settings when they are first imported, so those are set
+    in the environment here, before any of them is imported."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OursOrWarnings())
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _quiet_weight_loading() -> None:
+    """transformers draws a bar per checkpoint it loads; our own bars already say what runs."""
+    if logging.getLogger("lite_rec").getEffectiveLevel() > logging.DEBUG:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def _flow_server(cfg: LiteRecConfig) -> Iterator[None]:
+    """Run an in-process flow against a temporary Prefect server that dies with this process,
+    unless the user points PREFECT_API_URL at a server of their own."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from lite_rec.pipeline.stack import temporary_prefect_server
+
+    with temporary_prefect_server(cfg.data_dir.resolve() / "prefect"):
+        yield
 
 
 def _config_from(args: argparse.Namespace) -> LiteRecConfig:
@@ -44,10 +91,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
     if args.prefect:
-        from flows.ingest import ingest_flow
+        from lite_rec_flows.ingest import ingest_flow
 
-        result = ingest_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
-                             force=args.force, progress=not args.no_progress)
+        with _flow_server(cfg):
+            result = ingest_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
+                                 force=args.force, progress=not args.no_progress)
     else:
         from lite_rec.data.ingest import ingest
 
@@ -61,6 +109,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
+    _quiet_weight_loading()
     from lite_rec.items.cache import load_or_encode_items
 
     vectors = load_or_encode_items(cfg, progress=not args.no_progress)
@@ -72,15 +121,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """The whole offline stage as the Prefect `train` flow, in-process (the embedded default)."""
     cfg = _config_from(args)
-    from flows.train import train_flow
+    _quiet_weight_loading()
+    from lite_rec_flows.train import train_flow
+
     from lite_rec.pipeline.steps import check_registrable
     from lite_rec.registry.client import resolve_tracking_uri
 
     if not args.no_register:  # the flow checks it too; here it fails before Prefect starts at all
         check_registrable(cfg)
 
-    summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
-                         register_model=not args.no_register, progress=not args.no_progress)
+    with _flow_server(cfg):
+        summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
+                             register_model=not args.no_register, progress=not args.no_progress)
     metrics = summary["metrics"]
     print("\nmetrics (test)      masked  unmasked   (masked: the user's history removed from the ranking)")
     for name in ("recall_10", "recall_20", "ndcg_10", "ndcg_20"):
@@ -93,10 +145,13 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"items held {100 * summary['distill_top_k_mass']:.1f}% of their probability)")
     resumed = " (resumed from its last checkpoint)" if summary.get("resumed") else ""
     print(f"model folder:      {summary['model_dir']}{resumed}")
+    uri = resolve_tracking_uri(cfg)
+    print(f"MLflow store:      {uri}  (browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)")
     if "model_uri" in summary:
         print(f"registered model:  {summary['model_uri']} (aliases: {', '.join(summary['aliases']) or '-'})")
-    uri = resolve_tracking_uri(cfg)
-    print(f"MLflow store:      {uri}\nMLflow UI:         .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        data_dir = "" if str(cfg.data_dir) == "data" else f" --set data_dir={cfg.data_dir}"
+        print(f"next, serve it:    lite-rec serve --dataset {args.dataset}{data_dir}  "
+              f"(the champion, on http://{cfg.serve.host}:{cfg.serve.port})")
     return 0
 
 
@@ -163,10 +218,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     """Top-k for every user (or --users) to Parquet, through the Prefect `score` flow in-process."""
     cfg = _config_from(args)
-    from flows.score import score_flow
+    from lite_rec_flows.score import score_flow
 
-    result = score_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg), model=args.model,
-                        out=args.out, k=args.k, user_ids=args.users)
+    with _flow_server(cfg):
+        result = score_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg), model=args.model,
+                            out=args.out, k=args.k, user_ids=args.users)
     print(result)
     return 0
 
@@ -231,11 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _configure_output(args.verbose)
     if getattr(args, "no_progress", False):
         # our own bars (and pip's, for registry packages) take the flag explicitly; this also
         # silences third-party tqdm bars such as transformers' weight loading

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lite_rec_tasks.data import build_sequences_task, fetch_raw_task
+from lite_rec_tasks.model import embed_task
 from prefect import flow
 
 from lite_rec.core.config import build_config
-from tasks.data import build_sequences_task, fetch_raw_task
-from tasks.model import embed_task
 
 
 @flow(name="embed", log_prints=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lite_rec_tasks.data import build_sequences_task, fetch_raw_task
 from prefect import flow
 
 from lite_rec.core.config import build_config
 from lite_rec.data.ingest import IngestResult
-from tasks.data import build_sequences_task, fetch_raw_task
 
 
 @flow(name="ingest", log_prints=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lite_rec_tasks.model import promote_task
 from prefect import flow
 
 from lite_rec.core.config import build_config
-from tasks.model import promote_task
 
 
 @flow(name="promote", log_prints=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lite_rec_tasks.serving import fetch_model_task, score_users_task
 from prefect import flow
 
 from lite_rec.core.config import build_config
 from lite_rec.serve.scoring import ScoreResult, default_scores_path
-from tasks.serving import fetch_model_task, score_users_task
 
 
 @flow(name="score", log_prints=True)

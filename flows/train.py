@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from lite_rec_tasks.data import build_sequences_task, fetch_raw_task
+from lite_rec_tasks.model import embed_task, register_task, train_task
 from prefect import flow
 
 from lite_rec.core.config import build_config
 from lite_rec.pipeline.steps import check_registrable
 from lite_rec.train.distill import check_teachers
-from tasks.data import build_sequences_task, fetch_raw_task
-from tasks.model import embed_task, register_task, train_task
 
 
 @flow(name="train", log_prints=True)

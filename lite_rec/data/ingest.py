@@ -138,7 +138,7 @@ def _build(
     bar.update()
     bar.set_postfix_str("transform")
     try:
-        result = transform(con, data, work, progress=progress)
+        result = transform(con, data, work, progress=False)  # one bar for the stage: its steps show as its postfix
     except DataError:
         validate_raw(raw_summary, data, checks)  # a failed raw suite explains it better
         raise

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +99,28 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Service:
-    """Start `cmd` in a new process group, output to `log`."""
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it when the process that started it dies
+    (``prctl(PR_SET_PDEATHSIG)``), so a ``kill -9`` of ``lite-rec train`` takes its temporary
+    server along instead of leaving it holding a port. A no-op where prctl does not exist."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+          *, die_with_parent: bool = False) -> Service:
+    """Start `cmd` in a new process group, output to `log`; with `die_with_parent` it is killed
+    when this process dies, however it dies (Linux)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+                                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent if die_with_parent else None)
     return Service(name, proc.pid, None, log)
 
 
@@ -147,6 +165,35 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
+
+
+@contextmanager
+def temporary_prefect_server(home: Path) -> Iterator[Service]:
+    """A Prefect API server for one in-process flow run, stopped when the block ends and killed
+    with this process if it is killed (``spawn(die_with_parent=True)``).
+
+    Why not Prefect's own temporary server: it is started as an ordinary child process, so a
+    ``kill -9`` of the parent leaves it running with its port held. This one is the same
+    server (Prefect's ASGI app under uvicorn, UI off, its database under `home`); the block sets
+    ``PREFECT_API_URL`` to it, which Prefect reads when it is first imported.
+    """
+    port = free_port()
+    env = {**prefect_env(home), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    svc = spawn("prefect-temporary-server", cmd, home / "logs" / "temporary-server.log", env, die_with_parent=True)
+    svc.url = f"http://127.0.0.1:{port}/api"
+    saved = os.environ.get("PREFECT_API_URL")
+    try:
+        wait_http(f"{svc.url}/health", 90, name=svc.name, log=svc.log, pid=svc.pid)
+        os.environ["PREFECT_API_URL"] = svc.url
+        yield svc
+    finally:
+        stop(svc, timeout_s=10)
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
 
 def start_prefect_server(home: Path, port: int | None = None) -> Service:

@@ -15,7 +15,7 @@ BAR = "%|"  # what every tqdm bar prints, ours and third-party ones
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(data_dir / "prefect-home")}
-    cmd = [sys.executable, "-m", "flows.cli", *args, "--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "lite_rec_flows.cli", *args, "--data-dir", str(data_dir)]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 

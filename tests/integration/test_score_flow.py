@@ -31,7 +31,7 @@ def harness() -> Iterator[None]:
 
 
 def test_score_flow_writes_every_users_top_k(tmp_path: Path) -> None:
-    from flows.score import score_flow
+    from lite_rec_flows.score import score_flow
 
     torch.manual_seed(2)
     mcfg = ModelConfig(backbone="lean", pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_seq_len=4)

@@ -7,6 +7,7 @@ from prefect import task
 from lite_rec.core.config import LiteRecConfig
 from lite_rec.pipeline import steps as offline
 from lite_rec.registry.promotion import PromotionDecision, promote
+from lite_rec.registry.versions import RegistryUnavailable
 
 
 @task(name="embed-items")
@@ -21,9 +22,21 @@ def train_task(cfg: LiteRecConfig, item_vectors, progress: bool = True):
     return offline.train(cfg, item_vectors, progress=progress)
 
 
-@task(name="register-model", retries=2, retry_delay_seconds=10)
+def _registry_unreachable(task, task_run, state) -> bool:
+    """Retry registration only when the tracking server could not be reached; any other failure
+    would fail the same way again (and each try used to leave a FAILED run behind)."""
+    try:
+        state.result()
+    except RegistryUnavailable:
+        return True
+    except BaseException:  # noqa: BLE001 - any other failure is final
+        return False
+    return False
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=10, retry_condition_fn=_registry_unreachable)
 def register_task(cfg: LiteRecConfig, result):
-    """Bundle + MLflow run + verified registry version with aliases (retried: tracking-server I/O)."""
+    """Bundle + MLflow run + verified registry version with aliases (retried only while the server is unreachable)."""
     return offline.register(cfg, result)
 
 

@@ -3,16 +3,21 @@
 Why evaluate both again instead of comparing the numbers each run logged: the two versions may
 have been trained on different snapshots of the data, evaluated under another protocol, or
 logged by older code. A fair decision scores both *now*, on the same users, histories and
-targets (the processed test split), through the same code path serving uses
+targets (the processed *validation* split), through the same code path serving uses
 (:class:`~lite_rec.infer.recommender.Recommender` over each version's registered bundle). Histories
 and targets travel as raw ``item_id`` strings, so two versions with different id tables are
 still compared on the same data (an item a version does not know is dropped from the history,
 and a target it does not know is a miss).
 
 The decision: ``champion`` moves only when ``challenger - champion > tracking.promote_margin``
-on ``tracking.promote_metric`` (``test_ndcg_10``, ``test_recall_20``, ...). Both scores, the
+on ``tracking.promote_metric`` (``valid_ndcg_10``, ``valid_recall_20``, ...). Both scores, the
 margin and the outcome are written as model-version tags on both versions, so the registry UI
 shows why a version serves.
+
+Why validation and never test: the test split is where the numbers we report come from. A
+champion chosen by its test score would make the reported test score of the served model an
+optimistic, selected number; the validation split (each user's second-to-last item, history =
+the items before it) is already what training selects on, so selection stays on one split.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from lite_rec.registry.versions import (
 
 __all__ = ["HeldOut", "PromotionDecision", "load_held_out", "parse_metric", "promote", "rollback", "score_recommender"]
 
-_METRIC_RE = re.compile(r"^(?:test_)?(?P<kind>recall|ndcg)_(?P<k>[1-9][0-9]*)$")
+_METRIC_RE = re.compile(r"^(?:valid_)?(?P<kind>recall|ndcg)_(?P<k>[1-9][0-9]*)$")
 
 
 @dataclass(frozen=True)
@@ -81,15 +86,22 @@ class PromotionDecision:
 
 
 def parse_metric(name: str) -> tuple[str, int]:
-    """``test_ndcg_10`` -> (``ndcg``, 10); the split prefix is optional (promotion uses test)."""
+    """``valid_ndcg_10`` -> (``ndcg``, 10); the split prefix is optional (promotion uses validation)."""
+    if name.startswith("test_"):
+        raise ConfigError(f"tracking.promote_metric={name!r}: promotion selects on the validation split "
+                          f"(e.g. valid_{name.removeprefix('test_')}); the test split's numbers are the ones reported, "
+                          "and choosing the champion by them would bias them")
     m = _METRIC_RE.match(name)
     if m is None:
-        raise ConfigError(f"tracking.promote_metric={name!r}: expected test_recall_<k> or test_ndcg_<k>, e.g. test_ndcg_10")
+        raise ConfigError(f"tracking.promote_metric={name!r}: expected valid_recall_<k> or valid_ndcg_<k>, e.g. valid_ndcg_10")
     return m["kind"], int(m["k"])
 
 
-def load_held_out(cfg: LiteRecConfig) -> HeldOut:
-    """The processed test split (history = train_seq + [valid], target = test) in raw ids."""
+def load_held_out(cfg: LiteRecConfig, split: str = "valid") -> HeldOut:
+    """A processed split in raw ids: ``valid`` (history = train_seq, target = the validation item;
+    what promotion scores) or ``test`` (history = train_seq + [valid], target = test)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test'; got {split!r}")
     processed = cfg.processed_dir
     for name in ("items.parquet", "sequences.parquet"):
         if not (processed / name).exists():
@@ -98,9 +110,13 @@ def load_held_out(cfg: LiteRecConfig) -> HeldOut:
     id_of = np.empty(int(items["item_idx"].max()) + 1, dtype=object)  # item_idx -> item_id
     id_of[items["item_idx"].to_numpy()] = items["item_id"].astype(str).to_numpy()
     seqs = pd.read_parquet(processed / "sequences.parquet", columns=["train_seq", "valid_item_idx", "test_item_idx"])
-    histories = [id_of[np.append(np.asarray(s, dtype=np.int64), v)].tolist() for s, v in zip(seqs["train_seq"], seqs["valid_item_idx"])]
-    targets = id_of[seqs["test_item_idx"].to_numpy(dtype=np.int64)].tolist()
-    return HeldOut(histories, targets, str(processed / "sequences.parquet"))
+    if split == "valid":
+        histories = [id_of[np.asarray(s, dtype=np.int64)].tolist() for s in seqs["train_seq"]]
+    else:
+        histories = [id_of[np.append(np.asarray(s, dtype=np.int64), v)].tolist()
+                     for s, v in zip(seqs["train_seq"], seqs["valid_item_idx"])]
+    targets = id_of[seqs[f"{split}_item_idx"].to_numpy(dtype=np.int64)].tolist()
+    return HeldOut(histories, targets, f"{processed / 'sequences.parquet'} ({split} split)")
 
 
 def score_recommender(

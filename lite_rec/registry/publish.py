@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 
 import mlflow
 from lite_rec.core.config import LiteRecConfig, resource_dir
+from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.bundle import Bundle, load_bundle
 from lite_rec.registry.client import make_client, mlflow_uris
 from lite_rec.registry.tracking import ensure_experiment, log_run_contents
@@ -42,6 +43,7 @@ from lite_rec.registry.versions import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
+    RegistryUnavailable,
     alias_version,
     download_model,
     registered_model_name,
@@ -191,34 +193,76 @@ def log_training_run(
     """Log one training run and its model, register a verified version, set its aliases.
 
     `result` is :func:`lite_rec.train.run.train_model`'s return value, `bundle_dir` the bundle built
-    from it (:func:`lite_rec.train.export.build_bundle`). On failure the MLflow run ends FAILED and
-    no registry version is left behind.
+    from it (:func:`lite_rec.train.export.build_bundle`). On failure the MLflow run is deleted, no
+    registry version is left behind, and the error is a :class:`RegistryError` that says so
+    (:class:`RegistryUnavailable` when the tracking server could not be reached: worth a retry).
     """
     bundle = load_bundle(bundle_dir)
     client = make_client(cfg)
-    experiment_id = ensure_experiment(client, cfg)
     name = registered_model_name(cfg)
-    with mlflow_uris(client), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        run_id = run.info.run_id
-        tags = log_run_contents(client, run_id, cfg, result, bundle, commit=commit, item_vectors_manifest=item_vectors_manifest)
-        with tempfile.TemporaryDirectory(prefix="lite-rec-stage-") as tmp:
-            code, staged = _stage(Path(tmp), Path(bundle_dir))
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(PYFUNC_FILE),
-                artifacts={"bundle": str(staged)},
-                code_paths=[str(code)],
-                signature=model_signature(),
-                input_example=input_example(bundle),
-                pip_requirements=_pip_requirements(),
-                metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint},
-            )
-        metric = cfg.tracking.promote_metric
-        version_tags: dict[str, Any] = {
-            key: tags[key] for key in ("dataset", "protocol", "data_fingerprint", "git_commit", "backbone_weights", "bundle_sha256")
-        }
-        if metric in result.metrics:
-            version_tags[metric] = f"{result.metrics[metric]:.6f}"
-        registered = register_verified(client, name, info.model_uri, getattr(info, "model_id", None), run_id, bundle, version_tags)
-        client.set_tag(run_id, "registered_model_version", f"{name}/{registered.version}")
+    run_id: str | None = None
+    try:
+        experiment_id = ensure_experiment(client, cfg)
+        with mlflow_uris(client), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            run_id = run.info.run_id
+            registered = _log_and_register(client, cfg, result, bundle, Path(bundle_dir), name, run_id,
+                                           commit=commit, item_vectors_manifest=item_vectors_manifest)
+    except BaseException as exc:
+        if run_id is not None:
+            _delete_run(client, run_id)
+        if isinstance(exc, LiteRecError | KeyboardInterrupt):
+            raise
+        kind = RegistryUnavailable if _is_transient(exc) else RegistryError
+        raise kind(f"registering {name} at {client.tracking_uri} failed: {type(exc).__name__}: {_short(exc)}. No run "
+                   f"or version was kept; the trained model stays in {result.out_dir}, and the same command registers "
+                   "it without training again") from exc
     return registered
+
+
+def _log_and_register(client: MlflowClient, cfg: LiteRecConfig, result: "TrainResult", bundle: Bundle, bundle_dir: Path,
+                      name: str, run_id: str, *, commit: str | None, item_vectors_manifest: Path | None) -> RegisteredVersion:
+    """Inside the open run: its contents, the pyfunc, then the verified version (``register_verified``)."""
+    tags = log_run_contents(client, run_id, cfg, result, bundle, commit=commit, item_vectors_manifest=item_vectors_manifest)
+    with tempfile.TemporaryDirectory(prefix="lite-rec-stage-") as tmp:
+        code, staged = _stage(Path(tmp), bundle_dir)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PYFUNC_FILE),
+            artifacts={"bundle": str(staged)},
+            code_paths=[str(code)],
+            signature=model_signature(),
+            input_example=input_example(bundle),
+            pip_requirements=_pip_requirements(),
+            metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint},
+        )
+    metric = cfg.tracking.promote_metric
+    version_tags: dict[str, Any] = {
+        key: tags[key] for key in ("dataset", "protocol", "data_fingerprint", "git_commit", "backbone_weights", "bundle_sha256")
+    }
+    if metric in result.metrics:
+        version_tags[metric] = f"{result.metrics[metric]:.6f}"
+    registered = register_verified(client, name, info.model_uri, getattr(info, "model_id", None), run_id, bundle, version_tags)
+    client.set_tag(run_id, "registered_model_version", f"{name}/{registered.version}")
+    return registered
+
+
+def _delete_run(client: MlflowClient, run_id: str) -> None:
+    """Remove a run whose registration failed (a FAILED run with half its artifacts helps nobody)."""
+    try:
+        client.delete_run(run_id)
+    except Exception:  # noqa: BLE001 - the store may be the thing that failed; the original error matters more
+        pass
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: the tracking server was unreachable or answered 5xx."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    if isinstance(exc, MlflowException):
+        return exc.error_code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+    return "ConnectionError" in type(exc).__name__
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."

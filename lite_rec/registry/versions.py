@@ -36,6 +36,10 @@ class RegistryError(LiteRecError):
     """The registry refused or lost something: missing alias, incomplete version, no rollback target."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The tracking server could not be reached (or answered 5xx): a retry may succeed."""
+
+
 def registered_model_name(cfg: LiteRecConfig) -> str:
     """``tracking.registered_model`` or ``lite-rec-<dataset without dashes>`` (``lite-rec-ml100k``)."""
     return cfg.tracking.registered_model or f"lite-rec-{cfg.dataset.name.replace('-', '')}"

@@ -27,7 +27,17 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> HeldOut:
     items = pd.DataFrame({"item_idx": range(1, len(IDS) + 1), "item_id": IDS, "title": IDS})
     items.sample(frac=1.0, random_state=0).to_parquet(cfg.processed_dir / "items.parquet", index=False)  # order must not matter
     SEQUENCES.to_parquet(cfg.processed_dir / "sequences.parquet", index=False)
-    return load_held_out(cfg)
+    return load_held_out(cfg, "test")
+
+
+@pytest.fixture(scope="module")
+def held_out_valid(held_out: HeldOut, tmp_path_factory: pytest.TempPathFactory) -> HeldOut:
+    cfg = build_config("ml-100k", {"data_dir": str(tmp_path_factory.mktemp("data"))})
+    cfg.processed_dir.mkdir(parents=True)
+    pd.DataFrame({"item_idx": range(1, len(IDS) + 1), "item_id": IDS, "title": IDS}).to_parquet(
+        cfg.processed_dir / "items.parquet", index=False)
+    SEQUENCES.to_parquet(cfg.processed_dir / "sequences.parquet", index=False)
+    return load_held_out(cfg)  # the default: what promotion scores
 
 
 def test_held_out_is_the_test_split_in_raw_ids(held_out: HeldOut) -> None:
@@ -35,24 +45,36 @@ def test_held_out_is_the_test_split_in_raw_ids(held_out: HeldOut) -> None:
     assert held_out.targets == ["m09", "m05", "m06", "m07"]
 
 
-@pytest.mark.parametrize("metric", ["test_ndcg_10", "test_recall_5", "ndcg_3", "test_recall_1"])
-def test_promotion_score_equals_the_evaluation_metric(rec: Recommender, held_out: HeldOut, metric: str) -> None:
-    expected = evaluate_model(rec.model, build_eval_set(SEQUENCES, "test"), ks=(parse_metric(metric)[1],), progress=False)
-    key = "test_" + metric.removeprefix("test_")
-    assert score_recommender(rec, held_out, metric) == pytest.approx(expected[key], abs=1e-9)
+def test_promotion_holds_out_the_validation_split_not_the_reported_test(held_out_valid: HeldOut) -> None:
+    assert held_out_valid.histories[1] == ["m03", "m01", "m02"]  # train_seq only
+    assert held_out_valid.targets == [IDS[i - 1] for i in SEQUENCES["valid_item_idx"]]
+    assert "valid split" in held_out_valid.source
+
+
+@pytest.mark.parametrize("metric", ["valid_ndcg_10", "valid_recall_5", "ndcg_3", "valid_recall_1"])
+def test_promotion_score_equals_the_evaluation_metric(rec: Recommender, held_out_valid: HeldOut, metric: str) -> None:
+    expected = evaluate_model(rec.model, build_eval_set(SEQUENCES, "valid"), ks=(parse_metric(metric)[1],), progress=False)
+    key = "valid_" + metric.removeprefix("valid_")
+    assert score_recommender(rec, held_out_valid, metric) == pytest.approx(expected[key], abs=1e-9)
 
 
 def test_unknown_target_is_a_miss_and_unknown_history_items_are_dropped(rec: Recommender, held_out: HeldOut) -> None:
-    base = score_recommender(rec, held_out, "test_recall_12")  # k = catalog: every known target hits
+    base = score_recommender(rec, held_out, "recall_12")  # k = catalog: every known target hits
     assert base == pytest.approx(1.0)
     odd = HeldOut([h + ["not-in-this-model"] for h in held_out.histories], ["gone", *held_out.targets[1:]], "test")
-    assert score_recommender(rec, odd, "test_recall_12") == pytest.approx(3 / 4)
+    assert score_recommender(rec, odd, "recall_12") == pytest.approx(3 / 4)
 
 
-@pytest.mark.parametrize("bad", ["valid_ndcg_10", "test_mrr_10", "ndcg_0", "ndcg10"])
+@pytest.mark.parametrize("bad", ["valid_mrr_10", "ndcg_0", "ndcg10"])
 def test_unsupported_promote_metric_is_a_config_error(bad: str) -> None:
     with pytest.raises(ConfigError, match="tracking.promote_metric"):
         parse_metric(bad)
+
+
+def test_promoting_on_the_reported_test_split_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"'test_ndcg_10': promotion selects on the validation split \(e.g. valid_ndcg_10\)"):
+        parse_metric("test_ndcg_10")
+    assert build_config("ml-100k").tracking.promote_metric == "valid_ndcg_10"
 
 
 def test_missing_processed_data_is_named(tmp_path: Path) -> None:

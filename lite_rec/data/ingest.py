@@ -140,12 +140,12 @@ def _build(
     try:
         result = transform(con, data, work, progress=False)  # one bar for the stage: its steps show as its postfix
     except DataError:
-        validate_raw(raw_summary, data, checks)  # a failed raw suite explains it better
+        validate_raw(raw_summary, data, checks, (raw.interactions, raw.items))  # a failed raw suite explains it better
         raise
     write_json(work / STATS, result.stats)
     bar.update()
     bar.set_postfix_str("validate raw")
-    validate_raw(raw_summary, data, checks)
+    validate_raw(raw_summary, data, checks, (raw.interactions, raw.items))
     bar.update()
     bar.set_postfix_str("validate outputs")
     validate_processed(con, work, data, checks)

@@ -207,16 +207,20 @@ def explain_failures(result: dict[str, Any], blame: Blame | None = None) -> list
     return lines
 
 
-def raise_on_failure(checked: list[tuple[str, dict[str, Any], Path, Blame | None]]) -> None:
-    """Raise one :class:`ValidationFailed` covering every failed suite in `checked`."""
+def raise_on_failure(checked: list[tuple[str, dict[str, Any], Path, Blame | None]],
+                     sources: dict[str, Path | None] | None = None) -> None:
+    """Raise one :class:`ValidationFailed` covering every failed suite in `checked`; `sources` names
+    the input file each suite checked (a truncated or damaged file is then named, not only the rule)."""
     parts = []
     for name, result, path, blame in checked:
         if result["success"]:
             continue
         stats = result.get("statistics", {})
         lines = explain_failures(result, blame)
+        source = (sources or {}).get(name)
         parts.append(
-            f"validation suite '{name}' failed {stats.get('unsuccessful_expectations', len(lines))} of "
+            f"validation suite '{name}'{f' of {source}' if source else ''} failed "
+            f"{stats.get('unsuccessful_expectations', len(lines))} of "
             f"{stats.get('evaluated_expectations', '?')} expectations (results: {path}):\n"
             + "\n".join(f"  - {line}" for line in lines)
         )
@@ -265,10 +269,12 @@ def _raw_blame(summary: dict[str, Any]) -> Blame:
     return blame
 
 
-def validate_raw(summary: RawSummary, data: DataConfig, out_dir: Path) -> dict[str, Path]:
+def validate_raw(summary: RawSummary, data: DataConfig, out_dir: Path,
+                 files: tuple[Path, Path | None] | None = None) -> dict[str, Path]:
     """Suites ``raw_interactions`` (aggregates) and ``raw_items`` (row level); JSON paths by suite.
 
-    Both suites run before anything is raised, so one error lists every problem.
+    Both suites run before anything is raised, so one error lists every problem; `files`
+    (interactions, items) are named in it.
     """
     frame = pd.DataFrame([{k: summary.interactions[k] for k in _SUMMARY_SCALARS}])
     specs = raw_interactions_expectations(data, summary.ts_range)
@@ -280,7 +286,8 @@ def validate_raw(summary: RawSummary, data: DataConfig, out_dir: Path) -> dict[s
         [
             ("raw_interactions", inter_result, saved["raw_interactions"], _raw_blame(summary.interactions)),
             ("raw_items", items_result, saved["raw_items"], None),
-        ]
+        ],
+        sources=None if files is None else {"raw_interactions": files[0], "raw_items": files[1]},
     )
     return saved
 

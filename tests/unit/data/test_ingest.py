@@ -118,6 +118,17 @@ def test_failed_validation_keeps_previous_outputs(cfg: LiteRecConfig, tmp_path: 
     assert digests(cfg.processed_dir) == before
 
 
+def test_a_truncated_raw_file_is_named_in_the_error(cfg: LiteRecConfig, tmp_path: Path) -> None:
+    """A download cut off inside the last timestamp: every column parses, the raw suite fails on the
+    1970 time, and the error names the file as well as the rule it broke."""
+    ratings = tmp_path / "src" / "ratings.dat"
+    text = ratings.read_text(encoding="utf-8").rstrip("\n")
+    ratings.write_text(text[: text.rindex("::") + 4], encoding="utf-8")  # the last timestamp keeps 2 digits
+    with pytest.raises(ValidationFailed, match=r"observed min_ts=97;") as info:
+        ingest(cfg, progress=False)
+    assert f"validation suite 'raw_interactions' of {ratings} failed" in str(info.value), str(info.value)
+
+
 def test_kcore_that_empties_the_data_keeps_previous_outputs(cfg: LiteRecConfig, tmp_path: Path) -> None:
     before = digests(cfg.processed_dir)
     with pytest.raises(DataError, match=r"k_core=9.*left 0 interactions out of 18"):

@@ -4,8 +4,10 @@ the CLI's flags reach the flows."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from lite_rec.core.config import REPO_ROOT, LiteRecConfig
@@ -19,8 +21,12 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+# id-only items and one epoch: every stage and bar of the flow runs, without a minute of text encoding
+FAST = ("--set", "model.item_repr=id", "--set", "train.max_epochs=1")
+
+
 def _train(data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
-    return _cli(data_dir, "train", "ml-100k", "--profile", "smoke", "--no-register", *flags)
+    return _cli(data_dir, "train", "ml-100k", "--profile", "smoke", "--no-register", *FAST, *flags)
 
 
 def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
@@ -36,6 +42,11 @@ def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k
     loud = _train(tmp_path)
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert "eval test" in loud.stderr and BAR in loud.stderr
+    # quiet by default: our bars and the summary, no third-party INFO lines (Great Expectations,
+    # httpx, MLflow, Prefect); every bar redraws in place, so the whole output stays short
+    lines = (loud.stdout + loud.stderr).splitlines()
+    assert len(lines) < 60, "\n".join(lines)
+    assert not [line for line in lines if " INFO " in line and " lite_rec." not in line], "\n".join(lines)
     assert loud.stdout.split("metrics (test")[1].split("model folder")[0] == \
         quiet.stdout.split("metrics (test")[1].split("model folder")[0]  # bars never change a result
 
@@ -56,3 +67,58 @@ def test_a_model_that_could_not_be_registered_is_refused_before_the_flow_starts(
     assert "cannot be registered or served yet" in run.stderr and "--no-register" in run.stderr
     assert "prefect" not in (run.stderr + run.stdout).lower()  # no flow, no temporary server
     assert not (tmp_path / "raw").exists() and not (tmp_path / "processed").exists()  # nothing fetched or written
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every process below `pid` (Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    found, todo = {}, [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            try:
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_the_cli_takes_its_temporary_prefect_server_along(tmp_path: Path) -> None:
+    """A SIGKILLed `lite-rec train` cannot clean up: its temporary Prefect server must die with it."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "lite_rec_flows.cli", "train", "ml-100k", "--profile", "smoke", "--no-register",
+           "--no-progress", *FAST, "--data-dir", str(tmp_path)]
+    cli = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        deadline = time.monotonic() + 180
+        while server is None and time.monotonic() < deadline and cli.poll() is None:
+            server = next((pid for pid, line in _descendants(cli.pid).items() if "prefect.server.api.server" in line), None)
+            time.sleep(0.2)
+        assert server is not None, "the CLI never started a Prefect server"
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server), f"Prefect server {server} outlived the killed CLI"
+    finally:
+        for pid in [cli.pid, *([server] if server else [])]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -29,8 +29,8 @@ inputs rotated over several batches):
   serve_fast_path        what the service runs: FastModel (plan + graph per bucket) + eager top-k
 and throughput at batch 1024 (target >= 250,000 users/s).
 
-Runs where only torch and transformers are installed (imports lite_rec.model.rec_llm, encoder_backbone,
-fast_path and nothing that needs pandas or mlflow). Smoke test on a CPU:
+Runs where only torch and transformers are installed (imports lite_rec.model, lite_rec.infer.fast_path and
+lean_runner, nothing that needs pandas, pydantic or mlflow). Smoke test on a CPU:
     python benchmarks/bench_serve_gpu.py --device cpu --quick --out /tmp/bench_gpu.json
 On one H100 (~6.5 min; --no-compile or --only NAME... for less):
     python benchmarks/bench_serve_gpu.py --out bench_serve_gpu.json
@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lite_rec.infer.fast_path import FastModel, FastPathOptions, GraphedStep, cast_backbone  # noqa: E402
 from lite_rec.infer.lean_runner import LeanRunner  # noqa: E402
 from lite_rec.model.backbone import BackboneSpec, build_from_spec, load_t5_weights_into_lean  # noqa: E402
-from lite_rec.model.rec_llm import LiteRecModel, ModelSpec  # noqa: E402
+from lite_rec.model.rec_llm import LiteRecModel  # noqa: E402
+from lite_rec.model.spec import ModelConfig, ModelSpec  # noqa: E402
 
 T = TypeVar("T")
 STARTED = time.monotonic()
@@ -75,9 +76,10 @@ def build_models(n_items: int, item_dim: int, seq_len: int, device: torch.device
     load_t5_weights_into_lean(lean, hf.hf.state_dict())  # type: ignore[union-attr]
     for name, backbone in (("hf", hf), ("lean", lean)):
         kind = "t5" if name == "hf" else "lean"
-        spec = ModelSpec(n_items=n_items, item_dim=item_dim, item_repr="text", max_seq_len=seq_len, dropout=0.0, causal=False,
-                         head_bias=False, backbone_name="t5-small" if name == "hf" else "lean",
-                         backbone=BackboneSpec(kind, **sizes, dropout=0.0))
+        config = ModelConfig(backbone="t5-small" if name == "hf" else "lean", pretrained=False, **sizes, dropout=0.0,
+                             backbone_dropout=0.0, item_repr="text", max_seq_len=seq_len)
+        spec = ModelSpec(n_items=n_items, item_dim=item_dim, causal=False, backbone=BackboneSpec(kind, **sizes, dropout=0.0),
+                         config=config)
         models[name] = LiteRecModel(spec, backbone, vectors)
     shared = {k: v for k, v in models["hf"].state_dict().items() if not k.startswith("backbone.")}
     models["lean"].load_state_dict(shared, strict=False)  # same item table, adapter and head

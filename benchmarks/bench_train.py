@@ -8,7 +8,7 @@ dataset. The data mimics ML-1m after 5-core filtering and the leave-one-out spli
 It times exactly the code the trainer runs (``batches.BatchMaker`` + ``trainer.train_step`` with
 AdamW, clipping, bf16 autocast on CUDA), so an epoch estimate here is an epoch of ``train_model``
 without the validation pass. ``onepass`` and ``all`` supervise the same targets per epoch, so
-their samples/s compare directly. The bare step is the issue's yardstick: 32 users x 200 items,
+their samples/s compare directly. The bare step is the yardstick: 32 users x 200 items,
 full cross-entropy at every position over 3,416 items.
 
     python benchmarks/bench_train.py --device cuda --out bench_train.json           # H100
@@ -25,7 +25,6 @@ import platform
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lite_rec.core.model_config import ModelConfig
 from lite_rec.data.sequences import build_sequence_store
 from lite_rec.model.rec_llm import build_model  # noqa: E402
 from lite_rec.train.batches import BatchMaker, epoch_plan
@@ -52,11 +52,11 @@ def synthetic_sequences(users: int, items: int, mean_len: int, min_len: int, see
     return [rng.choice(np.arange(1, items + 1), size=n, replace=False, p=weights) for n in lengths]
 
 
-def model_cfg(sizes: dict[str, int], backbone: str, max_seq_len: int) -> SimpleNamespace:
-    """The fields of ``ModelConfig`` that ``build_model`` reads (no pydantic needed here)."""
-    return SimpleNamespace(backbone=backbone, pretrained=False, d_model=sizes["d_model"], n_layers=sizes["n_layers"],
-                           n_heads=sizes["n_heads"], d_ff=sizes["d_ff"], dropout=0.7, backbone_dropout=0.1,
-                           item_repr="text", max_seq_len=max_seq_len, head_bias=False)
+def model_cfg(sizes: dict[str, int], backbone: str, max_seq_len: int) -> ModelConfig:
+    """The benchmarked model's settings (``ModelConfig`` needs no pydantic)."""
+    return ModelConfig(backbone=backbone, pretrained=False, d_model=sizes["d_model"], n_layers=sizes["n_layers"],
+                       n_heads=sizes["n_heads"], d_ff=sizes["d_ff"], dropout=0.7, backbone_dropout=0.1,
+                       item_repr="text", max_seq_len=max_seq_len)
 
 
 def _sync(device: torch.device) -> None:
@@ -71,7 +71,7 @@ def _setup(sizes: dict[str, int], backbone: str, n_items: int, max_len: int, cau
     model, _ = build_model(model_cfg(sizes, backbone, max_len), n_items, vectors, causal=causal)
     model.to(device).train()
     optimizer = make_optimizer(model, 5e-4, 0.1, 1e-6, device)
-    scheduler = make_scheduler(optimizer, 10**6, 0.0, "constant")
+    scheduler = make_scheduler(optimizer, 10**6, 0.0)
     forward = torch.compile(model) if compile_model else model
     return model, optimizer, scheduler, forward
 

@@ -9,6 +9,7 @@ name the key and suggest the closest valid one.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -20,8 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lite_rec.core.errors import ConfigError
+from lite_rec.core.model_config import ModelConfig
 
-__all__ = ["ConfigError", "LiteRecConfig", "build_config"]
+__all__ = ["ConfigError", "LiteRecConfig", "ModelConfig", "build_config"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # a checkout (or editable install) has the project file beside the package; in a wheel install
@@ -78,7 +80,7 @@ class SourceConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Which dataset and how it is filtered (DESIGN.md, data protocol)."""
+    """Which dataset and how it is filtered (the data protocol: k-core, leave-one-out)."""
 
     name: str  # dataset name used for directories, experiments, models: "ml-1m"
     source: SourceConfig
@@ -96,76 +98,12 @@ class DataConfig(_Section):
 
 
 class ItemEncoderConfig(_Section):
-    """The item LLM (PAPER.md Eq. 1-3): text -> one mean-pooled vector per item."""
+    """The item LLM (Eq. 1-3 of the paper): text -> one mean-pooled vector per item."""
 
     model: str = "all-MiniLM-L6-v2"  # HF name or local path; the MiniLM name resolves offline
     max_tokens: int = Field(64, ge=4)  # tokens per item text
     batch_size: int = Field(256, ge=1)  # items per forward pass
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-
-class ModelConfig(_Section):
-    """Recommendation LLM + item projection head (PAPER.md Eq. 4-5)."""
-
-    backbone: str = "t5-small"  # "t5-small" (HF T5 encoder), "lean" (SDPA T5-style encoder) or any HF encoder name/path
-    pretrained: bool = True  # load backbone weights when reachable, else random init
-    d_model: int = Field(512, ge=8)  # used when the backbone is built from scratch
-    n_layers: int = Field(6, ge=1)
-    n_heads: int = Field(8, ge=1)
-    d_ff: int = Field(2048, ge=8)
-    dropout: float = Field(0.7, ge=0.0, lt=1.0)  # on item inputs and the user vector
-    user_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # on the user vector alone; None = model.dropout
-    item_repr: Literal["text", "id", "text+id"] = "text"
-    max_seq_len: int = Field(20, ge=1)  # input items per user (the paper uses 20 + target)
-    backbone_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout inside the backbone (attention, residual, FFN)
-    head_bias: bool = False  # a learned per-item bias in the projection head (Eq. 5 has none)
-    pooling: Literal["mean", "last"] = "mean"  # user vector: mean of outputs (Eq. 4) or the last position's
-    head: Literal["linear", "tied"] = "linear"  # item scores from a free W_proj (Eq. 5) or the input item representation (SASRec-style tying)
-    score: Literal["dot", "cosine"] = "dot"  # logits = h_u . w_i, or cos(h_u, w_i) / temperature
-    temperature: float = Field(0.05, gt=0.0, le=10.0)  # only with score=cosine
-    # beyond the paper: embed each input item's context and add it to the item (item_context.py): its gap to the
-    # user's previous item, the rating the user gave it; both need sequences.parquet's *_ts / *_rating columns
-    time_gaps: bool = False
-    ratings: bool = False
-    # beyond the paper: bias attention by the time between the query item and each earlier item (TiSASRec /
-    # HSTU style; item_context.py); lean backbone only; needs sequences.parquet's *_ts columns
-    time_bias: bool = False
-    # beyond the paper: embed the calendar month of each input item and add it to the item (item_context.py), so the
-    # model knows when a history happened (new releases, drifting tastes); needs sequences.parquet's *_ts columns
-    calendar: bool = False
-    # beyond the paper: embed each input item's gap to the next item, the last one's gap to the time of the prediction
-    # (the request's; offline the target's timestamp, as HSTU; item_context.py); needs sequences.parquet's *_ts columns
-    query_time: bool = False
-    # with query_time: next gaps shorter than this many seconds all read as one ("within the session"); 3600 keeps a
-    # new visit's gap but not whether the next item shares the last input's second (item_context.py)
-    query_gap_floor: int = Field(0, ge=0)
-    # beyond the paper: one learned score added to every item the user already has (model.add_history_logit), so
-    # the model learns from the data whether users come back to items; needs train.loss_excludes_history=false
-    history_logit: bool = False
-
-    @property
-    def uses_context(self) -> bool:
-        """Whether the model reads an input context per item (``ModelSpec.uses_context``, which it becomes)."""
-        return self.time_gaps or self.ratings or self.time_bias or self.calendar or self.query_time
-
-    @property
-    def reads_timestamps(self) -> bool:
-        """Whether the model's input context is built from the items' timestamps (all but ``ratings``)."""
-        return self.time_gaps or self.time_bias or self.calendar or self.query_time
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelConfig":
-        if self.d_model % self.n_heads:
-            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
-        if self.time_bias and self.backbone != "lean":
-            raise ValueError(f"model.time_bias needs model.backbone=lean (the bias is added inside its attention); "
-                             f"got model.backbone={self.backbone!r}")
-        if self.head == "tied" and self.head_bias:
-            raise ValueError("model.head_bias applies to the linear head only; with model.head=tied set it to false")
-        if self.query_gap_floor and not self.query_time:
-            raise ValueError(f"model.query_gap_floor={self.query_gap_floor} coarsens the gap model.query_time reads; "
-                             "set model.query_time=true as well, or leave the floor at 0")
-        return self
 
 
 def dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -181,35 +119,18 @@ def dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class TrainConfig(_Section):
-    """Optimisation (PAPER.md Appendix E defaults)."""
+    """Optimisation (defaults: Appendix E of the paper)."""
 
     strategy: Literal["sampling", "all", "onepass"] = "sampling"
     batch_size: int = Field(256, ge=1)  # samples (sampling/all) or sequences (onepass)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)  # constant after the warm-up
     weight_decay: float = Field(0.1, ge=0)
     adam_eps: float = Field(1e-6, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, le=1)  # share of total steps spent warming up
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # lr shape after the linear warm-up
-    loss_excludes_history: bool = False  # Eq. 6's softmax without the items already in the input (as eval.exclude_history)
-    # which items "already seen" means for loss_excludes_history: "input", those in the sample's input window;
-    # "user", every item of the user before the target, also those before the window (as the evaluation's mask)
-    loss_history_scope: Literal["input", "user"] = "input"
-    onepass_stride: int = Field(0, ge=0)  # items between onepass window starts; 0 = max_seq_len (no overlap)
-    future_targets: int = Field(1, ge=1)  # onepass: next items supervised per position (1 = Eq. 6's next item only; more measured worse on ML-1m)
-    future_weight: float = Field(0.5, ge=0)  # loss weight of each item after the next one (future_targets > 1)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)  # share of total steps spent warming up (linearly)
     grad_clip: float = Field(1.0, gt=0)  # max gradient norm
-    item_dropout: float = Field(0.0, ge=0, lt=1)  # chance that an input item's whole vector is zeroed in training (model.embed_items)
-    # R-Drop (lite_rec/train/rdrop.py): every batch runs twice with independent dropout, and the two next-item
-    # distributions' symmetric KL is added to the loss with this weight; 0 = off; twice the compute per step
-    rdrop_weight: float = Field(0.0, ge=0, le=100)
-    # each epoch, a new random order inside each run of a user's items with the same timestamp (batches.shuffle_ties);
-    # needs sequences.parquet's train_ts/valid_ts (docs/data.md); evaluation keeps the file's order
-    shuffle_ties: bool = False
-    # "train+valid": a refit whose settings (epochs included) come from a validated run: the validation item
-    # becomes one more training target, so nothing is validated, nothing stops early, the last weights are kept
-    fit_on: Literal["train", "train+valid"] = "train"
-    ema_decay: float = Field(0.0, ge=0, lt=1)  # validate and keep an EMA of the weights (ema.py); 0 = off; the memory's upper bound ~1/(1-d) steps (warm-up: ~last tenth of the steps)
-    ema_warmup: Literal["tf", "unbiased"] = "tf"  # tf: min(d, (1+t)/(10+t)); unbiased: d sets the memory from the start (ema.py)
+    # validate and keep an EMA of the weights (lite_rec/train/ema.py); 0 = off; the memory's upper bound is
+    # ~1/(1-d) steps (during the warm-up: about the last tenth of the steps)
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     max_epochs: int = Field(200, ge=1)
     max_stage1_minutes: float | None = Field(None, gt=0)  # wall budget of stage 1 (epochs + validation); None = no limit
     patience: int = Field(10, ge=1)  # evaluations without validation R@10 improvement
@@ -233,28 +154,14 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _distill_needs_fixed_windows(self) -> "TrainConfig":
-        if not self.distill_from:
-            return self
-        if self.strategy != "onepass":
+        if self.distill_from and self.strategy != "onepass":
             raise ValueError(f"train.distill_from needs train.strategy=onepass (got {self.strategy}): teachers score "
                              "the one-pass windows once, and only those are the same in every epoch")
-        if self.future_targets > 1:
-            raise ValueError("train.distill_from works with train.future_targets=1 only (one next item per position)")
-        if self.shuffle_ties:
-            raise ValueError("train.distill_from cannot be used with train.shuffle_ties=true: the teachers score the "
-                             "file's order once, and shuffled windows would no longer match their targets")
-        return self
-
-    @model_validator(mode="after")
-    def _future_needs_windows(self) -> "TrainConfig":
-        if self.future_targets > 1 and self.strategy != "onepass":
-            raise ValueError(f"train.future_targets={self.future_targets} needs train.strategy=onepass "
-                             f"(got {self.strategy}): only one-pass windows have a loss at every position")
         return self
 
 
 class EvalConfig(_Section):
-    """Full-ranking evaluation (DESIGN.md): rank all items, Recall/NDCG@k averaged over users."""
+    """Full-ranking evaluation: rank all items, Recall/NDCG@k averaged over users."""
 
     exclude_history: bool = True  # mask the user's input-history items before ranking
     ks: tuple[int, ...] = (10, 20)
@@ -336,14 +243,6 @@ class LiteRecConfig(_Section):
         """Item-vector caches, checkpoints and models of this dataset."""
         return self.data_dir / "runs" / self.dataset.name
 
-    @model_validator(mode="after")
-    def _history_logit_learns(self) -> "LiteRecConfig":
-        if self.model.history_logit and self.train.loss_excludes_history:
-            raise ValueError("model.history_logit learns from the history items in the training softmax, and "
-                             "train.loss_excludes_history=true leaves them out, so it would never move from 0: "
-                             "set one of them to false")
-        return self
-
     def to_flat_dict(self) -> dict[str, str]:
         """Dotted key -> string value, for logging the whole config as MLflow params."""
         return {k: str(v) for k, v in dotted(self.model_dump(mode="json")).items()}
@@ -399,6 +298,13 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
+def _names(section: Any) -> list[str]:
+    """Field names of a pydantic section or of a standard-library dataclass section (``ModelConfig``)."""
+    if dataclasses.is_dataclass(section):
+        return [f.name for f in dataclasses.fields(section)]
+    return list(getattr(section, "model_fields", {}))
+
+
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid field names at `loc` (minus the last element) in the model tree."""
     current: Any = model
@@ -407,7 +313,7 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         current = field.annotation
-    return list(getattr(current, "model_fields", {}))
+    return _names(current)
 
 
 def _explain(exc: ValidationError, origin: str) -> ConfigError:
@@ -415,7 +321,8 @@ def _explain(exc: ValidationError, origin: str) -> ConfigError:
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
+        # a dataclass section (ModelConfig) reports an unknown key as an unexpected keyword argument
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             names = _field_names(LiteRecConfig, loc)
             hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
             fix = f"; did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else ""

@@ -77,14 +77,14 @@ def flat_column(sequences: pd.DataFrame, kind: str, with_valid: bool = False,
                 source: str = "sequences.parquet") -> SequenceStore:
     """Every user's item timestamps (``kind="ts"``) or ratings (``"rating"``), laid out as
     ``build_sequence_store`` lays out ``train_seq`` (plus the validation item when ``with_valid``:
-    a refit's or the test split's histories).
+    the test split's histories).
 
     Older files have no such columns: the error says to re-run the data stage.
     """
     train, valid = SIDE_COLUMNS[kind]
     missing = [c for c in (train, valid) if c not in sequences.columns]
     if missing:
-        raise DataError(f"{source}: no column(s) {', '.join(missing)}; train.shuffle_ties / {CONTEXT_SETTINGS} read them: "
+        raise DataError(f"{source}: no column(s) {', '.join(missing)}; {CONTEXT_SETTINGS} read them: "
                         "re-run `lite-rec ingest <dataset>` to rewrite the file")
     values = list(sequences[train])
     if with_valid:

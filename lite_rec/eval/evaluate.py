@@ -1,4 +1,4 @@
-"""Full-ranking evaluation on the validation and test splits (DESIGN.md protocol).
+"""Full-ranking evaluation on the validation and test splits (the leave-one-out protocol).
 
 Validation predicts ``valid_item_idx`` from ``train_seq``; test predicts ``test_item_idx`` from
 ``train_seq + [valid_item_idx]``. The model sees the last ``max_seq_len`` items of that history;
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from lite_rec.data.sequences import SequenceStore, build_sequence_store, with_pad_row
 from lite_rec.eval.metrics import RankAccumulator
 from lite_rec.model.context import item_contexts
-from lite_rec.model.rec_llm import ModelSpec
+from lite_rec.model.spec import ModelSpec
 
 # (B, L) item_idx [, contexts=(B, L, C) context rows, for a model that reads them]
 # [, history=(B, H) every history item, for a model with a history logit] -> (B, N+1) scores
@@ -40,7 +40,7 @@ class EvalSet:
     split: str  # "valid" | "test"
     histories: SequenceStore  # everything the user interacted with before the target
     targets: np.ndarray  # (U,) int64 item_idx
-    contexts: np.ndarray | None = None  # (I, C) context row of each history item (item_context.py); None = not read
+    contexts: np.ndarray | None = None  # (I, C) context row of each history item (model/context.py); None = not read
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -48,7 +48,7 @@ class EvalSet:
 
 def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None = None) -> EvalSet:
     """Histories and targets of ``split`` from the columns of ``sequences.parquet``; also the
-    histories' context rows when ``spec`` is of a model that reads them (``item_context.py``)."""
+    histories' context rows when ``spec`` is of a model that reads them (``model/context.py``)."""
     if split == "valid":
         seqs = list(sequences["train_seq"])
         targets = sequences["valid_item_idx"].to_numpy(np.int64, copy=True)
@@ -58,7 +58,7 @@ def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None =
         targets = sequences["test_item_idx"].to_numpy(np.int64, copy=True)
     else:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    contexts = None if spec is None else item_contexts(sequences, **spec.context_features, with_valid=split == "test",
+    contexts = None if spec is None else item_contexts(sequences, **spec.config.context_features, with_valid=split == "test",
                                                        query=split)
     return EvalSet(split, build_sequence_store(seqs), targets, contexts)
 
@@ -162,7 +162,7 @@ def ensemble_scorer(scorers: Iterable[Scorer], combine: str = "logprob") -> Scor
 
     Why normalise first: raw logits of separately trained models live on different scales and
     offsets, so a plain logit mean lets the most confident model decide. Used to measure seed
-    ensembles (``scripts/ensemble_eval.py``, docs/results.md); the models must read the same
+    ensembles (docs/results.md); the models must read the same
     input window, since the scorers all get the same (B, L) items.
     """
     scorers = list(scorers)
@@ -201,9 +201,9 @@ def evaluate_model(
     model.eval()
     try:
         return evaluate_scores(
-            model_scorer(model, device=device, bf16=bf16), eval_set, max_len=model.spec.max_seq_len, ks=ks,
+            model_scorer(model, device=device, bf16=bf16), eval_set, max_len=model.spec.config.max_seq_len, ks=ks,
             batch_size=batch_size, exclude_history=exclude_history, device=device, progress=progress,
-            pass_history=model.spec.history_logit,
+            pass_history=model.spec.config.history_logit,
         )
     finally:
         model.train(was_training)

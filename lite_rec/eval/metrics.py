@@ -1,4 +1,4 @@
-"""Full-ranking metrics: the target's rank among all items, Recall@k and NDCG@k (DESIGN.md).
+"""Full-ranking metrics: the target's rank among all items, Recall@k and NDCG@k.
 
 Why ranks and not top-k lists: with one held-out target per user (leave-one-out), Recall@k is
 1 when the target ranks in the top k, and NDCG@k is 1 / log2(rank + 2) then (the ideal DCG is 1).

@@ -7,9 +7,10 @@ them may execute code on load. So a bundle is plain data:
 
 - ``model.safetensors`` — every tensor of the recommendation LLM, the item projection head and
   the item-side table (text vectors and/or id embeddings), keyed as in the model's state dict;
-- ``model.json`` — the architecture spec that rebuilds the model without downloading anything
-  (``lite_rec.model.rec_llm.ModelSpec.to_dict()``), the resolved ``ModelConfig`` (provenance), the dataset
-  name, the item count, the evaluation protocol and free-form ``extra`` facts;
+- ``model.json`` — the spec that rebuilds the model without downloading anything
+  (``lite_rec.model.spec.ModelSpec.to_dict()``, which holds the model's settings, its
+  ``ModelConfig``, once), the dataset name, the item count, the evaluation protocol and free-form
+  ``extra`` facts;
 - ``items.parquet`` — ``item_idx`` (1..N, 0 = padding), ``item_id`` (raw id), ``title``;
 - ``popularity.parquet`` — ``item_idx``, ``count`` of training interactions (every item 1..N,
   most popular first, ties by smaller item_idx as in ``lite_rec.eval.popularity``): the fallback for
@@ -20,6 +21,10 @@ The manifest is the commit record: a directory without a valid manifest, or whos
 hash to it, is an incomplete or tampered bundle and :func:`load_bundle` refuses it, naming the
 file. :func:`save_bundle` writes into a temporary sibling directory and renames it into place,
 so a crash never leaves a half-written bundle under the final name. No pickle anywhere.
+
+Format 2 stores the model's settings once, inside the spec; format 1 (settings beside the spec
+and again under ``model``) is refused with a message to retrain. Loading needs no
+pydantic: a bundle loads where only torch, safetensors, numpy, pandas and pyarrow are installed.
 """
 
 from __future__ import annotations
@@ -38,10 +43,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lite_rec.core.config import ModelConfig
 from lite_rec.core.errors import CacheMismatch, DataError
 from lite_rec.core.io import sha256_file
-from lite_rec.model.rec_llm import ModelSpec
+from lite_rec.model.spec import ModelConfig, ModelSpec
 
 __all__ = [
     "BUNDLE_FILES",
@@ -52,7 +56,7 @@ __all__ = [
     "verify_bundle",
 ]
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 ITEMS_FILE = "items.parquet"
@@ -66,16 +70,20 @@ class Bundle:
     """A loaded, verified bundle. `items` is ordered by item_idx 1..N; row r is item_idx r + 1."""
 
     path: Path
-    model_config: ModelConfig
     dataset: str
     num_items: int  # N real items; tensors over items have N + 1 rows (row 0 = padding)
-    spec: dict[str, Any]  # ModelSpec.to_dict(): rebuilds the architecture (model_from_spec)
+    spec: ModelSpec  # rebuilds the architecture (model_from_spec); spec.config holds the model's settings
     protocol: dict[str, Any]  # masking, k-core, max length... recorded with every result
     extra: dict[str, Any]  # provenance facts (backbone init, data fingerprint, ...)
     tensors: dict[str, torch.Tensor]  # the model's state dict
     items: pd.DataFrame  # item_idx, item_id, title
     popularity: pd.DataFrame  # item_idx, count (every item 1..N, most popular first)
     manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The model's settings (``spec.config``)."""
+        return self.spec.config
 
     @property
     def fingerprint(self) -> str:
@@ -126,8 +134,7 @@ def _check_popularity(popularity: pd.DataFrame, num_items: int, origin: str) -> 
 def save_bundle(
     out_dir: Path | str,
     *,
-    spec: dict[str, Any],
-    model_config: ModelConfig,
+    spec: ModelSpec | dict[str, Any],
     state_dict: dict[str, torch.Tensor],
     items: pd.DataFrame,
     popularity: pd.DataFrame,
@@ -135,20 +142,32 @@ def save_bundle(
     protocol: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    model_config: ModelConfig | None = None,
 ) -> Path:
     """Write a bundle to `out_dir` atomically (temp sibling + rename) and return its path.
 
-    `state_dict` is ``model.state_dict()``; tensors are copied to CPU and made contiguous (tied
-    weights become separate copies, which ``load_state_dict`` fills back into one parameter).
+    `spec` is the model's ``ModelSpec`` (or its ``to_dict()``), which carries its settings;
+    `model_config`, if given, must be those settings (callers that still pass it get checked,
+    not a second copy). `state_dict` is ``model.state_dict()``; tensors are copied to CPU and
+    made contiguous (tied weights become separate copies, which ``load_state_dict`` fills back
+    into one parameter).
     """
     out_dir = Path(out_dir)
+    if not isinstance(spec, ModelSpec):
+        try:
+            spec = ModelSpec.from_dict(spec)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"save_bundle: malformed model spec ({exc})") from None
+    if model_config is not None and model_config != spec.config:
+        raise DataError("save_bundle: model_config differs from the spec's settings (spec.config), which the "
+                        "bundle stores; pass the spec alone")
     num_items = len(items)
     items_ok = _check_items(items, num_items, "save_bundle")
     pop_ok = _check_popularity(popularity, num_items, "save_bundle")
     if not state_dict:
         raise DataError("save_bundle: the state dict is empty; nothing to serve")
-    if "n_items" in spec and int(spec["n_items"]) != num_items:
-        raise DataError(f"save_bundle: the model scores {spec['n_items']} items but the items table has {num_items}")
+    if spec.n_items != num_items:
+        raise DataError(f"save_bundle: the model scores {spec.n_items} items but the items table has {num_items}")
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir}: a bundle already exists there (pass overwrite=True to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +180,7 @@ def save_bundle(
             "format_version": BUNDLE_FORMAT_VERSION,
             "dataset": dataset,
             "num_items": num_items,
-            "spec": spec,
-            "model": model_config.model_dump(mode="json"),
+            "spec": spec.to_dict(),
             "protocol": protocol or {},
             "extra": extra or {},
         }
@@ -204,7 +222,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or set(files) != set(BUNDLE_FILES):
         raise DataError(f"{mpath}: must list exactly {list(BUNDLE_FILES)}")
     if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise DataError(f"{mpath}: bundle format {manifest.get('format_version')!r}, this code reads {BUNDLE_FORMAT_VERSION}")
+        raise DataError(f"{mpath}: bundle format {manifest.get('format_version')!r}, this code reads {BUNDLE_FORMAT_VERSION}; "
+                        "retrain and register the model with this lite-rec, or serve it with the lite-rec that wrote it")
     return manifest
 
 
@@ -227,10 +246,8 @@ def load_bundle(path: Path | str) -> Bundle:
     manifest = verify_bundle(path)
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        model_config = ModelConfig.model_validate(meta["model"])
         num_items = int(meta["num_items"])
-        spec = dict(meta["spec"])
-        ModelSpec.from_dict(spec)  # a spec that does not build is malformed metadata, named here
+        spec = ModelSpec.from_dict(meta["spec"])  # a spec that does not build is malformed metadata, named here
         dataset = str(meta["dataset"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path / META_FILE}: malformed bundle metadata ({exc})") from None
@@ -242,7 +259,6 @@ def load_bundle(path: Path | str) -> Bundle:
     popularity = _check_popularity(pd.read_parquet(path / POPULARITY_FILE), num_items, str(path / POPULARITY_FILE))
     return Bundle(
         path=path,
-        model_config=model_config,
         dataset=dataset,
         num_items=num_items,
         spec=spec,

@@ -1,7 +1,7 @@
 """The inference fast path: pick the device, then make one scoring step as cheap as it can be.
 
 Why a module of its own: serving answers one user at a time in milliseconds, so the cost that
-matters is not FLOPs (one pass over ~20 item vectors plus one matrix product, PAPER.md Eq. 4-5)
+matters is not FLOPs (one pass over ~20 item vectors plus one matrix product, Eq. 4-5 of the paper)
 but everything around them: Python dispatch and kernel launches on a GPU, thread oversubscription
 and wasted padding on a CPU. What this module does about it, and what it must never change:
 
@@ -42,7 +42,8 @@ from torch import nn
 from lite_rec.core.devices import resolve_device
 from lite_rec.infer.lean_runner import LeanRunner, supports
 from lite_rec.model.backbone import RMSNorm
-from lite_rec.model.rec_llm import LiteRecModel, ModelSpec
+from lite_rec.model.rec_llm import LiteRecModel
+from lite_rec.model.spec import ModelSpec
 
 if TYPE_CHECKING:  # the recommender needs pandas; the fast path itself must not
     from lite_rec.infer.bundle import Bundle
@@ -184,7 +185,7 @@ class FastModel(nn.Module):
         self.options = options
         self.inner = model.to(self.device).eval()
         self.spec: ModelSpec = model.spec
-        window = self.spec.max_seq_len
+        window = self.spec.config.max_seq_len
         self.length_buckets = tuple(sorted({min(b, window) for b in options.length_buckets} | {window}))
         self.batch_buckets = tuple(sorted(set(options.batch_buckets)))
         on_cuda = self.device.type == "cuda"

@@ -3,7 +3,7 @@
 Why: at serving sizes (32 users x 21 items on a GPU) the step's arithmetic takes tens of
 microseconds and the time goes to launching ~120 small kernels and to elementwise passes
 over activations. :class:`LeanRunner` computes exactly what ``LiteRecModel`` with a lean (or HF
-T5) backbone computes at inference (PAPER.md Eq. 4-5), re-planned for speed:
+T5) backbone computes at inference (Eq. 4-5 of the paper), re-planned for speed:
 
 - the item inputs ``adapter(item_vectors) (+ item_embedding)`` do not depend on the user, so
   they become one precomputed table and the input is a single gather;
@@ -85,7 +85,7 @@ class LeanRunner(nn.Module):
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
         self.num_buckets, self.max_distance = encoder.num_buckets, encoder.max_distance
         self.qk_scale = float(getattr(encoder.blocks[0], "qk_scale", 1.0))  # 1.0 for T5 weights
-        self.pooling = getattr(spec, "pooling", "mean")
+        self.pooling = spec.config.pooling
         with torch.no_grad():
             table = model.item_representation(torch.arange(spec.n_items + 1, device=device)).float()  # (N+1, D)
         self.register_buffer("table", table.to(dtype))  # row 0 (padding) as the model computes it
@@ -102,11 +102,7 @@ class LeanRunner(nn.Module):
                                 w(blk.wi.weight), w(blk.wo.weight)])
         self.final_norm = w(encoder.final_norm.weight)
         self.register_buffer("ff_zero_bias", torch.zeros(spec.backbone.d_ff, device=device, dtype=dtype))  # for the fused epilogue
-        with torch.no_grad():  # W_proj, or the tied item representations; cosine: normalised and / temperature
-            self.head_weight = nn.Parameter(model.output_items().detach().float(), requires_grad=False)  # (N+1, D) fp32
-        bias = model.output_bias()
-        self.head_bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
-        self.normalize_user = spec.score == "cosine"
+        self.head_weight = nn.Parameter(model.head.weight.detach().float(), requires_grad=False)  # (N+1, D) fp32 W_proj
         self._position: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def position_bias(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +174,6 @@ class LeanRunner(nn.Module):
 
     def item_logits(self, user: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, N+1) fp32 scores of every item (Eq. 5); padding is never recommended."""
-        if self.normalize_user:
-            user = F.normalize(user, dim=-1)
-        logits = F.linear(user, self.head_weight, self.head_bias)  # (B, N+1)
+        logits = F.linear(user, self.head_weight)  # (B, N+1)
         logits[:, 0] = float("-inf")
         return logits

@@ -10,7 +10,7 @@ promotion must all give the *same* answer for the same history, so the rules liv
 - an empty history (or one left empty after dropping unknown ids) gets the popularity list of
   the training data, flagged ``fallback=True``: the model has no user vector to score with;
 - with ``exclude_history`` every item of the *whole* history is masked before ranking, as in the
-  evaluation protocol (predict from I \\ I_u, DESIGN.md); padding (item_idx 0) never ranks;
+  evaluation protocol (predict from I \\ I_u); padding (item_idx 0) never ranks;
 - without it, a model with a learned history logit (``model.history_logit``) gets that score
   added to every item of the whole history, as the evaluation's unmasked ranking does.
 
@@ -32,7 +32,9 @@ import torch
 
 from lite_rec.core.errors import DataError, LiteRecError
 from lite_rec.infer.bundle import Bundle, load_bundle
-from lite_rec.model.rec_llm import LiteRecModel, ModelSpec, add_history_logit, model_from_spec
+from lite_rec.model.rec_llm import LiteRecModel, model_from_spec
+from lite_rec.model.scoring import add_history_logit
+from lite_rec.model.spec import ModelSpec
 
 __all__ = ["FRAME_DEFAULTS", "Recommendation", "RecommendError", "Recommender", "UnknownItems", "recommend_frame"]
 
@@ -93,7 +95,7 @@ class Recommender:
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu") -> None:
         self.bundle = bundle
         self.device = torch.device(device)
-        self.spec = ModelSpec.from_dict(bundle.spec)
+        self.spec: ModelSpec = bundle.spec
         if self.spec.n_items != bundle.num_items:
             raise DataError(f"{bundle.path}: model scores {self.spec.n_items} items, the id table has {bundle.num_items}")
         model = model_from_spec(self.spec)
@@ -104,7 +106,7 @@ class Recommender:
         self.model: LiteRecModel = model.to(self.device).eval()
         # the learned score of items the user already has (model.history_logit), added here and not in the
         # model's forward: fast paths swap the model (fast_path.fast_recommender) and score the input window only
-        self.history_logit: float | None = float(model.history_logit().detach()) if self.spec.history_logit else None
+        self.history_logit: float | None = float(model.history_logit().detach()) if self.spec.config.history_logit else None
         self.item_ids: np.ndarray = bundle.items["item_id"].to_numpy(dtype=object)  # row r = item_idx r + 1
         self.titles: np.ndarray = bundle.items["title"].to_numpy(dtype=object)
         self._index = pd.Index(self.item_ids)  # item_id -> row (item_idx - 1), vectorised lookups
@@ -123,7 +125,7 @@ class Recommender:
 
     @property
     def max_seq_len(self) -> int:
-        return self.spec.max_seq_len
+        return self.spec.config.max_seq_len
 
     # -----------------------------------------------------------------------------------------
     # ids -> indices
@@ -156,7 +158,7 @@ class Recommender:
     @torch.inference_mode()
     def score_indices(self, histories: Sequence[np.ndarray], exclude_history: bool = True) -> torch.Tensor:
         """Logits (B, N+1) for non-empty item_idx histories; masked items and padding are -inf."""
-        L = self.spec.max_seq_len
+        L = self.spec.config.max_seq_len
         windows = [h[-L:] for h in histories]
         # (B, L) right-padded with 0 to the full window, exactly like the evaluation batches
         # (lite_rec.eval.evaluate.iter_eval_batches), so both paths compute bit-identical logits.

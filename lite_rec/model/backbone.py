@@ -1,6 +1,6 @@
 """Backbones of the recommendation LLM: item vectors in, one contextual vector per position out.
 
-Why a module of its own: the recommendation LLM (PAPER.md, part 2) is "a pretrained encoder that
+Why a module of its own: the recommendation LLM (part 2 of the paper) is "a pretrained encoder that
 takes item vectors as ``inputs_embeds``". Three encoders share one interface here,
 ``forward(x (B, T, D), real (B, T) bool, causal) -> (B, T, D)``:
 

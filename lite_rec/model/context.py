@@ -1,12 +1,16 @@
-"""What a history says about each input item besides which item it is (beyond the paper): the
-time gap to the user's previous item (``model.time_gaps``) and the rating the user gave it
-(``model.ratings``), as one context id per input position, which the model embeds and adds to
-the item's vector (``LiteRecModel.embed_items``); and the item's time itself (``model.time_bias``),
-from which the model biases each attention score by how long before the query item the key item
-came (``time_bucket``, ``LiteRecModel.contextualize``), and whose month the model embeds and adds
-to the item's vector (``model.calendar``, ``calendar_bucket``); and the time until the item that
-follows it, for the last input item the time of the prediction itself (``model.query_time``,
-``next_gap_index``).
+"""What a history says about each input item besides which item it is (beyond the paper).
+
+Four inputs, each a setting of ``ModelConfig``, each read from ``sequences.parquet``'s ``*_ts`` /
+``*_rating`` columns:
+
+- ``model.time_gaps``: the time gap to the user's previous item, and ``model.ratings``: the
+  rating the user gave the item, as one context id per input position, which the model embeds
+  and adds to the item's vector (``LiteRecModel.embed_items``);
+- ``model.time_bias``: the item's time itself, from which the model biases each attention score
+  by how long before the query item the key item came (``time_bucket``,
+  ``LiteRecModel.contextualize``);
+- ``model.query_time``: the time until the item that follows it, for the last input item the
+  time of the prediction itself (``next_gap_index``).
 
 The context of an item is one row of ``CONTEXT_COLUMNS`` int64 values: its context id (0 when
 the model reads no id), its Unix time in seconds (0 when the model reads no time) and the gap
@@ -14,23 +18,10 @@ index to the next item or to the query time (0 when unknown or not read).
 
 Why time gaps: the paper reads item order only. On ML-1m 53% of consecutive ratings share their
 second (a user rating a page of films at once), and the file order inside that second carries
-signal (shuffling it costs accuracy, docs/results.md session 9); whether the last items came in
-one burst or days apart is something order alone cannot tell the model. Why ratings: a film
-rated 1 says something else about the user's taste than one rated 5, while both are interactions
-to the paper. Measured on ML-1m (three seeds, masked): time gaps +0.008 R@10 / +0.006 N@10,
-ratings on top +0.003 / +0.001.
-
-Why a calendar (``model.calendar``): gaps and the time bias are relative, so nothing tells the
-model *when* a history happened, while the items a user picks next depend on it: films come out
-during the log (for ML-1m's users whose last rating is from 2000, films of 2000 are 5.5% of
-their history items but 11.7% of their test items), and what is popular drifts. Each input
-item's month (``calendar_bucket``, months since 1990) gets a learned embedding added to the
-item's vector; the last input's month is the closest thing to "now" that the history holds (the
-predicted item's time is never read).
-Months outside the training data keep their zero start (no calendar signal), not a wrong one.
-Measured on ML-1m (three seeds, masked, docs/results.md session 15): 0.3827 / 0.2304 against
-0.3814 / 0.2310 for twenty-one runs without it: nothing; the items of a recent history already
-say when it is (``scripts/calendar_signal.py`` measures the signal itself).
+signal; whether the last items came in one burst or days apart is something order alone cannot
+tell the model. Why ratings: a film rated 1 says something else about the user's taste than one
+rated 5, while both are interactions to the paper. Measured on ML-1m (three seeds, masked): time
+gaps +0.008 R@10 / +0.006 N@10, ratings on top +0.003 / +0.001.
 
 Gap index 0 is a user's first item (no previous one); 1.. cover the gap in seconds: 0, 1-9,
 10-59, 1-10 min, 10-60 min, 1-24 h, 1-7 days, 7-30 days, more. The gap is always to the user's
@@ -54,19 +45,18 @@ last carries no loss and gets gap 0 (unknown), so no validation or test time is 
 knows whether the user is back after an hour or more (a new visit, which a live service knows
 from the request time) but not whether the item asked for shares its second with the last input
 (on MovieLens: a page of films submitted at once, which a live service cannot know).
-Measured on ML-1m (three seeds, masked, docs/results.md session 16), on top of gaps, ratings and
-the time bias: +0.006 R@10 / +0.004 N@10 with a 3600 s floor (0.3876 / 0.2350), about what the 9%
-of users back after an hour or more gain (0.040 -> 0.090-0.097 N@10, +0.005 weighted); +0.042 /
-+0.034 without a floor, two thirds of it from the test items that share their second with the
-last input (``scripts/gap_breakdown.py``).
+Measured on ML-1m (three seeds, masked, docs/results.md), on top of gaps, ratings and the time
+bias: +0.006 R@10 / +0.004 N@10 with a 3600 s floor (0.3876 / 0.2350), about what the 9% of users
+back after an hour or more gain (0.040 -> 0.090-0.097 N@10, +0.005 weighted); +0.042 / +0.034
+without a floor, two thirds of it from the test items that share their second with the last input.
 
 Why a time bias besides the gap: the gap says how far an item is from the one before it; what
 matters for the item at the query position is how far each earlier item is from *it* (a film
 rated minutes ago against one rated last year), the sum of all gaps in between, which attention
 cannot read off per-item gap ids. TiSASRec and HSTU bias attention by the same pairwise interval.
 Inside a window both times are input items' times, never the predicted item's. Measured on ML-1m
-(three seeds, masked, docs/results.md session 10): +0.001 R@10 / +0.001 N@10 on top of gaps and
-ratings, inside the noise; per-item gaps already say most of it.
+(three seeds, masked, docs/results.md): +0.001 R@10 / +0.001 N@10 on top of gaps and ratings,
+inside the noise; per-item gaps already say most of it.
 """
 
 from __future__ import annotations
@@ -84,17 +74,13 @@ RATING_LEVELS = 5  # ratings 1..5
 PAD_CONTEXT = 0
 CONTEXT_ID, CONTEXT_TIME, CONTEXT_NEXT_GAP = 0, 1, 2  # columns of a context row
 CONTEXT_COLUMNS = 3
-# the settings that make a model read an input context, as errors name them (ModelSpec.uses_context)
 UNKNOWN_NEXT_GAP = 0  # next-gap index of padding and of a last item without a query time
 TIME_BUCKETS = 32  # |t_query - t_key| seconds: 0, then one bucket per power of two (1 s .. ~34 years)
-CALENDAR_ORIGIN = 631_152_000  # 1990-01-01 00:00 UTC, Unix seconds: bucket 1 starts here
-CALENDAR_MONTH = 2_629_746  # seconds in a mean Gregorian month (365.2425 days / 12)
-CALENDAR_BUCKETS = 512  # 0 = no time (padding, before 1990), then one per month: 1990-01 .. 2032-07 (later clamps)
 
 
 def gap_index(times: SequenceStore) -> np.ndarray:
     """(I,) int64 0..N_GAPS-1: each item's gap to the same user's previous item (``times.flat``
-    holds Unix seconds, non-decreasing per user, DESIGN.md's order); 0 for a user's first item."""
+    holds Unix seconds, non-decreasing per user, as the data stage orders them); 0 for a user's first item."""
     starts = times.starts  # each user's first item
     gap = np.diff(times.flat, prepend=times.flat[:1])  # (I,) to the previous flat entry
     gap[starts] = 0  # ... which belongs to another user there
@@ -149,14 +135,6 @@ def time_bucket(seconds: torch.Tensor) -> torch.Tensor:
     return torch.where(seconds > 0, logs, 0).clamp(max=TIME_BUCKETS - 1)
 
 
-def calendar_bucket(seconds: torch.Tensor) -> torch.Tensor:
-    """Unix seconds (any shape, int64) -> month bucket 0..CALENDAR_BUCKETS-1: 0 for no time (0 s,
-    padding) or any time before 1990, else ``1 + months since 1990-01-01`` (mean-length months,
-    so a bucket edge can sit a day or two off a calendar month's), clamped at the last bucket."""
-    months = torch.div(seconds - CALENDAR_ORIGIN, CALENDAR_MONTH, rounding_mode="floor") + 1
-    return torch.where(seconds >= CALENDAR_ORIGIN, months, 0).clamp(0, CALENDAR_BUCKETS - 1)
-
-
 def context_ids(times: SequenceStore | None, ratings: SequenceStore | None) -> np.ndarray:
     """(I,) int64 context id of every item, 1..n_contexts-1; None stores are features not used."""
     if times is None and ratings is None:
@@ -167,7 +145,7 @@ def context_ids(times: SequenceStore | None, ratings: SequenceStore | None) -> n
 
 
 def context_table(gap_times: SequenceStore | None, ratings: SequenceStore | None,
-                  times: SequenceStore | None,  # times: for model.time_bias and model.calendar
+                  times: SequenceStore | None,  # times: for model.time_bias
                   next_gaps: np.ndarray | None = None) -> np.ndarray:
     """(I, CONTEXT_COLUMNS) int64 context rows of every item. Each source is None when the model
     does not read that feature: ``gap_times`` (timestamps) and ``ratings`` make the context id (0
@@ -190,18 +168,18 @@ def context_table(gap_times: SequenceStore | None, ratings: SequenceStore | None
 
 
 def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
-                  calendar: bool = False, query_time: bool = False, query_gap_floor: int = 0, with_valid: bool = False,
+                  query_time: bool = False, query_gap_floor: int = 0, with_valid: bool = False,
                   query: str | None = None, source: str = "sequences.parquet") -> np.ndarray | None:
     """(I, C) context row of every history item (this module), aligned with the item store
     of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used.
 
     ``query`` ("valid" | "test"): with ``query_time``, the split whose target's time is the query
     time after each user's last item (an evaluation's histories); None in training, where that
-    item carries no loss and its next gap stays unknown (````next_gap_index````, which
-    also reads ``query_gap_floor``)."""
-    if not (time_gaps or ratings or time_bias or calendar or query_time):
+    item carries no loss and its next gap stays unknown (``next_gap_index``, which also reads
+    ``query_gap_floor``)."""
+    if not (time_gaps or ratings or time_bias or query_time):
         return None
-    times = flat_column(sequences, "ts", with_valid, source) if time_gaps or time_bias or calendar or query_time else None
+    times = flat_column(sequences, "ts", with_valid, source) if time_gaps or time_bias or query_time else None
     next_gaps = None
     if query_time:
         column = None if query is None else QUERY_TIME_COLUMNS[query]
@@ -215,4 +193,4 @@ def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, ti
             raise DataError(f"{source}: {exc}") from None
     return context_table(times if time_gaps else None,
                          flat_column(sequences, "rating", with_valid, source) if ratings else None,
-                         times if time_bias or calendar else None, next_gaps)
+                         times if time_bias else None, next_gaps)

@@ -6,19 +6,18 @@ inputs are ``flat[start:end]``, the target ``flat[end]``), so a plan for an epoc
 arrays, and a batch is gathered on the training device by one fancy-indexing op (no Python loop
 per sample or per prefix).
 
-Strategies (PAPER.md "Training"; L = ``model.max_seq_len``):
+Strategies (the paper's "Training" section; L = ``model.max_seq_len``):
 
 - ``sampling``: per user and epoch, one contiguous segment of at most L + 1 training items: the
   target position e is drawn uniformly from 1..n-1, the inputs are the (at most L) items before it.
 - ``all``: every prefix: for e = 1..n-1, inputs ``seq[max(0, e-L):e]``, target ``seq[e]``. Each
   target sees min(e, L) items of context, always the most recent ones.
-- ``onepass``: the inputs 0..n-2 of a sequence are cut into windows of L items whose starts are
-  ``stride`` apart (``train.onepass_stride``, 0 = L); one causal pass over a window gives every
-  position's next-item loss. Each target is supervised exactly once per epoch (in the first
-  window that contains it), so an epoch has the same n-1 targets per user as ``all``. The
-  difference from ``all``: a target at window position j sees only the j+1 items since the window
-  start, not the last L items (with stride = L, context lengths cycle 1..L; with stride S < L every
-  target after the first window sees at least L - S + 1 items), and attention is causal.
+- ``onepass``: the inputs 0..n-2 of a sequence are cut into consecutive windows of L items that
+  never overlap; one causal pass over a window gives every position's next-item loss. Each
+  target is supervised exactly once per epoch, so an epoch has the same n-1 targets per user as
+  ``all``. The difference from ``all``: a target at window position j sees only the j+1 items
+  since the window start, not the last L items (context lengths cycle 1..L), and attention is
+  causal.
 
 Order: every epoch's plan and shuffle come from ``numpy.random.default_rng([seed, stage, epoch])``,
 so the batch at (stage, epoch, step) is a pure function of the seed: a run resumed mid-epoch
@@ -30,11 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
-from lite_rec.data.sequences import SequenceStore, flat_column, with_pad_row
-from lite_rec.model.rec_llm import IGNORE_INDEX
+from lite_rec.data.sequences import SequenceStore, with_pad_row
+from lite_rec.model.scoring import IGNORE_INDEX
 
 STRATEGIES = ("sampling", "all", "onepass")
 
@@ -48,7 +46,6 @@ class SamplePlan:
     end: np.ndarray  # (S,) int64, exclusive
     sup_start: np.ndarray | None  # (S,) int64 for onepass windows, else None
     n_targets: int  # supervised targets in the plan (samples/s counts these)
-    last: np.ndarray | None = None  # (S,) int64 for onepass windows: flat index of the user's last training item
     first: np.ndarray | None = None  # (S,) int64: flat index of the user's first item (items before ``start`` are seen)
 
     def __len__(self) -> int:
@@ -57,12 +54,6 @@ class SamplePlan:
 
 def epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, stage, epoch])
-
-
-def tie_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
-    """The epoch's tie shuffle draws from its own stream, so plans and batch order stay those of
-    a run without it."""
-    return np.random.default_rng([seed, stage, epoch, 1])
 
 
 def plan_all(store: SequenceStore, max_len: int) -> SamplePlan:
@@ -85,24 +76,20 @@ def plan_sampling(store: SequenceStore, max_len: int, rng: np.random.Generator) 
     return SamplePlan(start, end, None, int(len(end)), first=store.offsets[users])
 
 
-def plan_onepass(store: SequenceStore, max_len: int, stride: int = 0) -> SamplePlan:
-    stride = stride or max_len
-    if not 1 <= stride <= max_len:
-        raise ValueError(f"train.onepass_stride must be between 1 and model.max_seq_len ({max_len}); got {stride}")
+def plan_onepass(store: SequenceStore, max_len: int) -> SamplePlan:
     n_inputs = np.maximum(store.lengths - 1, 0)  # positions 0..n-2 have a next item
-    extra = np.maximum(n_inputs - max_len, 0)
-    windows = np.where(n_inputs > 0, 1 + (extra + stride - 1) // stride, 0)
+    windows = (n_inputs + max_len - 1) // max_len  # (U,) 0 for a user without a next item
     user = np.repeat(np.arange(len(n_inputs)), windows)
     j = np.arange(windows.sum()) - np.repeat(np.cumsum(windows) - windows, windows)  # window number in user
     off = store.offsets[user]
-    start = off + j * stride
-    end = off + np.minimum(j * stride + max_len, n_inputs[user])
-    sup_start = np.where(j == 0, start, off + (j - 1) * stride + max_len)  # end of the previous window
-    return SamplePlan(start, end, sup_start, int(n_inputs.sum()), last=off + n_inputs[user], first=off)
+    start = off + j * max_len
+    end = off + np.minimum((j + 1) * max_len, n_inputs[user])
+    # every position of a window is supervised: windows never overlap
+    return SamplePlan(start, end, start, int(n_inputs.sum()), first=off)
 
 
 def epoch_plan(
-    strategy: str, store: SequenceStore, max_len: int, *, seed: int, stage: int, epoch: int, stride: int = 0
+    strategy: str, store: SequenceStore, max_len: int, *, seed: int, stage: int, epoch: int
 ) -> tuple[SamplePlan, np.ndarray]:
     """The epoch's samples and their shuffled order, both derived from (seed, stage, epoch) only."""
     rng = epoch_rng(seed, stage, epoch)
@@ -111,7 +98,7 @@ def epoch_plan(
     elif strategy == "all":
         plan = plan_all(store, max_len)
     elif strategy == "onepass":
-        plan = plan_onepass(store, max_len, stride)
+        plan = plan_onepass(store, max_len)
     else:
         raise ValueError(f"train.strategy must be one of {STRATEGIES}; got {strategy!r}")
     return plan, rng.permutation(len(plan))
@@ -120,24 +107,17 @@ def epoch_plan(
 class BatchMaker:
     """Gathers (items (B, L), targets) batches of a plan on the training device."""
 
-    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu", future: int = 1,
+    def __init__(self, store: SequenceStore, max_len: int, device: torch.device | str = "cpu",
                  contexts: np.ndarray | None = None) -> None:
-        """``contexts`` (I, C): the context row of every item of ``store`` (``item_contexts``)."""
+        """``contexts`` (I, C): the context row of every item of ``store`` (``context.item_contexts``)."""
         self.device = torch.device(device)
         self.max_len = max_len
-        self.future = future  # windows: next items supervised per position (train.future_targets)
         self.flat = torch.as_tensor(np.append(store.flat, 0), device=self.device)  # (I + 1,) sentinel at the end
         if contexts is not None and len(contexts) != len(store.flat):
             raise ValueError(f"BatchMaker: {len(contexts)} context rows for {len(store.flat)} items")
-        # (I + 1, C) context row of each item (item_context.py), a zero row (padding) at the end; None = not used
+        # (I + 1, C) context row of each item (model/context.py), a zero row (padding) at the end; None = not used
         self.context_flat = None if contexts is None else torch.as_tensor(with_pad_row(contexts), device=self.device)
         self.arange = torch.arange(max_len, device=self.device)  # (L,)
-
-    def set_items(self, flat: np.ndarray) -> None:
-        """Replace the concatenated items (same layout, e.g. ties shuffled for one epoch)."""
-        if len(flat) + 1 != self.flat.shape[0]:
-            raise ValueError(f"set_items: {len(flat)} items for a store of {self.flat.shape[0] - 1}")
-        self.flat = torch.as_tensor(np.append(flat, 0), device=self.device)  # (I + 1,)
 
     def set_plan(self, plan: SamplePlan, order: np.ndarray) -> None:
         """Upload one epoch's plan once, so each batch is an on-device slice (no host sync)."""
@@ -146,7 +126,6 @@ class BatchMaker:
         self.start = torch.as_tensor(plan.start, device=self.device)[perm]
         self.end = torch.as_tensor(plan.end, device=self.device)[perm]
         self.sup = None if plan.sup_start is None else torch.as_tensor(plan.sup_start, device=self.device)[perm]
-        self.last = None if plan.last is None else torch.as_tensor(plan.last, device=self.device)[perm]
         self.first = None if plan.first is None else torch.as_tensor(plan.first, device=self.device)[perm]
         # longest run of items before a window, from the host copy: a fixed width, no sync per batch
         self.max_before = 0 if plan.first is None or not len(plan) else max(int((plan.start - plan.first).max()), 0)
@@ -156,9 +135,8 @@ class BatchMaker:
         return (self.n_samples + batch_size - 1) // batch_size
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded inputs (B, L) and targets: (B,) next items, or (B, L) for windows, or
-        (B, L, F) for windows with ``future`` F > 1: the next F items of each position, each
-        IGNORE_INDEX past the user's training items."""
+        """Right-padded inputs (B, L) and targets: (B,) next items, or (B, L) for windows
+        (IGNORE_INDEX at padding)."""
         sl = slice(step * batch_size, (step + 1) * batch_size)
         start, end = self.start[sl], self.end[sl]  # (B,)
         pos = start[:, None] + self.arange  # (B, L) offsets into flat
@@ -169,11 +147,7 @@ class BatchMaker:
             return items, self.flat[end]  # (B, L), (B,)
         nxt = self.flat[(pos + 1).clamp(max=last)]  # (B, L)
         supervised = real & (pos >= self.sup[sl][:, None])
-        if self.future == 1:
-            return items, torch.where(supervised, nxt, IGNORE_INDEX)  # (B, L), (B, L)
-        ahead = pos[..., None] + torch.arange(1, self.future + 1, device=self.device)  # (B, L, F)
-        inside = supervised[..., None] & (ahead <= self.last[sl][:, None, None])  # (B, L, F)
-        return items, torch.where(inside, self.flat[ahead.clamp(max=last)], IGNORE_INDEX)  # (B, L), (B, L, F)
+        return items, torch.where(supervised, nxt, IGNORE_INDEX)  # (B, L), (B, L)
 
     def batch_windows(self, step: int, batch_size: int) -> torch.Tensor:
         """(B,) plan indices of ``batch(step, batch_size)``'s samples (what ``distill.SoftTargets`` is keyed by)."""
@@ -191,12 +165,12 @@ class BatchMaker:
     def seen_before(self, step: int, batch_size: int, n_items: int) -> torch.Tensor:
         """(B, N+1) bool: the items each sample's user interacted with *before* its input window.
 
-        Why: ``train.loss_history_scope=user`` leaves these out of the training softmax too, as
-        the evaluation masks the user's whole history, not only the last ``max_seq_len`` items.
-        On ML-1m a third of the supervised positions sit in a later window of a user with more
-        than 200 training items, where the input window alone misses hundreds of seen items.
-        A mask over the catalogue, not a list of items: its shape is fixed, so a compiled model
-        does not recompile per batch. Column 0 (padding) is never set.
+        Why: ``model.history_logit`` scores the user's whole history in training, as evaluation
+        and serving do, not only the last ``max_seq_len`` items; distillation's teachers leave it
+        out of their distribution. On ML-1m a third of the supervised positions sit in a later
+        window of a user with more than 200 training items, where the input window alone misses
+        hundreds of seen items. A mask over the catalogue, not a list of items: its shape is
+        fixed, so a compiled model does not recompile per batch. Column 0 (padding) is never set.
         """
         if self.first is None:
             raise ValueError("seen_before needs a plan with user offsets (SamplePlan.first)")
@@ -210,32 +184,3 @@ class BatchMaker:
         seen.scatter_(1, items, True)
         seen[:, 0] = False
         return seen
-
-
-def tie_groups(sequences: pd.DataFrame, with_valid: bool = False, source: str = "sequences.parquet") -> np.ndarray:
-    """(I,) int64 id of each training item's tie group, aligned with ``build_sequence_store``'s
-    ``flat`` (of ``train_seq``, plus the validation item when ``with_valid``, as a refit trains).
-
-    A tie group is a run of one user's consecutive items with the same timestamp: 53% of
-    consecutive ML-1m ratings share their second, and DESIGN.md orders them by file row. Ids
-    are non-decreasing along ``flat`` and never shared between users.
-    """
-    store = flat_column(sequences, "ts", with_valid, source)
-    new = np.ones(len(store.flat), dtype=bool)  # (I,) True where a group starts
-    new[1:] = store.flat[1:] != store.flat[:-1]
-    new[store.starts] = True  # each user's first item starts a group
-    return np.cumsum(new) - 1
-
-
-def shuffle_ties(flat: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``flat`` with the items of each tie group in a random order; groups stay where they are.
-
-    Why we tried it: if a tie group's file order were arbitrary, a fixed order would let the
-    model learn "after A comes B" where nothing says so. Measured on ML-1m (docs/results.md,
-    session 9) it costs ~0.012 R@10 and 0.02 validation R@10: the file order inside a second is
-    not arbitrary (validation and test follow it too), so it stays off by default.
-    """
-    order = np.lexsort((rng.random(len(flat)), groups))  # (I,) groups are contiguous and sorted
-    return flat[order]
-
-

@@ -7,7 +7,7 @@ crash never corrupts the checkpoint a restart depends on.
 
 Formats:
 - model weights: safetensors (no pickle; loadable by serving code), plus a JSON with the
-  architecture spec and the resolved config;
+  architecture spec (which holds the model's settings) and the rest of the resolved config;
 - resume checkpoints (``checkpoints/resume.pt``): ``torch.save`` of model, optimizer and
   scheduler state, every RNG state (python, numpy, torch CPU and CUDA), the position in the
   run (stage, epoch, step in epoch) and the early-stopping state; ``resume.json`` beside it
@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from lite_rec.core.config import dotted
 from lite_rec.core.errors import CacheMismatch
 from lite_rec.core.io import atomic_write, write_json
-from lite_rec.model.rec_llm import LiteRecModel, ModelSpec, model_from_spec
+from lite_rec.model.rec_llm import LiteRecModel, model_from_spec
+from lite_rec.model.spec import ModelSpec
 
 RESUME_FILE = "resume.pt"
 RESUME_SUMMARY = "resume.json"

@@ -1,7 +1,7 @@
 """Soft targets from trained teacher models: distilling an ensemble into one model (``train.distill_from``).
 
 Why: on ML-1m three models of one recipe, averaged, rank better than any one of them (mean
-probability: +0.004 R@10 / +0.003 N@10 over their mean, docs/results.md, sessions 8-10), but an
+probability: +0.004 R@10 / +0.003 N@10 over their mean, docs/results.md), but an
 ensemble costs its size in every request. Training one model to also match the ensemble's
 distribution over the next item (Hinton et al., 2015, "Distilling the knowledge in a neural
 network") is the usual way to keep that gain at one model's serving cost. The loss of a position
@@ -19,10 +19,9 @@ How, and why this way:
   3,417 = 13 GB); the top 128 (the default) take 0.75 GB (item_idx int32 + probability fp16), and
   ``SoftTargets.coverage`` says how much of the teachers' mass they hold.
 - The teachers' distribution leaves out the items the user already has (the position's prefix
-  and the items before the window), as the evaluation's ranking does, without keeping the target
-  (a teacher must not know it): a teacher trained with the history-free softmax puts real mass on
-  such items, and the student should not learn to recommend them. The hard-label term still
-  teaches a repeat when one is the target.
+  and the items before the window, ``scoring.mask_history``), as the evaluation's masked ranking
+  does, without keeping the target (a teacher must not know it): the student should not learn to
+  recommend them. The hard-label term still teaches a repeat when one is the target.
 - Teachers read their own inputs (a teacher with ``model.time_gaps`` gets its context rows, a
   student without them does not), so a servable student can learn from teachers that read the
   time of each item.
@@ -44,7 +43,8 @@ from tqdm.auto import tqdm
 
 from lite_rec.core.errors import DataError
 from lite_rec.data.sequences import SequenceStore
-from lite_rec.model.rec_llm import IGNORE_INDEX, LiteRecModel, mask_history
+from lite_rec.model.rec_llm import LiteRecModel
+from lite_rec.model.scoring import IGNORE_INDEX, mask_history
 from lite_rec.train.batches import BatchMaker, SamplePlan
 from lite_rec.train.checkpoint import MODEL_META, MODEL_WEIGHTS, load_model
 
@@ -83,8 +83,8 @@ def soft_cross_entropy(logits: torch.Tensor, items: torch.Tensor, probs: torch.T
 
     logits (B, L, N+1); items, probs (B, L, K) (``SoftTargets.batch``, scored at the same T). The
     T^2 keeps the term's gradient on the logits about as large at any T (Hinton et al., section 2),
-    so ``train.distill_weight`` means the same share at every temperature. An item the student's
-    softmax leaves out (-inf, under ``train.loss_excludes_history``) is skipped, not an infinite loss.
+    so ``train.distill_weight`` means the same share at every temperature. An item whose logit is
+    -inf (the padding column) is skipped, not an infinite loss.
     """
     logits = logits.float()  # (B, L, N+1)
     if temperature != 1.0:  # not a no-op division at T = 1: the copy would cost a (B, L, N+1) tensor per step
@@ -124,19 +124,17 @@ def teacher_fingerprint(dirs: Sequence[str | Path], dataset: str) -> str:
     return digest.hexdigest()
 
 
-def load_teachers(dirs: Sequence[str | Path], *, n_items: int, dataset: str, refit: bool,
+def load_teachers(dirs: Sequence[str | Path], *, n_items: int, dataset: str,
                   device: torch.device) -> list[LiteRecModel]:
-    """Load and check each teacher: a finished model of this dataset's items, causal (one-pass),
-    and never trained on the validation item unless the student is a refit (its early stopping
-    would score items a teacher had learned)."""
+    """Load and check each teacher: a finished model of this dataset's items, causal (one-pass)."""
+    check_teachers(dirs, dataset)
     teachers = []
-    for d, meta in zip(map(Path, dirs), check_teachers(dirs, dataset), strict=True):
+    for d in map(Path, dirs):
         where = f"train.distill_from: {d}"
-        fit_on = (meta.get("protocol") or {}).get("fit_on", "train")
-        if fit_on != "train" and not refit:
-            raise DataError(f"{where}: the teacher was fit on {fit_on!r}, so it learned the validation items that "
-                            "decide this run's early stopping; use teachers trained with train.fit_on=train")
-        teacher, _ = load_model(d, device)
+        try:
+            teacher, _ = load_model(d, device)
+        except ValueError as exc:  # a malformed or outdated spec
+            raise DataError(f"{where}: {exc}") from None
         if teacher.spec.n_items != n_items:
             raise DataError(f"{where}: the teacher scores {teacher.spec.n_items} items, this run's data has {n_items}")
         if not teacher.spec.causal:
@@ -157,7 +155,7 @@ def teacher_soft_targets(
     each teacher's probability taken at ``temperature`` (softmax of its logits / T).
 
     ``contexts_of(teacher)`` gives the (I, C) context rows that teacher reads (``batches.item_contexts``
-    with its ``spec.context_features``), or None.
+    with its ``spec.config.context_features``), or None.
     """
     if plan.sup_start is None or plan.first is None:
         raise ValueError("teacher_soft_targets needs a onepass plan (windows with supervised starts and user offsets)")
@@ -167,7 +165,7 @@ def teacher_soft_targets(
     identity = np.arange(len(plan))
     # one batch maker per distinct input context (teachers of one recipe share it); the first also
     # gives every teacher the same items, targets and seen items of each step
-    reads_of = [tuple(t.spec.context_features.items()) if t.spec.uses_context else () for t in teachers]
+    reads_of = [tuple(t.spec.config.context_features.items()) if t.spec.config.uses_context else () for t in teachers]
     makers: dict[tuple, BatchMaker] = {}
     for teacher, reads in zip(teachers, reads_of, strict=True):
         if reads not in makers:
@@ -181,12 +179,11 @@ def teacher_soft_targets(
         items, targets = base.batch(step, batch_size)  # (B, L), (B, L)
         seen = base.seen_before(step, batch_size, n_items)  # (B, N+1)
         contexts = {reads: maker.batch_contexts(step, batch_size) for reads, maker in makers.items() if reads}  # (B, L, C)
-        unknown = torch.full_like(targets, IGNORE_INDEX)  # the target is not kept in: a teacher must not know it
         total = None
         for teacher, reads in zip(teachers, reads_of, strict=True):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, _ = teacher(items, targets, seen=seen, contexts=contexts.get(reads))  # (B, L, N+1)
-            logits = mask_history(logits.float(), items, unknown, seen)
+            logits = mask_history(logits.float(), items, seen)
             p = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)  # (B, L, N+1)
             total = p if total is None else total + p
         mean = total / len(teachers)  # (B, L, N+1)

@@ -1,9 +1,9 @@
 """An exponential moving average (EMA) of the trainable weights, used for validation and the kept model.
 
-Why: stage 1 runs at a constant learning rate (a cosine decay to 0 measured worse on ML-1m:
-docs/results.md, session 4), so the weights at any epoch end are one noisy point of a wide
-basin. Averaging the recent iterates removes that noise without lowering the step size that
-keeps training productive.
+Why: stage 1 runs at a constant learning rate (a cosine decay to 0 measured worse on ML-1m,
+docs/results.md), so the weights at any epoch end are one noisy point of a wide basin. Averaging
+the recent iterates removes that noise without lowering the step size that keeps training
+productive.
 
 The decay of step t (counted from the last ``reset``) is ``min(d, (1 + t) / (10 + t))``, the
 warm-up of TensorFlow's ExponentialMovingAverage: the first steps after a start follow the
@@ -12,15 +12,9 @@ t = 9 d / (1 - d) (about 9,000 steps for d = 0.999), the average covers roughly 
 of the steps so far; only after that does it settle at about ``1 / (1 - d)`` steps. So d is an
 upper bound on how long the memory gets, and on short runs it never binds: ML-1m's 70 onepass
 epochs at batch 128 are 4,760 steps, so with d = 0.999 (or 0.9997) the kept weights average
-about the last 500 steps (7 epochs) at the end of stage 1. Stage 2 resets the average at its
-start (its item vectors become a trainable parameter, and it starts from the best stage-1
-weights).
-
-``warmup="unbiased"`` lets d decide the memory from the start: the decay of step t is
-``d (1 - d^t) / (1 - d^(t+1))``, which makes the shadow exactly the normalised exponentially
-weighted mean of the weights after every step so far (weights d^(age)), as Adam's bias
-correction would, so neither the random init nor a step count caps how far back it reaches: with
-d = 0.999 it averages about the last 1,000 steps (~15 ML-1m epochs) at any point past that.
+about the last 500 steps (7 epochs) at the end of stage 1. (A bias-corrected average, whose
+memory d sets from the start, measured no better.) Stage 2 resets the average at its start
+(its item vectors become a trainable parameter, and it starts from the best stage-1 weights).
 """
 
 from __future__ import annotations
@@ -31,18 +25,14 @@ from typing import Any
 
 import torch
 
-WARMUPS = ("tf", "unbiased")
-
 
 class WeightEMA:
     """Shadow copies of a module's trainable parameters, updated in place after each optimizer step."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: str = "tf") -> None:
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema_decay must be in (0, 1) to average weights, got {decay}")
-        if warmup not in WARMUPS:
-            raise ValueError(f"train.ema_warmup must be one of {WARMUPS}, got {warmup!r}")
-        self.model, self.decay, self.warmup = model, decay, warmup
+        self.model, self.decay = model, decay
         self.reset()
 
     def reset(self) -> None:
@@ -55,10 +45,7 @@ class WeightEMA:
         self.steps = 0
 
     def current_decay(self) -> float:
-        d, t = self.decay, self.steps
-        if self.warmup == "unbiased":  # 0 at the first step: the shadow starts at the first trained weights
-            return d * (1.0 - d**t) / (1.0 - d ** (t + 1))
-        return min(d, (1.0 + t) / (10.0 + t))
+        return min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
 
     @torch.no_grad()
     def update(self) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 from safetensors.torch import load_file
 
-from lite_rec.core.config import LiteRecConfig, ModelConfig
+from lite_rec.core.config import LiteRecConfig
 from lite_rec.core.errors import DataError
 from lite_rec.core.io import sha256_file
 from lite_rec.data.sequences import CONTEXT_SETTINGS
 from lite_rec.eval.popularity import item_popularity
 from lite_rec.infer.bundle import ITEMS_FILE, META_FILE, WEIGHTS_FILE, save_bundle
-from lite_rec.model.rec_llm import ModelSpec
+from lite_rec.model.spec import ModelSpec
 
 __all__ = ["build_bundle"]
 
@@ -48,13 +48,11 @@ def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str,
             raise DataError(f"{path}: missing; train the model and run the data stage first")
     try:
         meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
-        spec = dict(meta["spec"])
-        reads_context = ModelSpec.from_dict(spec).uses_context
-        # The config the run was trained with wins over the caller's (they may differ in overrides).
-        model_config = ModelConfig.model_validate(meta["config"]["model"]) if "config" in meta else cfg.model
+        # the spec holds the settings the run was trained with (they win over the caller's config)
+        spec = ModelSpec.from_dict(meta["spec"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{model_dir / META_FILE}: not a training run's model.json ({exc})") from None
-    if reads_context:
+    if spec.config.uses_context:
         raise DataError(f"{model_dir / META_FILE}: the model reads an input context ({CONTEXT_SETTINGS}), which the "
                         "serving path does not pass yet; bundle a model trained without them")
     items = pd.read_parquet(processed / ITEMS_FILE, columns=["item_idx", "item_id", "title"])
@@ -70,6 +68,6 @@ def build_bundle(cfg: LiteRecConfig, model_dir: Path | str, out_dir: Path | str,
         "best": meta.get("best"),
     }
     return save_bundle(
-        out_dir, spec=spec, model_config=model_config, state_dict=load_file(str(model_dir / WEIGHTS_FILE), device="cpu"),
+        out_dir, spec=spec, state_dict=load_file(str(model_dir / WEIGHTS_FILE), device="cpu"),
         items=items, popularity=popularity, dataset=cfg.dataset.name, protocol=protocol, extra=extra, overwrite=overwrite,
     )

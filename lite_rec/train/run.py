@@ -1,4 +1,4 @@
-"""Training entry points: ``train_model(...)`` and ``python -m lite_rec.train.run`` (PAPER.md "Training").
+"""Training entry points: ``train_model(...)`` and ``python -m lite_rec.train.run`` (the paper's "Training").
 
 Why a standalone entry point: the GPU workers that train real models have torch,
 transformers, pandas, pyarrow and safetensors, not the pipeline's duckdb, prefect, mlflow or
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 @dataclass
 class TrainResult:
     model: LiteRecModel  # best weights, eval mode
-    metrics: dict[str, float]  # valid_* (not with fit_on=train+valid) / test_* (both protocols), best_*, epochs_run, train_seconds
+    metrics: dict[str, float]  # valid_* / test_* (both protocols), best_*, epochs_run, train_seconds
     history: list[dict[str, Any]]  # one entry per epoch: stage, epoch, loss, lr, seconds, samples_per_s, valid_*
     backbone_init: str  # "pretrained ..." or "random init (why)": tag the run with it
     stopped_early: bool
@@ -74,7 +74,8 @@ def train_model(
     `sequences` has the columns of ``sequences.parquet``; `item_vectors` is (N+1, D) with row 0
     = zeros (None only for ``model.item_repr=id``). `step_sleep` (seconds after each optimizer
     step) only slows the loop down, for demos and interruption tests. Outputs in `out_dir`:
-    ``model.safetensors`` + ``model.json`` (best weights, spec, config, backbone init),
+    ``model.safetensors`` + ``model.json`` (best weights, spec with the model's settings, the rest
+    of the config, backbone init),
     ``metrics.json``, ``history.json`` and ``checkpoints/``.
     """
     tc, out_dir = cfg.train, Path(out_dir)
@@ -106,7 +107,7 @@ def train_model(
         load_weights(model, ckpt_dir / BEST_WEIGHTS)
         ev = cfg.eval
         metrics: dict[str, float] = {}
-        for split in ("valid", "test") if tc.fit_on == "train" else ("test",):  # a refit trained on valid
+        for split in ("valid", "test"):
             eval_set = build_eval_set(sequences, split, model.spec)
             metrics.update(evaluate_model(model, eval_set, ks=ev.ks, batch_size=ev.batch_size,
                                           exclude_history=ev.exclude_history, device=device, bf16=trainer.bf16,
@@ -114,14 +115,15 @@ def train_model(
         s = trainer.s
         metrics.update(best_stage=float(s["best"]["stage"]), best_epoch=float(s["best"]["epoch"]),
                        epochs_run=float(len(s["history"])), train_seconds=sum(h["seconds"] for h in s["history"]))
-        if model.spec.history_logit:  # what the model learned about coming back to items (model.history_logit)
+        if model.spec.config.history_logit:  # what the model learned about coming back to items (model.history_logit)
             metrics["history_logit"] = float(model.history_logit().detach())
         if trainer.soft is not None:  # how much of the teachers' probability the kept top-k items held, and its cost
             metrics.update(distill_top_k_mass=trainer.soft.coverage, distill_seconds=trainer.soft.seconds)
         protocol = {"exclude_history": ev.exclude_history, "max_seq_len": cfg.model.max_seq_len, "ks": list(ev.ks),
-                    "strategy": tc.strategy, "seed": tc.seed, "fit_on": tc.fit_on}
+                    "strategy": tc.strategy, "seed": tc.seed}
+        # the model's settings are stored once, in the spec (spec.config); the config keeps every other section
         save_model(model, out_dir, {"backbone_init": backbone_init, "protocol": protocol, "best": s["best"],
-                                    "config": cfg.model_dump(mode="json")})
+                                    "config": cfg.model_dump(mode="json", exclude={"model"})})
         write_json(out_dir / "metrics.json", metrics)
         write_json(out_dir / "history.json", s["history"])
         return TrainResult(model=model.eval(), metrics=metrics, history=list(s["history"]), backbone_init=backbone_init,

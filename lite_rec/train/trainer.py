@@ -1,23 +1,15 @@
-"""The training loop of both stages over one checkpointable state (used by ``train.py``).
+"""The training loop of both stages over one checkpointable state (used by ``run.py``).
 
 Stage 1 trains the recommendation LLM and the head on frozen item vectors with the configured
-strategy (``batches.py``), cross-entropy over all items (PAPER.md Eq. 6), AdamW (decay on
-matrices only: not on biases, norm scales or item tables), linear warm-up then constant or
-cosine lr, gradient clipping, bf16 autocast on CUDA. Validation Recall@10 (configured protocol)
-after every ``eval_every`` epochs (and after a stage's last epoch) decides early stopping
-(``patience`` evaluations without a strict improvement) and which weights are kept
+strategy (``batches.py``), cross-entropy over all items (Eq. 6 of the paper), AdamW (decay on
+matrices only: not on biases, norm scales or item tables), linear warm-up then a constant lr,
+gradient clipping, bf16 autocast on CUDA. Validation Recall@10 (configured protocol) after every
+``eval_every`` epochs (and after a stage's last epoch) decides early stopping (``patience``
+evaluations without a strict improvement) and which weights are kept
 (``checkpoints/best.safetensors``). Stage 2 (``finetune_epochs > 0``) restarts from the best
 weights with the item vectors as a trainable parameter initialised from the cache, at
 ``finetune_lr`` (constant), and replaces the best weights only where validation improves on
 stage 1.
-
-With ``fit_on=train+valid`` (a refit) each user's validation item is one more training target, as
-in the test input: validation would score items the model was trained on, so there is none. No
-early stopping; each epoch's final weights replace the kept ones, so the last are kept.
-Settings, the number of epochs included, come from a run validated with ``fit_on=train``. Why:
-a model to serve should have seen every user's latest interaction; the test item stays held out
-for ``lite-rec promote``. On ML-1m a refit tested the same as the validated runs
-(docs/results.md, session 7): it is for freshness, not for the benchmark.
 
 With ``ema_decay > 0`` an exponential moving average of the trainable weights (``ema.py``) is what
 gets validated and kept as the best weights; the live weights keep training. Each stage starts
@@ -26,7 +18,7 @@ its own average.
 A wall budget (``max_stage1_minutes``) ends stage 1 at the first epoch end past it, counting
 training and validation time of every stage-1 epoch (also across resumes); the best weights so
 far are kept and stage 2 runs as configured. Why a budget and not only ``max_epochs``: retraining
-runs in a fixed nightly window, and lent GPU calls have a hard time limit; an epoch count cannot
+runs in a fixed nightly window, and GPU jobs often have a hard time limit; an epoch count cannot
 promise either. A run resumed before its stage 1 ended may raise the budget (it is not part of
 the run's fingerprint).
 
@@ -39,7 +31,7 @@ a restart continues exactly where the interrupted run was.
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import hashlib
 import logging
 import math
@@ -57,8 +49,9 @@ from lite_rec.core.errors import LiteRecError
 from lite_rec.data.sequences import build_sequence_store, flat_column
 from lite_rec.eval.evaluate import build_eval_set, evaluate_model
 from lite_rec.model.context import item_contexts
-from lite_rec.model.rec_llm import IGNORE_INDEX, LiteRecModel
-from lite_rec.train.batches import BatchMaker, epoch_plan, plan_onepass, shuffle_ties, tie_groups, tie_rng
+from lite_rec.model.rec_llm import LiteRecModel
+from lite_rec.model.scoring import IGNORE_INDEX
+from lite_rec.train.batches import BatchMaker, epoch_plan, plan_onepass
 from lite_rec.train.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
 from lite_rec.train.distill import (
     SoftTargets,
@@ -68,7 +61,6 @@ from lite_rec.train.distill import (
     teacher_soft_targets,
 )
 from lite_rec.train.ema import WeightEMA
-from lite_rec.train.rdrop import symmetric_kl, twice
 
 if TYPE_CHECKING:
     from lite_rec.core.config import LiteRecConfig
@@ -95,17 +87,13 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, eps: 
     return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=device.type == "cuda")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then constant or cosine decay to 0."""
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then a constant lr (a cosine decay to 0
+    measured worse on ML-1m; the EMA of the weights removes the noise a decay would)."""
     warmup = int(round(warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
+        return (step + 1) / warmup if step < warmup else 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -114,26 +102,17 @@ def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
     contexts: torch.Tensor | None = None, soft: tuple[torch.Tensor, torch.Tensor] | None = None,
-    soft_weight: float = 0.0, soft_temperature: float = 1.0, rdrop_weight: float = 0.0,
+    soft_weight: float = 0.0, soft_temperature: float = 1.0,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
-    (B, N+1) items before each input window, for a softmax without the user's whole history;
-    ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (item_context.py);
+    (B, N+1) items before each input window, for a model with a history logit;
+    ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (model/context.py);
     ``soft``: the teachers' (B, L, K) items and probabilities (``distill.SoftTargets.batch``), whose
-    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``;
-    ``rdrop_weight`` > 0: the batch runs twice (two dropout masks) and their symmetric KL is added with
-    this weight (``rdrop.py``)."""
-    if rdrop_weight > 0:
-        nxt = targets[..., 0] if targets.dim() == 3 else targets  # (B, L) or (B,): the next item
-        supervised = nxt != IGNORE_INDEX
-        items, targets, seen, contexts = twice(items), twice(targets), twice(seen), twice(contexts)  # (2B, ...)
-        soft = None if soft is None else (twice(soft[0]), twice(soft[1]))
+    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits, loss = forward(items, targets, seen=seen, contexts=contexts)
     if soft is not None:
         loss = (1.0 - soft_weight) * loss + soft_weight * soft_cross_entropy(logits, *soft, soft_temperature)
-    if rdrop_weight > 0:
-        loss = loss + rdrop_weight * symmetric_kl(logits, supervised)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -163,12 +142,11 @@ def run_fingerprint(cfg: "LiteRecConfig", sequences: pd.DataFrame, item_vectors:
     data.update(build_sequence_store(sequences["train_seq"]).flat.tobytes())
     for column in ("valid_item_idx", "test_item_idx"):
         data.update(sequences[column].to_numpy(np.int64).tobytes())
-    refit = cfg.train.fit_on == "train+valid"
-    if cfg.train.shuffle_ties or cfg.model.reads_timestamps:  # timestamps shape every batch
-        data.update(flat_column(sequences, "ts", with_valid=refit).flat.tobytes())
+    if cfg.model.reads_timestamps:  # timestamps shape every batch
+        data.update(flat_column(sequences, "ts").flat.tobytes())
     if cfg.model.ratings:
-        data.update(flat_column(sequences, "rating", with_valid=refit).flat.tobytes())
-    if cfg.model.query_time and not refit:  # the validation's query time (early stopping reads it)
+        data.update(flat_column(sequences, "rating").flat.tobytes())
+    if cfg.model.query_time:  # the validation's query time (early stopping reads it)
         data.update(sequences["valid_ts"].to_numpy(np.int64).tobytes())
     vectors = "none" if item_vectors is None else hashlib.sha256(item_vectors.float().numpy().tobytes()).hexdigest()
     teachers = {"teachers_sha256": teacher_fingerprint(cfg.train.distill_from, cfg.dataset.name)} if cfg.train.distill_from else {}
@@ -184,7 +162,7 @@ def fingerprint_defaults(cfg: "LiteRecConfig") -> dict[str, Any]:
 
 def _settings(model: Any, train: Any, evaluation: Any) -> dict[str, Any]:
     kept = {k: v for k, v in train.model_dump(mode="json").items() if k not in RUNTIME_ONLY}
-    return {"model": model.model_dump(mode="json"), "train": kept, "eval": evaluation.model_dump(mode="json")}
+    return {"model": dataclasses.asdict(model), "train": kept, "eval": evaluation.model_dump(mode="json")}
 
 
 class Trainer:
@@ -194,22 +172,16 @@ class Trainer:
                  ckpt_dir: Path, progress: bool, step_sleep: float) -> None:
         self.cfg, self.tc, self.model, self.device = cfg, cfg.train, model, device
         self.ckpt_dir, self.progress, self.step_sleep = ckpt_dir, progress, step_sleep
-        # a refit learns from each user's test input (train + validation item); else from the train part
-        refit = self.tc.fit_on == "train+valid"
-        self.store = build_eval_set(sequences, "test").histories if refit else build_sequence_store(sequences["train_seq"])
+        self.store = build_sequence_store(sequences["train_seq"])
         spec = model.spec
-        contexts = item_contexts(sequences, **spec.context_features, with_valid=refit)  # (I, C) or None
-        self.batches = BatchMaker(self.store, cfg.model.max_seq_len, device, future=self.tc.future_targets,
-                                  contexts=contexts)
-        self.ties = tie_groups(sequences, with_valid=refit) if self.tc.shuffle_ties else None  # (I,)
-        self.valid_set = None if refit else build_eval_set(sequences, "valid", spec)
+        contexts = item_contexts(sequences, **spec.config.context_features)  # (I, C) or None
+        self.batches = BatchMaker(self.store, spec.config.max_seq_len, device, contexts=contexts)
+        self.valid_set = build_eval_set(sequences, "valid", spec)
         self.bf16 = self.tc.bf16 and device.type == "cuda"
-        compiled = torch.compile(model) if self.tc.compile else model
-        self.forward = functools.partial(compiled, exclude_history=self.tc.loss_excludes_history,
-                                         future_weight=self.tc.future_weight, item_dropout=self.tc.item_dropout)
-        # what the user had before the window: the softmax leaves it out too (as the evaluation's mask),
-        # or the history logit scores it (as evaluation and serving do, over the whole history)
-        self.needs_seen = (self.tc.loss_excludes_history and self.tc.loss_history_scope == "user") or cfg.model.history_logit
+        self.forward = torch.compile(model) if self.tc.compile else model
+        # what the user had before the window: the history logit scores it (as evaluation and serving
+        # do, over the whole history)
+        self.needs_seen = spec.config.history_logit
         self.s: dict[str, Any] = {}
         self.ema: WeightEMA | None = None
         self.sequences = sequences  # the teachers' context rows come from it (_soft_targets)
@@ -224,13 +196,13 @@ class Trainer:
         """
         if self.soft is None:
             rng = capture_rng()
-            tc, refit = self.tc, self.tc.fit_on == "train+valid"
+            tc = self.tc
             teachers = load_teachers(tc.distill_from, n_items=self.model.spec.n_items, dataset=self.cfg.dataset.name,
-                                     refit=refit, device=self.device)
-            plan = plan_onepass(self.store, self.cfg.model.max_seq_len, tc.onepass_stride)
+                                     device=self.device)
+            plan = plan_onepass(self.store, self.cfg.model.max_seq_len)
             self.soft = teacher_soft_targets(
                 teachers, self.store, plan, max_len=self.cfg.model.max_seq_len,
-                contexts_of=lambda t: item_contexts(self.sequences, **t.spec.context_features, with_valid=refit),
+                contexts_of=lambda t: item_contexts(self.sequences, **t.spec.config.context_features),
                 top_k=tc.distill_top_k, batch_size=tc.batch_size, device=self.device, bf16=self.bf16,
                 progress=self.progress, temperature=tc.distill_temperature)
             restore_rng(rng)
@@ -238,7 +210,7 @@ class Trainer:
 
     def _steps_per_epoch(self, stage: int) -> int:
         plan, order = epoch_plan(self.tc.strategy, self.store, self.cfg.model.max_seq_len, seed=self.tc.seed,
-                                 stage=stage, epoch=0, stride=self.tc.onepass_stride)
+                                 stage=stage, epoch=0)
         return max(1, math.ceil(len(plan) / self.tc.batch_size))
 
     def _stage_epochs(self, stage: int) -> int:
@@ -248,10 +220,9 @@ class Trainer:
         lr = self.tc.lr if stage == 1 else self.tc.finetune_lr
         self.optimizer = make_optimizer(self.model, lr, self.tc.weight_decay, self.tc.adam_eps, self.device)
         total = self._stage_epochs(stage) * self._steps_per_epoch(stage)
-        warmup, schedule = (self.tc.warmup_ratio, self.tc.lr_schedule) if stage == 1 else (0.0, "constant")
-        self.scheduler = make_scheduler(self.optimizer, total, warmup, schedule)
+        self.scheduler = make_scheduler(self.optimizer, total, self.tc.warmup_ratio if stage == 1 else 0.0)
         # a stage's average starts at its first weights, over the parameters it trains
-        self.ema = WeightEMA(self.model, self.tc.ema_decay, self.tc.ema_warmup) if self.tc.ema_decay > 0 else None
+        self.ema = WeightEMA(self.model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
 
     def _averaged(self) -> Any:
         """The weights that are validated and kept: the EMA when configured, else the live ones."""
@@ -305,10 +276,8 @@ class Trainer:
         s, tc = self.s, self.tc
         stage, epoch = s["stage"], s["epoch"]
         plan, order = epoch_plan(tc.strategy, self.store, self.cfg.model.max_seq_len, seed=tc.seed, stage=stage,
-                                 epoch=epoch, stride=tc.onepass_stride)
+                                 epoch=epoch)
         self.batches.set_plan(plan, order)
-        if self.ties is not None:
-            self.batches.set_items(shuffle_ties(self.store.flat, self.ties, tie_rng(tc.seed, stage, epoch)))
         n_batches = self.batches.n_batches(tc.batch_size)
         soft = self._soft_targets() if tc.distill_from else None
         self.model.train()
@@ -320,16 +289,14 @@ class Trainer:
         for step in bar:
             items, targets = self.batches.batch(step, tc.batch_size)
             seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.needs_seen else None
-            contexts = self.batches.batch_contexts(step, tc.batch_size) if self.model.spec.uses_context else None
+            contexts = self.batches.batch_contexts(step, tc.batch_size) if self.model.spec.config.uses_context else None
             batch_soft = soft.batch(self.batches.batch_windows(step, tc.batch_size), targets) if soft is not None else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts,
-                              soft=batch_soft, soft_weight=tc.distill_weight,
-                              soft_temperature=tc.distill_temperature, rdrop_weight=tc.rdrop_weight)
+                              soft=batch_soft, soft_weight=tc.distill_weight, soft_temperature=tc.distill_temperature)
             if self.ema is not None:
                 self.ema.update()
-            nxt = targets[..., 0] if targets.dim() == 3 else targets  # the next item of each sample/position
-            count = (nxt != IGNORE_INDEX).sum() if nxt.dim() == 2 else nxt.numel()
+            count = (targets != IGNORE_INDEX).sum() if targets.dim() == 2 else targets.numel()
             loss_sum += loss.double() * count
             n_targets = n_targets + count
             s["global_step"] += 1
@@ -351,7 +318,7 @@ class Trainer:
             "samples_per_s": plan.n_targets / max(seconds, 1e-9),
         }
         last = epoch + 1 >= self._stage_epochs(stage)
-        if (epoch + 1) % tc.eval_every == 0 or last or self.valid_set is None:  # a refit keeps every epoch's end
+        if (epoch + 1) % tc.eval_every == 0 or last:
             self._evaluate(entry)
         s["history"].append(entry)
         log.info("%s", epoch_line(entry, s["best"], self._stage_epochs(stage)))
@@ -365,12 +332,6 @@ class Trainer:
     def _evaluate(self, entry: dict[str, Any]) -> None:
         s, ev = self.s, self.cfg.eval
         t0 = time.perf_counter()
-        if self.valid_set is None:  # refit: nothing to validate on; the latest weights are the kept ones
-            with self._averaged():
-                save_weights(self.model, self.ckpt_dir / BEST_WEIGHTS)
-            entry["eval_seconds"] = time.perf_counter() - t0
-            s["best"] = {"metric": None, "stage": s["stage"], "epoch": s["epoch"] + 1}  # no validation score
-            return
         with self._averaged():
             metrics = evaluate_model(self.model, self.valid_set, ks=sorted({*ev.ks, 10}), batch_size=ev.batch_size,
                                      exclude_history=ev.exclude_history, device=self.device, bf16=self.bf16,

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lite_rec.core.config import ModelConfig
 from lite_rec.eval.evaluate import build_eval_set, ensemble_scorer, evaluate_model, evaluate_scores, iter_eval_batches
 from lite_rec.model.rec_llm import build_model
+from lite_rec.model.spec import ModelConfig
 
 SEQUENCES = pd.DataFrame({
     "user_idx": [0, 1],

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lite_rec.core.config import ModelConfig
 from lite_rec.core.errors import CacheMismatch, DataError
 from lite_rec.core.io import sha256_file
-from lite_rec.infer.bundle import BUNDLE_FILES, load_bundle, save_bundle
+from lite_rec.infer.bundle import BUNDLE_FILES, BUNDLE_FORMAT_VERSION, load_bundle, save_bundle
 from lite_rec.model.rec_llm import build_model
+from lite_rec.model.spec import ModelConfig
 from lite_rec.train.export import build_bundle
 
 N_ITEMS = 7
@@ -38,7 +38,7 @@ def _write(path: Path, **kw) -> tuple[Path, dict[str, torch.Tensor]]:
     model, _ = build_model(MODEL_CFG, N_ITEMS, vectors, causal=False)
     state = model.state_dict()
     args = dict(
-        spec=model.spec.to_dict(), model_config=MODEL_CFG, state_dict=state, items=_items(), popularity=_popularity(),
+        spec=model.spec, state_dict=state, items=_items(), popularity=_popularity(),
         dataset="tiny", protocol={"exclude_history": True, "k_core": 5},
     )
     args.update(kw)
@@ -56,11 +56,46 @@ def test_round_trip_keeps_tensors_tables_and_metadata(tmp_path: Path) -> None:
     assert bundle.items["title"].tolist() == ["A", "", "C", "D", "E", "F", "G"]  # missing title -> ""
     # Most popular first; equal counts ordered by the smaller item_idx (as lite_rec.eval.popularity does).
     assert bundle.popularity["item_idx"].tolist() == [2, 4, 7, 1, 5, 3, 6]
-    assert bundle.model_config == MODEL_CFG
+    assert bundle.model_config == bundle.spec.config == MODEL_CFG
     assert bundle.dataset == "tiny" and bundle.num_items == N_ITEMS
-    assert bundle.spec["n_items"] == N_ITEMS and bundle.spec["max_seq_len"] == 3
+    assert bundle.spec.n_items == N_ITEMS and bundle.spec.config.max_seq_len == 3
     assert bundle.protocol == {"exclude_history": True, "k_core": 5}
     assert sorted(p.name for p in path.iterdir()) == sorted([*BUNDLE_FILES, "manifest.json"])
+
+
+def test_model_json_stores_the_models_settings_once_inside_the_spec(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path / "b")
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["format_version"] == BUNDLE_FORMAT_VERSION == 2
+    assert "model" not in meta and meta["spec"]["config"] == MODEL_CFG.to_dict()
+    assert set(meta["spec"]) == {"n_items", "item_dim", "causal", "backbone", "config"}
+    _write(tmp_path / "same", model_config=MODEL_CFG)  # a caller that still passes the settings: checked, not stored
+    with pytest.raises(DataError, match=r"model_config differs from the spec's settings"):
+        _write(tmp_path / "other", model_config=ModelConfig(backbone="lean", d_model=8, n_heads=2, dropout=0.5))
+
+
+def test_a_format_1_bundle_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(DataError, match=r"bundle format 1, this code reads 2; retrain and register the model"):
+        load_bundle(path)
+
+
+def test_a_bundle_loads_and_scores_without_pydantic(tmp_path: Path) -> None:
+    """Serving hosts may have only torch, safetensors, numpy, pandas and pyarrow: the model package,
+    the bundle and the recommender must not need pydantic (or the config module) to load one."""
+    import subprocess
+    import sys
+
+    path, _ = _write(tmp_path / "b")
+    code = ("import sys; sys.modules['pydantic'] = None; sys.modules['yaml'] = None\n"
+            "from lite_rec.infer.recommender import Recommender\n"
+            f"rec = Recommender.from_path({str(path)!r})\n"
+            "assert rec.spec.config.max_seq_len == 3 and len(rec.recommend([['a', 'b']], k=2)[0]) == 2\n"
+            "assert 'lite_rec.core.config' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[3])
+    assert done.returncode == 0, done.stderr
 
 
 def test_manifest_lists_the_hash_of_every_file(tmp_path: Path) -> None:
@@ -153,7 +188,7 @@ def test_build_bundle_from_a_training_run_and_processed_data(tmp_path: Path) -> 
     from lite_rec.core.config import build_config
     from lite_rec.train.checkpoint import save_model
 
-    cfg = build_config("ml-100k", {"data_dir": str(tmp_path / "data"), "model": MODEL_CFG.model_dump()})
+    cfg = build_config("ml-100k", {"data_dir": str(tmp_path / "data"), "model": MODEL_CFG.to_dict()})
     processed = cfg.processed_dir
     processed.mkdir(parents=True)
     _items().to_parquet(processed / "items.parquet", index=False)
@@ -164,7 +199,7 @@ def test_build_bundle_from_a_training_run_and_processed_data(tmp_path: Path) -> 
     vectors[0] = 0
     model, _ = build_model(MODEL_CFG, N_ITEMS, vectors, causal=False)
     save_model(model, tmp_path / "run", {"backbone_init": "random init (test)", "protocol": {"exclude_history": True},
-                                         "config": cfg.model_dump(mode="json")})
+                                         "config": cfg.model_dump(mode="json", exclude={"model"})})
     bundle = load_bundle(build_bundle(cfg, tmp_path / "run", tmp_path / "bundle"))
     # Counts over train_seq only (valid/test targets never leak): item 4 x3, 2 x1, 7 x1, others 0.
     assert bundle.popularity["item_idx"].tolist()[:3] == [4, 2, 7]
@@ -173,6 +208,7 @@ def test_build_bundle_from_a_training_run_and_processed_data(tmp_path: Path) -> 
     assert bundle.extra["backbone_init"] == "random init (test)"
     assert len(bundle.extra["data_fingerprint"]) == 64
     assert torch.equal(bundle.tensors["head.weight"], model.state_dict()["head.weight"])
+    assert bundle.spec == model.spec  # the run's own settings, whatever the caller's config says
 
 
 def test_build_bundle_names_what_is_missing(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from lite_rec.core.config import ModelConfig
 from lite_rec.core.errors import DataError
 from lite_rec.eval.evaluate import build_eval_set, iter_eval_batches, model_scorer
 from lite_rec.eval.metrics import mask_history_
@@ -17,6 +16,7 @@ from lite_rec.eval.popularity import item_popularity
 from lite_rec.infer.bundle import save_bundle
 from lite_rec.infer.recommender import Recommendation, Recommender, RecommendError, UnknownItems
 from lite_rec.model.rec_llm import build_model
+from lite_rec.model.spec import ModelConfig
 
 N_ITEMS = 12
 WINDOW = 4
@@ -54,7 +54,7 @@ def _make_recommender(tmp_path: Path, item_repr: str = "text", backbone: str = "
     counts = item_popularity(SEQUENCES, N_ITEMS)[1:].long().tolist()
     path = save_bundle(
         tmp_path / f"bundle-{item_repr}-{backbone}",
-        spec=model.spec.to_dict(), model_config=cfg, state_dict=model.state_dict(),
+        spec=model.spec, state_dict=model.state_dict(),
         items=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": IDS, "title": [f"Title {i}" for i in IDS]}),
         popularity=pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "count": counts}), dataset="tiny",
     )

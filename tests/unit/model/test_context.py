@@ -1,5 +1,5 @@
-"""Input contexts (model.time_gaps, model.ratings, model.time_bias, model.calendar, model.query_time):
-hand-computed gaps, ratings, time and month buckets, next gaps, their batches and their evaluation inputs."""
+"""Input contexts (model.time_gaps, model.ratings, model.time_bias, model.query_time): hand-computed
+gaps, ratings, time buckets, next gaps, their batches and their evaluation inputs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ from lite_rec.core.errors import DataError
 from lite_rec.data.sequences import build_sequence_store
 from lite_rec.eval.evaluate import build_eval_set, iter_eval_batches
 from lite_rec.model.context import (
-    CALENDAR_BUCKETS,
-    CALENDAR_ORIGIN,
     CONTEXT_ID,
     CONTEXT_NEXT_GAP,
     CONTEXT_TIME,
     N_GAPS,
     TIME_BUCKETS,
-    calendar_bucket,
     context_ids,
     context_table,
     gap_index,
@@ -29,7 +26,7 @@ from lite_rec.model.context import (
     rating_index,
     time_bucket,
 )
-from lite_rec.model.rec_llm import ModelSpec
+from lite_rec.model.spec import ModelConfig, ModelSpec
 from lite_rec.train.batches import BatchMaker, plan_onepass
 
 HOUR, DAY = 3_600, 86_400
@@ -113,21 +110,13 @@ def test_batches_carry_the_contexts_of_their_window_even_across_the_window_start
         BatchMaker(store, 2, contexts=contexts[:3])
 
 
-def test_calendar_bucket_of_hand_computed_months() -> None:
-    # 1990-01-01 00:00 UTC; 1990-01-30 (month 1); 1990-02-14; 2000-11-15 12:00 (130 months on);
-    # 2000-12-15; 2003-02-28 (ML-1m's last month, 157 on); 2100 (clamped); 0 s and 1989-12-31 (no month)
-    seconds = torch.tensor([631_152_000, 633_657_600, 634_953_600, 974_289_600, 976_838_400, 1_046_390_400,
-                            4_102_444_800, 0, 631_065_600])
-    assert CALENDAR_ORIGIN == 631_152_000
-    assert calendar_bucket(seconds).tolist() == [1, 1, 2, 131, 132, 158, CALENDAR_BUCKETS - 1, 0, 0]
-
-
 def _spec(time_gaps: bool, ratings: bool, time_bias: bool = False, query_time: bool = False) -> ModelSpec:
     from lite_rec.model.backbone import BackboneSpec
 
-    return ModelSpec(n_items=5, item_dim=0, item_repr="id", max_seq_len=3, dropout=0.0, causal=True, head_bias=False,
-                     backbone_name="lean", backbone=BackboneSpec(kind="lean", d_model=8, n_layers=1, n_heads=2, d_ff=8, dropout=0.0),
-                     time_gaps=time_gaps, ratings=ratings, time_bias=time_bias, query_time=query_time)
+    config = ModelConfig(backbone="lean", d_model=8, n_layers=1, n_heads=2, d_ff=8, dropout=0.0, item_repr="id",
+                         max_seq_len=3, time_gaps=time_gaps, ratings=ratings, time_bias=time_bias, query_time=query_time)
+    return ModelSpec(n_items=5, item_dim=0, causal=True, config=config,
+                     backbone=BackboneSpec(kind="lean", d_model=8, n_layers=1, n_heads=2, d_ff=8, dropout=0.0))
 
 
 def test_the_test_split_reads_the_validation_items_context_too() -> None:
@@ -150,7 +139,7 @@ def test_each_split_reads_its_own_targets_time_as_the_query_time_and_training_no
     training = item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True)
     assert training[:, CONTEXT_NEXT_GAP].tolist() == [1, 4, 0]  # the last item's next time is not read in training
     assert item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True, with_valid=True)[
-        :, CONTEXT_NEXT_GAP].tolist() == [1, 4, 7, 0]  # a refit: the validation item is the last, unknown
+        :, CONTEXT_NEXT_GAP].tolist() == [1, 4, 7, 0]  # no query split: the validation item is the last, unknown
     assert item_contexts(SEQUENCES, time_gaps=False, ratings=False, query_time=True, query_gap_floor=HOUR, with_valid=True,
                          query="test")[:, CONTEXT_NEXT_GAP].tolist() == [1, 1, 7, 1]  # 100 s and 30 s: under the floor
     with pytest.raises(DataError, match="no column test_ts; model.query_time needs it"):
@@ -166,6 +155,5 @@ def test_a_file_without_the_columns_says_to_rerun_the_data_stage() -> None:
         item_contexts(old, time_gaps=True, ratings=True)
     assert item_contexts(old, time_gaps=True, ratings=False).tolist() == [[1, 0, 0], [2, 0, 0], [5, 0, 0]]
     assert item_contexts(old, time_gaps=False, ratings=False, time_bias=True).tolist() == [[0, 0, 0], [0, 0, 0], [0, 100, 0]]
-    assert item_contexts(old, time_gaps=False, ratings=False, calendar=True).tolist() == [[0, 0, 0], [0, 0, 0], [0, 100, 0]]
-    assert item_contexts(old, time_gaps=True, ratings=False, calendar=True, with_valid=True)[:, CONTEXT_TIME].tolist() == [
+    assert item_contexts(old, time_gaps=True, ratings=False, time_bias=True, with_valid=True)[:, CONTEXT_TIME].tolist() == [
         0, 0, 100, 100 + DAY]

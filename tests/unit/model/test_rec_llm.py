@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lite_rec.core.config import ModelConfig
 from lite_rec.core.errors import DataError
-from lite_rec.model.rec_llm import IGNORE_INDEX, LiteRecModel, build_model, model_from_spec
+from lite_rec.model.rec_llm import LiteRecModel, build_model, model_from_spec
+from lite_rec.model.scoring import IGNORE_INDEX
+from lite_rec.model.spec import ModelConfig, ModelSpec
 
 N_ITEMS, ITEM_DIM = 12, 24
 
@@ -32,7 +33,7 @@ BACKBONES = [("lean", False), ("lean", True), ("t5-small", False), ("t5-small", 
 
 @pytest.mark.parametrize("item_repr", ["text", "id", "text+id"])
 def test_scores_cover_every_item_and_never_the_padding(item_repr: str) -> None:
-    model = _model(item_repr=item_repr, head_bias=True)
+    model = _model(item_repr=item_repr)
     logits, loss = model(torch.tensor([[3, 5, 2, 0], [1, 0, 0, 0]]))
     assert logits.shape == (2, N_ITEMS + 1) and loss is None
     assert torch.isneginf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
@@ -159,149 +160,35 @@ def test_last_pooling_uses_only_the_last_real_output() -> None:
         assert not torch.allclose(last.user_vectors(b), h_last)
 
 
-@pytest.mark.parametrize("item_repr", ["text", "id", "text+id"])
-def test_tied_head_scores_items_by_their_input_representation(item_repr: str) -> None:
-    """head=tied: no W_proj of its own; an item's score is h_u . (its input representation), so
-    the loss trains the adapter / id table through the head too."""
-    model = _model(causal=True, item_repr=item_repr, head="tied", pooling="last").train()
-    assert not hasattr(model, "head")
-    items = torch.tensor([[3, 5, 2, 7]])
-    with torch.no_grad():
-        model.eval()
-        user = model.user_vectors(items)  # (1, D)
-        logits, _ = model(items)
-        every = model.item_representation(torch.arange(N_ITEMS + 1))  # (N+1, D)
-        torch.testing.assert_close(logits[:, 1:], user @ every[1:].T)
-    model.train()
-    model.zero_grad()
-    _, loss = model(items, torch.tensor([[5, 2, 7, 9]]))
-    loss.backward()
-    table = model.adapter.weight if "text" in item_repr else model.item_embedding.weight
-    assert table.grad is not None and table.grad.abs().sum() > 0
-    assert model.item_representation(torch.tensor([9])).abs().sum() > 0  # 9 is only ever a target here
+def test_spec_holds_the_settings_once_and_rebuilds_the_same_model() -> None:
+    """A spec is the derived facts plus the ModelConfig itself: a JSON round trip gives the same
+    spec, and the rebuilt model takes the weights and scores alike."""
+    import json
 
-
-@pytest.mark.parametrize("head", ["linear", "tied"])
-def test_cosine_scores_ignore_vector_lengths_and_are_bounded_by_the_temperature(head: str) -> None:
-    model = _model(causal=True, head=head, score="cosine", temperature=0.1)
-    user = torch.randn(3, 16)
-    with torch.no_grad():
-        logits = model.item_logits(user)[:, 1:]
-        assert logits.abs().max() <= 1 / 0.1 + 1e-4
-        torch.testing.assert_close(model.item_logits(7.0 * user)[:, 1:], logits)
-
-
-def test_tied_head_has_no_bias_option() -> None:
-    with pytest.raises(ValueError, match="head_bias applies to the linear head"):
-        ModelConfig(head="tied", head_bias=True)
-
-
-def test_history_masking_hides_each_prefixs_items_but_never_the_target() -> None:
-    from lite_rec.model.rec_llm import mask_history
-
-    items = torch.tensor([[3, 5, 2, 0]])  # (1, T=4), right-padded
-    targets = torch.tensor([[5, 2, 3, IGNORE_INDEX]])  # 3 at position 2 is a repeat: it stays in
-    logits = torch.zeros(1, 4, 7)
-    hidden = torch.isneginf(mask_history(logits, items, targets))  # (1, 4, 7)
-    want = torch.zeros(1, 4, 7, dtype=torch.bool)
-    want[..., 0] = True  # padding column
-    want[0, 0, [3]] = True
-    want[0, 1, [3, 5]] = True
-    want[0, 2, [5, 2]] = True  # 3 is this position's target
-    want[0, 3, [3, 5, 2]] = True
-    assert torch.equal(hidden, want) and not torch.isneginf(logits).any()  # a new tensor
-    flat = torch.isneginf(mask_history(torch.zeros(2, 7), torch.tensor([[4, 1, 0], [2, 0, 0]]), torch.tensor([1, 6])))
-    assert flat[0].nonzero().flatten().tolist() == [0, 4] and flat[1].nonzero().flatten().tolist() == [0, 2]
-
-
-def test_history_masking_with_seen_items_hides_them_everywhere_except_at_their_own_target() -> None:
-    from lite_rec.model.rec_llm import mask_history
-
-    items = torch.tensor([[3, 5, 0]])  # (1, T=3)
-    targets = torch.tensor([[5, 6, IGNORE_INDEX]])  # 6 was seen before the window: a repeat, kept as a target
-    seen = torch.zeros(1, 7, dtype=torch.bool)
-    seen[0, [1, 6]] = True  # items 1 and 6 came before this window
-    hidden = torch.isneginf(mask_history(torch.zeros(1, 3, 7), items, targets, seen))  # (1, 3, 7)
-    assert hidden[0, 0].nonzero().flatten().tolist() == [0, 1, 3, 6]
-    assert hidden[0, 1].nonzero().flatten().tolist() == [0, 1, 3, 5]  # 6 is this position's target
-    assert hidden[0, 2].nonzero().flatten().tolist() == [0, 1, 3, 5, 6]
-    flat = torch.isneginf(mask_history(torch.zeros(1, 7), torch.tensor([[3, 0]]), torch.tensor([1]), seen))
-    assert flat[0].nonzero().flatten().tolist() == [0, 3, 6]  # 1 is the target
-
-
-def test_loss_without_history_is_the_cross_entropy_over_unseen_items_only() -> None:
-    model = _model(causal=True, pooling="last")
-    items, targets = torch.tensor([[3, 5, 2, 7]]), torch.tensor([[5, 2, 7, 9]])
-    with torch.no_grad():
-        logits, full = model(items, targets)
-        _, masked = model(items, targets, exclude_history=True)
-    by_hand = []
-    for t in range(4):
-        allowed = [i for i in range(1, N_ITEMS + 1) if i not in items[0, : t + 1].tolist()]
-        row = logits[0, t, allowed]
-        by_hand.append(torch.logsumexp(row, 0) - logits[0, t, targets[0, t]])
-    torch.testing.assert_close(masked, torch.stack(by_hand).mean())
-    assert masked < full  # fewer competitors
-
-
-def test_future_loss_weights_the_next_item_one_and_each_later_item_future_weight() -> None:
-    model = _model(causal=True, pooling="last")
+    model = _model(causal=True, item_repr="text+id", pooling="last", history_logit=True)
+    assert set(model.spec.to_dict()) == {"n_items", "item_dim", "causal", "backbone", "config"}
+    assert model.spec.config.pooling == "last" and model.spec.item_dim == ITEM_DIM and model.spec.causal
+    spec = ModelSpec.from_dict(json.loads(json.dumps(model.spec.to_dict())))
+    assert spec == model.spec
+    again = model_from_spec(spec)
+    again.load_state_dict(model.state_dict(), strict=True)
     items = torch.tensor([[3, 5, 2, 0]])
-    targets = torch.tensor([[[5, 2, 7], [2, 7, IGNORE_INDEX], [IGNORE_INDEX] * 3, [IGNORE_INDEX] * 3]])  # (1, T, F=3)
     with torch.no_grad():
-        logits, loss = model(items, targets, future_weight=0.25)
-    lp = logits[0].log_softmax(-1)  # (T, N+1)
-    terms = [(1.0, lp[0, 5]), (0.25, lp[0, 2]), (0.25, lp[0, 7]), (1.0, lp[1, 2]), (0.25, lp[1, 7])]
-    expected = -sum(w * v for w, v in terms) / sum(w for w, _ in terms)
-    torch.testing.assert_close(loss, expected)
-    with torch.no_grad():  # one future column is the plain next-item loss
-        _, only_next = model(items, targets[..., :1])
-        _, plain = model(items, targets[..., 0])
-    torch.testing.assert_close(only_next, plain)
+        torch.testing.assert_close(again.eval()(items)[0], model(items)[0])
 
 
-def test_future_loss_skips_later_items_the_history_mask_removed() -> None:
-    model = _model(causal=True, pooling="last")
-    items = torch.tensor([[3, 5, 2]])
-    targets = torch.tensor([[[5, 3], [2, 9], [7, IGNORE_INDEX]]])  # 3 at (0, 1) is already in the input
-    with torch.no_grad():
-        logits, loss = model(items, targets, exclude_history=True, future_weight=1.0)
-    assert torch.isfinite(loss)
-    lp = logits[0].log_softmax(-1)
-    torch.testing.assert_close(loss, -(lp[0, 5] + lp[1, 2] + lp[1, 9] + lp[2, 7]) / 4)
-
-
-def test_item_dropout_zeroes_whole_item_vectors_in_training_only() -> None:
-    model = _model(item_repr="text+id")
-    model.input_dropout = torch.nn.Identity()  # only the item dropout here
-    items = torch.tensor([[3, 5, 2, 7, 1, 4]] * 64)  # (64, 6)
-    plain = model.item_representation(items)  # (64, 6, D)
-    assert torch.equal(model.embed_items(items, item_dropout=0.5), plain)  # eval mode: untouched
-    model.train()
-    torch.manual_seed(1)
-    dropped = model.embed_items(items, item_dropout=0.5)  # (64, 6, D)
-    gone = (dropped == 0).all(-1)  # (64, 6): whole vectors zeroed ...
-    kept = ~gone
-    torch.testing.assert_close(dropped[kept], plain[kept])  # ... the others unscaled
-    assert 0.35 < gone.float().mean() < 0.65
-    assert torch.equal(model.embed_items(items, item_dropout=0.0), plain)
-
-
-def test_user_vector_dropout_can_differ_from_the_input_dropout_and_survives_a_reload() -> None:
-    from lite_rec.model.rec_llm import ModelSpec
-
-    same, apart = _model(), _model(user_dropout=0.0)
-    assert same.user_dropout.p == same.input_dropout.p == 0.2
-    assert apart.user_dropout.p == 0.0 and apart.input_dropout.p == 0.2
-    spec = ModelSpec.from_dict(apart.spec.to_dict())
-    assert model_from_spec(spec).user_dropout.p == 0.0
-    legacy = {k: v for k, v in same.spec.to_dict().items() if k != "user_dropout"}  # saved before the option
-    assert model_from_spec(ModelSpec.from_dict(legacy)).user_dropout.p == 0.2
+def test_spec_of_an_older_layout_or_with_unknown_settings_is_refused_by_name() -> None:
+    saved = _model().spec.to_dict()
+    config = saved.pop("config")
+    with pytest.raises(ValueError, match="saved by an older lite-rec .*retrain it"):
+        ModelSpec.from_dict({**saved, **config})  # settings beside n_items, as before they moved into the spec
+    with pytest.raises(ValueError, match=r"unknown model setting 'model.user_dropout'; did you mean 'model.dropout'"):
+        ModelSpec.from_dict({**saved, "config": {**config, "user_dropout": 0.1}})
+    with pytest.raises(ValueError, match=r"model.dropout must be in \[0.0, 1.0\) \(got 1.5\)"):
+        ModelSpec.from_dict({**saved, "config": {**config, "dropout": 1.5}})
 
 
 def test_context_model_adds_a_context_embedding_and_needs_the_contexts() -> None:
-    from lite_rec.model.rec_llm import ModelSpec
-
     model = _model(item_repr="text+id", time_gaps=True, ratings=True)
     assert model.context_embedding.weight.shape[0] == 51  # padding + 10 gaps x 5 ratings
     items = torch.tensor([[3, 5, 2, 0, 0, 0]])  # (1, 6) right-padded
@@ -316,9 +203,6 @@ def test_context_model_adds_a_context_embedding_and_needs_the_contexts() -> None
     with pytest.raises(ValueError, match=r"got shape \(1, 6\)"):  # ids alone, the layout before time_bias
         model(items, contexts=burst[..., 0])
     assert not hasattr(_model(), "context_embedding")  # off by default: the paper's inputs
-    legacy = {k: v for k, v in _model().spec.to_dict().items()
-              if k not in ("time_gaps", "ratings", "time_bias", "calendar", "query_time")}
-    assert not ModelSpec.from_dict(legacy).uses_context  # an older model.json
 
 
 def _ids(ids: list[list[int]], times: list[list[int]] | None = None) -> torch.Tensor:
@@ -345,8 +229,6 @@ def _with_new_input(**setting: bool) -> tuple[LiteRecModel, LiteRecModel]:
 
 
 def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_no_op() -> None:
-    from lite_rec.core.config import ModelConfig
-
     plain, model = _with_new_input(time_bias=True)
     assert not hasattr(model, "context_embedding") and model.time_bias.weight.shape == (32, 2)  # (buckets, heads)
     items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
@@ -366,31 +248,6 @@ def test_time_bias_reads_the_times_keeps_padding_and_causality_and_starts_as_a_n
     torch.testing.assert_close(model(items, targets=targets, contexts=later)[0][:, :3], early)
     with pytest.raises(ValueError, match="model.time_bias needs model.backbone=lean"):
         ModelConfig(backbone="t5-small", time_bias=True)
-
-
-def test_calendar_reads_the_month_keeps_padding_and_causality_and_starts_as_a_no_op() -> None:
-    from lite_rec.model.context import CALENDAR_MONTH, CALENDAR_ORIGIN
-
-    plain, model = _with_new_input(calendar=True)
-    assert model.calendar_embedding.weight.shape == (512, 16) and not hasattr(model, "context_embedding")
-    items = torch.tensor([[3, 5, 2, 4, 0, 0]])  # (1, 6) right-padded
-    nov = CALENDAR_ORIGIN + 130 * CALENDAR_MONTH  # the first second of a month
-    times = _ids([[0] * 6], [[nov, nov + 60, nov + 86_400, nov + 90_000, 0, 0]])
-    torch.testing.assert_close(model(items, contexts=times)[0], plain(items)[0])  # zero init: the plain model
-    with torch.no_grad():
-        model.calendar_embedding.weight[1:].normal_()
-    later = _ids([[0] * 6], [[t + 12 * CALENDAR_MONTH if t else 0 for t in times[0, :, 1].tolist()]])  # a year on
-    assert not torch.allclose(model(items, contexts=times)[0], model(items, contexts=later)[0])  # the month is read
-    same_month = _ids([[0] * 6], [[nov + 5, nov + 65, nov + 86_405, nov + 90_005, 0, 0]])
-    torch.testing.assert_close(model(items, contexts=same_month)[0], model(items, contexts=times)[0])  # only months count
-    padded = torch.tensor([[3, 5, 2, 4, 0, 0, 0, 0]]), _ids([[0] * 8], [[*times[0, :4, 1].tolist(), 0, 0, 0, nov]])
-    torch.testing.assert_close(model(padded[0], contexts=padded[1])[0], model(items, contexts=times)[0])
-    targets = torch.full((1, 6), -100)
-    moved = times.clone()
-    moved[0, 3, 1] += 40 * CALENDAR_MONTH  # only the last item's month differs
-    early = model(items, targets=targets, contexts=times)[0][:, :3]  # (1, 3, N+1) prefixes ending before it
-    torch.testing.assert_close(model(items, targets=targets, contexts=moved)[0][:, :3], early)
-    assert not torch.allclose(model(items, targets=targets, contexts=moved)[0][:, 3], model(items, targets=targets, contexts=times)[0][:, 3])
 
 
 def test_query_time_reads_the_next_gap_keeps_padding_and_item_causality_and_starts_as_a_no_op() -> None:
@@ -420,11 +277,9 @@ def test_query_time_reads_the_next_gap_keeps_padding_and_item_causality_and_star
     later = model(items, targets=targets, contexts=visit)[0]  # the last input's next gap: its own prefix only
     torch.testing.assert_close(later[:, :3], early)
     assert not torch.allclose(later[:, 3], model(items, targets=targets, contexts=burst)[0][:, 3])
-    from lite_rec.core.config import ModelConfig
-
     with pytest.raises(ValueError, match="model.query_gap_floor=3600 coarsens the gap model.query_time reads"):
         ModelConfig(backbone="lean", query_gap_floor=3600)
-    assert _model(query_time=True, query_gap_floor=3600).spec.context_features["query_gap_floor"] == 3600
+    assert _model(query_time=True, query_gap_floor=3600).spec.config.context_features["query_gap_floor"] == 3600
 
 
 def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> None:
@@ -444,7 +299,7 @@ def test_both_forms_of_the_bucket_bias_give_the_same_values_and_gradients() -> N
 
 
 def test_history_logit_adds_one_value_to_each_prefixs_items_and_the_seen_ones_once_each() -> None:
-    from lite_rec.model.rec_llm import add_history_logit
+    from lite_rec.model.scoring import add_history_logit
 
     items = torch.tensor([[3, 5, 3, 0]])  # (1, T=4): 3 repeats; right-padded
     seen = torch.zeros(1, 7, dtype=torch.bool)
@@ -460,6 +315,24 @@ def test_history_logit_adds_one_value_to_each_prefixs_items_and_the_seen_ones_on
     flat = add_history_logit(torch.zeros(2, 7), torch.tensor([[4, 0], [6, 0]]), torch.tensor(1.5), history=history)
     assert flat[:, 1:].nonzero().tolist() == [[0, 1], [0, 3], [1, 5]]  # items 2, 4 and 6: the histories, not the inputs
     assert set(flat[:, 1:][flat[:, 1:] != 0].tolist()) == {1.5}
+
+
+def test_history_mask_hides_each_prefixs_items_and_the_seen_ones_at_every_position() -> None:
+    from lite_rec.model.scoring import mask_history
+
+    items = torch.tensor([[3, 5, 2, 0]])  # (1, T=4), right-padded
+    logits = torch.zeros(1, 4, 7)
+    hidden = torch.isneginf(mask_history(logits, items))  # (1, 4, 7)
+    want = torch.zeros(1, 4, 7, dtype=torch.bool)
+    want[..., 0] = True  # padding column
+    want[0, 0, [3]] = True
+    want[0, 1, [3, 5]] = True
+    want[0, 2:, [3, 5, 2]] = True
+    assert torch.equal(hidden, want) and not torch.isneginf(logits).any()  # a new tensor
+    seen = torch.zeros(1, 7, dtype=torch.bool)
+    seen[0, [1, 6]] = True  # items 1 and 6 came before this window
+    hidden = torch.isneginf(mask_history(logits, items, seen))
+    assert torch.equal(hidden, want | seen[:, None, :])
 
 
 def test_history_logit_starts_at_zero_learns_from_the_loss_and_needs_the_history_at_inference() -> None:
@@ -486,7 +359,7 @@ def test_history_logit_without_a_full_mask_equals_the_mask_in_values_and_gradien
     """The (B, T, N+1) form scatters instead of building a mask; with repeats in the window and
     items both in the window and in ``seen`` it must still add the value once, and its gradients
     (to the logits and to the value) must be those of the plain masked sum."""
-    from lite_rec.model.rec_llm import add_history_logit
+    from lite_rec.model.scoring import add_history_logit
 
     g = torch.Generator().manual_seed(0)
     items = torch.tensor([[3, 5, 3, 9, 0, 0], [2, 2, 7, 1, 8, 4]])  # (B=2, T=6): repeats, padding

@@ -9,20 +9,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from lite_rec.core.errors import DataError
-from lite_rec.data.sequences import build_sequence_store, check_sequences, read_sequences
-from lite_rec.train.batches import (
-    BatchMaker,
-    epoch_plan,
-    plan_all,
-    plan_onepass,
-    plan_sampling,
-    shuffle_ties,
-    tie_groups,
-    tie_rng,
-)
+from lite_rec.data.sequences import build_sequence_store, check_sequences, flat_column, read_sequences
+from lite_rec.train.batches import BatchMaker, epoch_plan, plan_all, plan_onepass, plan_sampling
 
 IGN = -100
 
@@ -75,35 +65,6 @@ def test_seen_before_holds_exactly_the_users_items_before_each_window(strategy: 
         assert not want & set(items[row].tolist()) - {0}  # the window's own items are not repeated here
     if strategy == "onepass":  # windows [1, 2], [3, 4], [5], [7]: the third saw 1-4 before it
         assert [sorted(seen[r].nonzero().flatten().tolist()) for r in range(len(plan))][::-1] == [[], [1, 2], [1, 2, 3, 4], []]
-
-
-def test_onepass_stride_overlaps_windows_but_supervises_each_target_once() -> None:
-    store = build_sequence_store([[1, 2, 3, 4, 5, 6]])
-    items, targets = _materialise(store, plan_onepass(store, max_len=3, stride=1), 3)
-    assert items == [[1, 2, 3], [2, 3, 4], [3, 4, 5]]
-    assert targets == [[2, 3, 4], [IGN, IGN, 5], [IGN, IGN, 6]]  # 5 and 6 see 3 items of context
-
-
-def test_onepass_future_targets_are_the_next_items_within_the_users_training_items() -> None:
-    store = build_sequence_store([[1, 2, 3, 4, 5], [6, 7, 8]])
-    plan = plan_onepass(store, max_len=3)
-    maker = BatchMaker(store, 3, future=3)
-    maker.set_plan(plan, np.arange(len(plan)))
-    items, targets = maker.batch(0, len(plan))
-    assert items.tolist() == [[1, 2, 3], [4, 0, 0], [6, 7, 0]]
-    assert targets.tolist() == [
-        [[2, 3, 4], [3, 4, 5], [4, 5, IGN]],  # never past item 5, never into the next user's items
-        [[5, IGN, IGN], [IGN] * 3, [IGN] * 3],
-        [[7, 8, IGN], [8, IGN, IGN], [IGN] * 3],
-    ]
-    one = BatchMaker(store, 3)
-    one.set_plan(plan, np.arange(len(plan)))
-    assert torch.equal(one.batch(0, len(plan))[1], targets[..., 0])  # column 0 is the usual next item
-
-
-def test_onepass_rejects_a_stride_longer_than_the_window() -> None:
-    with pytest.raises(ValueError, match="onepass_stride"):
-        plan_onepass(STORE, max_len=2, stride=3)
 
 
 def test_sampling_draws_one_contiguous_segment_per_user() -> None:
@@ -180,44 +141,19 @@ TIMED = pd.DataFrame({  # user 0: items 1-5 at t 10, 10, 10, 20, 30 (valid at 30
 })
 
 
-def test_tie_groups_are_runs_of_one_users_equal_timestamps() -> None:
-    assert tie_groups(TIMED).tolist() == [0, 0, 0, 1, 2, 3, 3]  # user 1's first t 30 starts a new group
-    # a refit trains on the validation item too: user 0's valid (t 30) joins the group of item 5
-    assert tie_groups(TIMED, with_valid=True).tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 4]
+def test_flat_timestamps_follow_the_items_layout_with_or_without_the_validation_item() -> None:
+    assert flat_column(TIMED, "ts").flat.tolist() == [10, 10, 10, 20, 30, 30, 30]
+    assert flat_column(TIMED, "ts", with_valid=True).offsets.tolist() == [0, 6, 9]  # the test split's histories
+    assert flat_column(TIMED, "ts", with_valid=True).flat.tolist() == [10, 10, 10, 20, 30, 30, 30, 30, 40]
 
 
-def test_tie_groups_name_the_missing_column_and_a_misaligned_row() -> None:
+def test_flat_timestamps_name_the_missing_column_and_a_misaligned_row() -> None:
     with pytest.raises(DataError, match=r"no column\(s\) train_ts, valid_ts.*re-run `lite-rec ingest"):
-        tie_groups(TIMED.drop(columns=["train_ts", "valid_ts"]))
+        flat_column(TIMED.drop(columns=["train_ts", "valid_ts"]), "ts")
     bad = TIMED.copy()
     bad["train_ts"] = [[10, 10, 10, 20, 30], [30]]
     with pytest.raises(DataError, match=r"row 1 \(user_idx 1\): train_ts has 1 values for 2 train_seq items"):
-        tie_groups(bad)
-
-
-def test_shuffle_ties_permutes_only_inside_groups_and_is_seeded() -> None:
-    flat = np.arange(1, 10)
-    groups = np.array([0, 0, 0, 0, 1, 2, 2, 2, 3])
-    orders = set()
-    for epoch in range(30):
-        got = shuffle_ties(flat, groups, tie_rng(42, 1, epoch))
-        for g in range(4):  # each group keeps its place and its items
-            assert sorted(got[groups == g].tolist()) == flat[groups == g].tolist()
-        orders.add(tuple(got.tolist()))
-        assert np.array_equal(got, shuffle_ties(flat, groups, tie_rng(42, 1, epoch)))  # a function of the epoch
-    assert len(orders) > 20  # 4! x 3! = 144 orders possible; the epochs draw different ones
-    assert shuffle_ties(flat, np.arange(9), tie_rng(0, 1, 0)).tolist() == flat.tolist()  # no ties: unchanged
-
-
-def test_set_items_replaces_what_batches_gather() -> None:
-    store = build_sequence_store([[1, 2, 3]])
-    maker = BatchMaker(store, 3)
-    maker.set_plan(plan_onepass(store, 3), np.arange(1))
-    maker.set_items(np.array([2, 1, 3]))
-    items, targets = maker.batch(0, 1)
-    assert items.tolist() == [[2, 1, 0]] and targets.tolist() == [[1, 3, IGN]]
-    with pytest.raises(ValueError, match="2 items for a store of 3"):
-        maker.set_items(np.array([1, 2]))
+        flat_column(bad, "ts")
 
 
 def test_read_sequences_brings_the_timestamps_when_the_file_has_them(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lite_rec.core.config import ModelConfig
 from lite_rec.core.errors import CacheMismatch
 from lite_rec.model.rec_llm import build_model
+from lite_rec.model.spec import ModelConfig
 from lite_rec.train.checkpoint import (
     MODEL_META,
     RESUME_FILE,

@@ -14,7 +14,7 @@ import torch
 from lite_rec.core.config import ConfigError
 from lite_rec.core.errors import CacheMismatch, DataError
 from lite_rec.data.sequences import build_sequence_store
-from lite_rec.model.rec_llm import IGNORE_INDEX
+from lite_rec.model.scoring import IGNORE_INDEX
 from lite_rec.train.batches import BatchMaker, plan_onepass
 from lite_rec.train.distill import SoftTargets, check_teachers, load_teachers, soft_cross_entropy, teacher_soft_targets
 from lite_rec.train.run import train_model
@@ -32,7 +32,7 @@ def test_soft_cross_entropy_matches_a_hand_computed_value() -> None:
     expected = -(0.75 * math.log(3 / 5) + 0.25 * math.log(1 / 5))  # mean over the one position that has one
     assert float(soft_cross_entropy(logits, items, probs)) == pytest.approx(expected, rel=1e-6)
     masked = logits.clone()
-    masked[0, 0, 1] = float("-inf")  # an item the student's softmax leaves out is skipped, not infinite
+    masked[0, 0, 1] = float("-inf")  # an item at -inf (as the padding column) is skipped, not infinite
     value = float(soft_cross_entropy(masked, items, probs))
     assert math.isfinite(value) and value == pytest.approx(-0.75 * math.log(3 / 4), rel=1e-6)
 
@@ -44,15 +44,15 @@ def test_soft_cross_entropy_at_a_temperature_is_t_squared_times_the_flattened_lo
     assert float(soft_cross_entropy(logits, items, probs, 2.0)) == pytest.approx(expected, rel=1e-6)
 
 
-def _store_and_plan(stride: int):
+def _store_and_plan():
     store = build_sequence_store([[1, 2, 3, 4, 5, 6, 7], [8, 9, 10], [11]])
-    return store, plan_onepass(store, max_len=4, stride=stride)
+    return store, plan_onepass(store, max_len=4)
 
 
-# windows side by side, overlapping (supervised from an offset), and the teacher's softmax at a temperature
-@pytest.mark.parametrize(("stride", "temperature"), [(4, 1.0), (2, 1.0), (4, 3.0)])
-def test_teacher_targets_are_each_positions_top_items_without_the_users_history(stride: int, temperature: float) -> None:
-    store, plan = _store_and_plan(stride)
+# the teacher's softmax as it is and at a temperature
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_teacher_targets_are_each_positions_top_items_without_the_users_history(temperature: float) -> None:
+    store, plan = _store_and_plan()
     teacher = tiny_model(n_items=12, window=4, causal=True, seed=3)
     soft = teacher_soft_targets([teacher], store, plan, max_len=4, contexts_of=lambda t: None, top_k=3,
                                 batch_size=2, device=torch.device("cpu"), bf16=False, temperature=temperature)
@@ -83,7 +83,7 @@ def test_teacher_targets_are_each_positions_top_items_without_the_users_history(
 
 
 def test_the_whole_catalogue_as_top_k_keeps_all_the_mass() -> None:
-    store, plan = _store_and_plan(4)
+    store, plan = _store_and_plan()
     teachers = [tiny_model(n_items=12, window=4, causal=True, seed=s) for s in (1, 2)]
     soft = teacher_soft_targets(teachers, store, plan, max_len=4, contexts_of=lambda t: None, top_k=50,
                                 batch_size=8, device=torch.device("cpu"), bf16=False)
@@ -91,7 +91,7 @@ def test_the_whole_catalogue_as_top_k_keeps_all_the_mass() -> None:
 
 
 def test_a_higher_temperature_leaves_less_of_the_teachers_mass_in_the_top_items() -> None:
-    store, plan = _store_and_plan(4)
+    store, plan = _store_and_plan()
     teacher = tiny_model(n_items=12, window=4, causal=True, seed=5)
     coverage = [teacher_soft_targets([teacher], store, plan, max_len=4, contexts_of=lambda t: None, top_k=2,
                                      batch_size=8, device=torch.device("cpu"), bf16=False, temperature=t).coverage
@@ -157,7 +157,7 @@ def test_distilled_runs_resume_and_refuse_other_teachers(tmp_path: Path, backwar
 
 def test_teachers_that_do_not_fit_are_refused_by_name(tmp_path: Path, backward_teacher: Path) -> None:
     def load(path: Path, **kw: object) -> None:
-        args = {"n_items": N_ITEMS, "dataset": "ml-100k", "refit": False, "device": torch.device("cpu"), **kw}
+        args = {"n_items": N_ITEMS, "dataset": "ml-100k", "device": torch.device("cpu"), **kw}
         load_teachers([path], **args)
 
     with pytest.raises(DataError, match=rf"distill_from: {tmp_path / 'nowhere'}: no model.json"):
@@ -175,16 +175,15 @@ def test_teachers_that_do_not_fit_are_refused_by_name(tmp_path: Path, backward_t
         load(backward_teacher, dataset="ml-1m")
     with pytest.raises(DataError, match="scores 30 items, this run's data has 31"):
         load(backward_teacher, n_items=31)
-    refit = tmp_path / "refit"
-    refit.mkdir()
+    old = tmp_path / "old"  # a teacher saved before the model's settings moved into its spec
+    old.mkdir()
     for name in ("model.json", "model.safetensors"):
-        (refit / name).write_bytes((backward_teacher / name).read_bytes())
-    meta = json.loads((refit / "model.json").read_text())
-    meta["protocol"]["fit_on"] = "train+valid"
-    (refit / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="learned the validation items"):
-        load(refit)
-    load(refit, refit=True)  # a refit student may learn from a refit teacher
+        (old / name).write_bytes((backward_teacher / name).read_bytes())
+    meta = json.loads((old / "model.json").read_text())
+    meta["spec"].update(meta["spec"].pop("config"))  # the settings beside n_items, as they were
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"distill_from: {old}: this model was saved by an older lite-rec"):
+        load(old)
     flat = tmp_path / "flat"
     train_model(_cfg(**{"train.max_epochs": 1, "train.strategy": "all"}), tiny_sequences(), tiny_vectors(), flat,
                 progress=False)
@@ -192,14 +191,11 @@ def test_teachers_that_do_not_fit_are_refused_by_name(tmp_path: Path, backward_t
         load(flat)
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"train.strategy": "sampling"}, "needs train.strategy=onepass"),
-    ({"train.future_targets": 2}, "future_targets=1 only"),
-    ({"train.shuffle_ties": "true"}, "cannot be used with train.shuffle_ties"),
-])
-def test_distillation_is_refused_where_the_windows_are_not_fixed(extra: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        _cfg(**{"train.strategy": "onepass", "train.distill_from": "[/tmp/t]", **extra})
+@pytest.mark.parametrize("strategy", ["sampling", "all"])
+def test_distillation_is_refused_where_the_windows_are_not_fixed(strategy: str) -> None:
+    with pytest.raises(ConfigError, match=f"needs train.strategy=onepass \\(got {strategy}\\)"):
+        _cfg(**{"train.strategy": strategy, "train.distill_from": "[/tmp/t]"})
+    _cfg(**{"train.strategy": "onepass", "train.distill_from": "[/tmp/t]"})  # one-pass windows: fine
 
 
 def test_soft_targets_batch_reads_rows_by_window_and_position() -> None:
@@ -225,7 +221,7 @@ def test_teachers_with_different_inputs_each_read_their_own_and_are_averaged(tmp
 
     def dense(group: list, data: pd.DataFrame = timed) -> torch.Tensor:  # (P, N+1) every item kept (K = N)
         soft = teacher_soft_targets(group, store, plan, max_len=5, top_k=N_ITEMS, batch_size=8,
-                                    contexts_of=lambda t: item_contexts(data, **t.spec.context_features),
+                                    contexts_of=lambda t: item_contexts(data, **t.spec.config.context_features),
                                     device=torch.device("cpu"), bf16=False)
         assert soft.coverage == pytest.approx(1.0, abs=1e-4)
         return torch.zeros(len(soft.items), N_ITEMS + 1).scatter(1, soft.items.long(), soft.probs.float())

@@ -31,21 +31,6 @@ def test_the_average_follows_the_warmed_up_decay() -> None:
     torch.testing.assert_close(ema.shadow[0], torch.full((1, 2), 5.0))
 
 
-def test_the_unbiased_warmup_is_the_normalised_weighted_mean_of_every_step() -> None:
-    layer = _linear(-100.0)  # the start is never part of the average
-    ema = WeightEMA(layer, decay=0.5, warmup="unbiased")
-    for value in (1.0, 2.0, 4.0):
-        with torch.no_grad():
-            layer.weight.fill_(value)
-        ema.update()
-    expected = (0.25 * 1.0 + 0.5 * 2.0 + 1.0 * 4.0) / 1.75  # weights d^age, normalised
-    torch.testing.assert_close(ema.shadow[0], torch.full((1, 2), expected))
-    ema.steps = 60
-    assert ema.current_decay() == pytest.approx(0.5)  # long after the start: d itself
-    with pytest.raises(ValueError, match="ema_warmup"):
-        WeightEMA(layer, decay=0.5, warmup="linear")
-
-
 def test_applied_swaps_the_average_in_and_the_live_weights_back() -> None:
     layer = _linear(0.0)
     ema = WeightEMA(layer, decay=0.9)

@@ -62,6 +62,9 @@ def test_train_model_writes_a_loadable_model_metrics_and_history(tmp_path: Path)
     loaded, meta = load_model(tmp_path)
     assert meta["spec"]["causal"] is True and meta["protocol"]["exclude_history"] is True
     assert meta["config"]["train"]["strategy"] == "onepass"
+    # the model's settings are stored once: in the spec, not again beside the rest of the config
+    assert "model" not in meta["config"] and meta["spec"]["config"] == cfg.model.to_dict()
+    assert loaded.spec == result.model.spec
     items = torch.tensor([[3, 4, 5, 0, 0]])
     torch.testing.assert_close(loaded(items)[0], result.model(items)[0])
 
@@ -147,14 +150,6 @@ def test_a_budget_that_is_never_reached_changes_nothing(tmp_path: Path) -> None:
     assert budget.metrics["test_recall_10"] == plain.metrics["test_recall_10"]
 
 
-def test_future_targets_train_onepass_and_are_refused_elsewhere(tmp_path: Path) -> None:
-    cfg = _cfg(**{"train.future_targets": 3, "train.max_epochs": 1})
-    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
-    assert result.history[0]["loss"] > 0 and "test_recall_10" in result.metrics
-    with pytest.raises(ValueError, match="future_targets=3 needs train.strategy=onepass"):
-        _cfg(**{"train.future_targets": 3, "train.strategy": "all"})
-
-
 def test_ema_weights_are_validated_and_kept(tmp_path: Path) -> None:
     cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 1})
     result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
@@ -191,13 +186,12 @@ def killed_then_resumed(cfg, sequences: pd.DataFrame, out: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize("extra", [{}, {"train.strategy": "onepass", "model.time_gaps": "true", "model.ratings": "true",
-                                        "model.time_bias": "true", "train.shuffle_ties": "true",
-                                        "model.history_logit": "true"}],
-                         ids=["ema", "ema+context+shuffled-ties+history-logit"])
+                                        "model.time_bias": "true", "model.history_logit": "true"}],
+                         ids=["ema", "ema+context+history-logit"])
 def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            extra: dict[str, str]) -> None:
     cfg = _cfg(**{"train.ema_decay": 0.9, "train.max_epochs": 3, "train.finetune_epochs": 1, **extra})
-    sequences = _timed(tiny_sequences(), tied=True)  # every user's items in one second: the shuffle acts
+    sequences = _timed(tiny_sequences(), tied=False)
     sequences["train_rating"] = [[float(1 + i % 5) for i in range(len(s))] for s in sequences["train_seq"]]
     sequences["valid_rating"] = 3.0
     whole = train_model(cfg, sequences, tiny_vectors(), tmp_path / "whole", progress=False)
@@ -209,23 +203,6 @@ def test_an_interrupted_ema_run_resumes_to_the_same_result(tmp_path: Path, monke
         torch.testing.assert_close(kept[name], reference[name], atol=1e-5, rtol=1e-5)
 
 
-def test_a_refit_on_train_and_valid_learns_the_valid_item_and_keeps_its_last_weights(tmp_path: Path) -> None:
-    # patience 1: a validated run stops at its first epoch without a gain; a refit has nothing to stop on
-    cfg = _cfg(**{"train.fit_on": "train+valid", "train.strategy": "all", "train.max_epochs": 3, "train.patience": 1})
-    result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
-    samples = sum(len(s) for s in tiny_sequences()["train_seq"])  # every prefix of train + valid item: one more each
-    assert [h["steps"] for h in result.history] == [-(-samples // 8)] * 3 and not result.stopped_early
-    assert not any(k.startswith("valid_") for k in result.metrics) and "test_recall_10" in result.metrics
-    assert not any(k.startswith("valid_") for h in result.history for k in h)
-    assert result.metrics["best_epoch"] == 3.0
-    last = torch.load(tmp_path / "checkpoints" / "resume.pt", weights_only=True)
-    kept = load_file(str(tmp_path / "model.safetensors"))
-    for name, tensor in kept.items():  # the kept weights are the last ones
-        torch.testing.assert_close(tensor, last["model"][name])
-    _, meta = load_model(tmp_path)
-    assert meta["protocol"]["fit_on"] == "train+valid" and meta["best"] == {"metric": None, "stage": 1, "epoch": 3}
-
-
 def test_every_epoch_logs_one_plain_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO", logger="lite_rec.train.trainer"):
         result = train_model(_cfg(), tiny_sequences(), tiny_vectors(), tmp_path, progress=False)
@@ -233,17 +210,6 @@ def test_every_epoch_logs_one_plain_line(tmp_path: Path, caplog: pytest.LogCaptu
     assert len(lines) == len(result.history) == 2
     assert lines[1].startswith("stage 1 epoch 2/2: loss ")
     assert f"valid_recall_10 {result.history[1]['valid_recall_10']:.4f}" in lines[1]
-
-
-def test_user_scope_also_leaves_items_before_the_window_out_of_the_softmax(tmp_path: Path) -> None:
-    """max_seq_len 5 against 4-12 training items: later windows have seen items the window lacks."""
-    losses = {}
-    for scope in ("input", "user"):
-        cfg = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "train.loss_excludes_history": "true",
-                      "train.loss_history_scope": scope})
-        result = train_model(cfg, tiny_sequences(), tiny_vectors(), tmp_path / scope, progress=False)
-        losses[scope] = result.history[0]["loss"]
-    assert losses["user"] < losses["input"]  # the same start, fewer competitors in every later window
 
 
 @pytest.mark.parametrize("strategy", ["onepass", "all"])
@@ -261,7 +227,7 @@ def test_history_logit_learns_that_users_never_come_back_and_lifts_the_unmasked_
     assert learned < -1.0 and runs[True].metrics["history_logit"] == pytest.approx(learned)
     assert "history_logit" not in runs[False].metrics
     loaded, meta = load_model(tmp_path / f"{strategy}-True")
-    assert meta["spec"]["history_logit"] is True and loaded.history_logit().item() == pytest.approx(learned)
+    assert meta["spec"]["config"]["history_logit"] is True and loaded.history_logit().item() == pytest.approx(learned)
     # the masked ranking never sees the logit; the unmasked one gets closer to it
     gap = {on: r.metrics["test_masked_recall_10"] - r.metrics["test_unmasked_recall_10"] for on, r in runs.items()}
     assert gap[True] < gap[False] if strategy == "onepass" else gap[True] <= gap[False]  # "all": no gap to close here
@@ -275,21 +241,6 @@ def _timed(sequences: pd.DataFrame, tied: bool) -> pd.DataFrame:
     return out
 
 
-def test_shuffle_ties_reorders_tied_training_items_only(tmp_path: Path) -> None:
-    onepass = {"train.strategy": "onepass", "train.max_epochs": 1}
-    base = train_model(_cfg(**onepass), tiny_sequences(), tiny_vectors(), tmp_path / "base", progress=False)
-    untied = train_model(_cfg(**onepass, **{"train.shuffle_ties": "true"}), _timed(tiny_sequences(), tied=False),
-                         tiny_vectors(), tmp_path / "untied", progress=False)
-    tied = train_model(_cfg(**onepass, **{"train.shuffle_ties": "true"}), _timed(tiny_sequences(), tied=True),
-                       tiny_vectors(), tmp_path / "tied", progress=False)
-    # no ties: the same batches as without the setting (its own random stream); all tied: other orders
-    assert untied.history[0]["loss"] == pytest.approx(base.history[0]["loss"], rel=1e-6)
-    assert tied.history[0]["loss"] != pytest.approx(base.history[0]["loss"], rel=1e-4)
-    with pytest.raises(DataError, match="train_ts, valid_ts.*re-run `lite-rec ingest"):
-        train_model(_cfg(**onepass, **{"train.shuffle_ties": "true"}), tiny_sequences(), tiny_vectors(),
-                    tmp_path / "old", progress=False)
-
-
 def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -> None:
     from lite_rec.train.export import build_bundle
 
@@ -298,32 +249,26 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     timed["valid_rating"] = 5.0
     cfg = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.time_gaps": "true", "model.ratings": "true"})
     result = train_model(cfg, timed, tiny_vectors(), tmp_path / "run", progress=False)
-    assert result.model.spec.uses_context and result.metrics["test_users"] == 24.0
+    assert result.model.spec.config.uses_context and result.metrics["test_users"] == 24.0
     loaded, meta = load_model(tmp_path / "run")
-    assert meta["spec"]["time_gaps"] is True and meta["spec"]["ratings"] is True
+    assert meta["spec"]["config"]["time_gaps"] is True and meta["spec"]["config"]["ratings"] is True
     assert loaded.context_embedding.weight.shape[0] == 51
     biased = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.time_bias": "true"})  # tiny models are lean
     result = train_model(biased, timed, tiny_vectors(), tmp_path / "biased", progress=False)
     loaded, meta = load_model(tmp_path / "biased")
-    assert meta["spec"]["time_bias"] is True and not hasattr(loaded, "context_embedding")
+    assert meta["spec"]["config"]["time_bias"] is True and not hasattr(loaded, "context_embedding")
     torch.testing.assert_close(loaded.time_bias.weight, result.model.time_bias.weight.cpu())
     assert loaded.time_bias.weight.abs().sum() > 0  # trained away from its zero start
     dated = timed.assign(train_ts=[[1_000_000_000 + 40 * 86_400 * i for i in range(len(s))] for s in timed["train_seq"]],
-                         valid_ts=[1_000_000_000 + 40 * 86_400 * len(s) for s in timed["train_seq"]])  # a month apart
-    monthly = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.calendar": "true"})
-    result = train_model(monthly, dated, tiny_vectors(), tmp_path / "monthly", progress=False)
-    loaded, meta = load_model(tmp_path / "monthly")
-    assert meta["spec"]["calendar"] is True and result.metrics["test_users"] == 24.0
-    torch.testing.assert_close(loaded.calendar_embedding.weight, result.model.calendar_embedding.weight.cpu())
-    assert loaded.calendar_embedding.weight.abs().sum() > 0  # trained away from its zero start
+                         valid_ts=[1_000_000_000 + 40 * 86_400 * len(s) for s in timed["train_seq"]])  # 40 days apart
     queried = _cfg(**{"train.strategy": "onepass", "train.max_epochs": 1, "model.query_time": "true"})
     result = train_model(queried, dated.assign(test_ts=dated["valid_ts"] + 60), tiny_vectors(), tmp_path / "queried",
                          progress=False)
     loaded, meta = load_model(tmp_path / "queried")
-    assert meta["spec"]["query_time"] is True and result.metrics["test_users"] == 24.0
+    assert meta["spec"]["config"]["query_time"] is True and result.metrics["test_users"] == 24.0
     torch.testing.assert_close(loaded.query_gap_embedding.weight, result.model.query_gap_embedding.weight.cpu())
     assert loaded.query_gap_embedding.weight.abs().sum() > 0  # trained away from its zero start
-    with pytest.raises(DataError, match=r"train_rating; train.shuffle_ties / model.time_gaps / model.ratings / model.time_bias / "
+    with pytest.raises(DataError, match=r"train_rating; model.time_gaps / model.ratings / model.time_bias / "
                                          r"model.query_time read them"):
         train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
@@ -340,6 +285,6 @@ def test_a_run_that_could_not_be_registered_is_refused_before_any_work() -> None
     from lite_rec.pipeline.steps import check_registrable
 
     check_registrable(_cfg())  # the paper's inputs: fine
-    for key in ("model.time_gaps", "model.ratings", "model.time_bias", "model.calendar"):
+    for key in ("model.time_gaps", "model.ratings", "model.time_bias", "model.query_time"):
         with pytest.raises(ConfigError, match=r"cannot be registered or served yet.*--no-register"):
             check_registrable(_cfg(**{key: "true"}))

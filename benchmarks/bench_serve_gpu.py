@@ -29,8 +29,8 @@ inputs rotated over several batches):
   serve_fast_path        what the service runs: FastModel (plan + graph per bucket) + eager top-k
 and throughput at batch 1024 (target >= 250,000 users/s).
 
-Runs where only torch and transformers are installed (imports lite_rec.model, lite_rec.infer.fast_path and
-lean_runner, nothing that needs pandas, pydantic or mlflow). Smoke test on a CPU:
+Runs where only torch, transformers, numpy, pandas and pyarrow are installed (imports lite_rec.model,
+lite_rec.infer.fast_path and lean_runner, nothing that needs pydantic or mlflow). Smoke test on a CPU:
     python benchmarks/bench_serve_gpu.py --device cpu --quick --out /tmp/bench_gpu.json
 On one H100 (~6.5 min; --no-compile or --only NAME... for less):
     python benchmarks/bench_serve_gpu.py --out bench_serve_gpu.json

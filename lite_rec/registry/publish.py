@@ -256,7 +256,7 @@ def _delete_run(client: MlflowClient, run_id: str) -> None:
 
 def _is_transient(exc: BaseException) -> bool:
     """Whether retrying may help: the tracking server was unreachable or answered 5xx."""
-    if isinstance(exc, OSError | TimeoutError):
+    if isinstance(exc, ConnectionError | TimeoutError):  # not every OSError: a missing local file stays missing
         return True
     if isinstance(exc, MlflowException):
         return exc.error_code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")

@@ -36,7 +36,7 @@ from lite_rec.train.run import TrainResult, train_model
 pytestmark = pytest.mark.integration
 
 N_ITEMS = 20
-TARGET = f"i{N_ITEMS}"  # every user's test item; never in a history or a training target
+VALID_TARGET = N_ITEMS - 1  # every user's validation item: what promotion scores
 MODEL = "lite-rec-ml100k"
 
 
@@ -117,8 +117,10 @@ def _write_dataset(cfg: LiteRecConfig) -> pd.DataFrame:
     rng = np.random.default_rng(7)
     rows = []
     for u in range(24):
-        seq = [int(x) for x in rng.choice(np.arange(1, N_ITEMS), size=7, replace=False)]
-        rows.append({"user_idx": u, "user_id": f"u{u}", "train_seq": seq[:5], "valid_item_idx": seq[5], "test_item_idx": N_ITEMS})
+        seq = [int(x) for x in rng.choice(np.arange(1, VALID_TARGET), size=5, replace=False)]
+        # everyone's validation target is VALID_TARGET: promotion scores it, and a variant that ranks it
+        # first (last) everywhere scores exactly 1 (0)
+        rows.append({"user_idx": u, "user_id": f"u{u}", "train_seq": seq, "valid_item_idx": VALID_TARGET, "test_item_idx": N_ITEMS})
     sequences = pd.DataFrame(rows)
     items = pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": [f"i{i}" for i in range(1, N_ITEMS + 1)],
                           "title": [f"Movie {i} (1999)" for i in range(1, N_ITEMS + 1)]})
@@ -137,9 +139,9 @@ def run(server: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     cfg = build_config("ml-100k", {
         "data_dir": str(root / "data"),
         "model": {"backbone": "lean", "pretrained": False, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
-                  "dropout": 0.0, "max_seq_len": 4, "head_bias": True},
+                  "dropout": 0.0, "max_seq_len": 5},
         "train": {"strategy": "sampling", "max_epochs": 1, "batch_size": 8, "device": "cpu"},
-        "tracking": {"tracking_uri": server, "promote_metric": "test_ndcg_10", "promote_margin": 0.01},
+        "tracking": {"tracking_uri": server, "promote_metric": "valid_ndcg_10", "promote_margin": 0.01},
     })
     sequences = _write_dataset(cfg)
     torch.manual_seed(0)
@@ -153,13 +155,23 @@ def run(server: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(cfg, result, build_bundle(cfg, root / "model", root / "bundle-v1"), manifest)
 
 
-def _variant(run: Run, name: str, target_bias: float) -> Path:
-    """The v1 bundle with the target item's head bias set: +50 ranks it first, -50 last."""
+def _variant(run: Run, name: str, sign: float) -> Path:
+    """The v1 bundle with the validation target's head row pointed along (`sign` +1) or against (-1)
+    every user's vector, and longer than any logit the other rows give: the target then ranks first
+    (last) for every user, so the variant's promotion score is exactly 1 (0)."""
     b = load_bundle(run.bundle_dir)
     tensors = dict(b.tensors)
-    bias = tensors["head.bias"].clone()
-    bias[N_ITEMS] = target_bias
-    tensors["head.bias"] = bias
+    seqs = pd.read_parquet(run.cfg.processed_dir / "sequences.parquet")
+    items = torch.tensor([list(s) for s in seqs["train_seq"]])  # (U, 5): the validation histories
+    with torch.no_grad():
+        users = Recommender.from_path(run.bundle_dir).model.user_vectors(items).float()  # (U, D)
+    shared = torch.nn.functional.normalize(users, dim=1).sum(0)  # (D,) a direction every user leans to
+    along = users @ shared  # (U,)
+    assert along.min() > 0, "the users' vectors share no direction; pick another seed"
+    weight = tensors["head.weight"].clone()  # (N+1, D)
+    reach = (users @ weight.T).abs().max()  # the largest logit any row gives any user
+    weight[VALID_TARGET] = sign * shared * (4 * reach + 1) / along.min()
+    tensors["head.weight"] = weight
     return save_bundle(run.bundle_dir.parent / name, spec=b.spec, model_config=b.model_config, state_dict=tensors,
                        items=b.items, popularity=b.popularity, dataset=b.dataset, protocol=b.protocol, extra=b.extra)
 
@@ -228,10 +240,10 @@ def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, server: str) -
 def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: Run, v1, server: str) -> None:
     client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     held = load_held_out(run.cfg)
-    v1_score = score_recommender(Recommender.from_path(run.bundle_dir), held, "test_ndcg_10")
+    v1_score = score_recommender(Recommender.from_path(run.bundle_dir), held, "valid_ndcg_10")
     assert v1_score < 0.99  # the one-epoch model never saw the target as a training target
 
-    v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-better", 50.0), commit="abc123")
+    v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-better", 1.0), commit="abc123")
     assert (v2.version, v2.aliases) == ("2", (CHALLENGER,))
     assert alias_version(client, MODEL, CHAMPION).version == "1"  # registering never moves champion
     decision = promote(run.cfg)
@@ -244,7 +256,7 @@ def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: 
     assert float(tags2["promotion.margin"]) == 0.01
     assert json.loads(client.get_model_version(MODEL, "1").tags["promotion.vs_v2"])["promoted"] is True
 
-    v3 = log_training_run(run.cfg, run.result, _variant(run, "bundle-worse", -50.0), commit="abc123")
+    v3 = log_training_run(run.cfg, run.result, _variant(run, "bundle-worse", -1.0), commit="abc123")
     decision = promote(run.cfg)
     assert not decision.promoted and decision.champion_after == "2" and decision.challenger_version == v3.version == "3"
     assert decision.challenger_score == pytest.approx(0.0)
@@ -267,7 +279,7 @@ def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str)
     client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
     champion = alias_version(client, MODEL, CHAMPION).version
-    wrong = load_bundle(_variant(run, "bundle-claimed", 7.0))
+    wrong = load_bundle(_variant(run, "bundle-claimed", 0.5))
     source = client.get_model_version(MODEL, "1")
     model_id = source.source.removeprefix("models:/")  # the logged model behind version 1
     with pytest.raises(RegistryError, match="stored bundle differs from the logged one"):
@@ -279,6 +291,31 @@ def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str)
     with pytest.raises(RegistryError):
         register_verified(client, "lite-rec-never", source.source, model_id, source.run_id, wrong, {})
     assert client.search_registered_models("name = 'lite-rec-never'") == []
+
+
+def test_a_registration_that_fails_midway_is_one_clear_error_and_keeps_no_run(
+    run: Run, v1, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the MLflow run was opened (here: the signature file cannot be read, as a wheel
+    install that looked for it in the wrong folder did) leaves no FAILED run and no version."""
+    from lite_rec.registry import publish
+    from lite_rec.registry.tracking import experiment_name
+
+    client = MlflowClient(server, registry_uri=server)
+    experiment = client.get_experiment_by_name(experiment_name(run.cfg)).experiment_id
+    runs_before = sorted(r.info.run_id for r in client.search_runs([experiment]))
+    versions_before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
+
+    def unreadable_signature(path: Path = Path("/site-packages/mlflow/signature.json")):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(publish, "model_signature", unreadable_signature)
+    with pytest.raises(RegistryError, match=r"registering lite-rec-ml100k at .* failed: FileNotFoundError: .*signature\.json"
+                                            r".*No run or version was kept; the trained model stays in") as caught:
+        log_training_run(run.cfg, run.result, run.bundle_dir, commit="abc123")
+    assert not isinstance(caught.value, publish.RegistryUnavailable)  # retrying would fail the same way
+    assert sorted(r.info.run_id for r in client.search_runs([experiment])) == runs_before
+    assert sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'")) == versions_before
 
 
 def test_sweep_removes_versions_a_killed_process_left_unverified(run: Run, v1, server: str) -> None:

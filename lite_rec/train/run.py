@@ -44,6 +44,8 @@ from lite_rec.train.checkpoint import (
 )
 from lite_rec.train.trainer import Trainer, fingerprint_defaults, n_items_of, resolve_device, run_fingerprint
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from lite_rec.core.config import LiteRecConfig
 
@@ -99,6 +101,9 @@ def train_model(
             check_fingerprint(saved["state"]["fingerprint"], fingerprint, ckpt_dir / RESUME_FILE, fingerprint_defaults(cfg))
             trainer.restore(saved)
             backbone_init = trainer.s["backbone_init"]
+            where = "finished; reloading its best weights" if saved["done"] else (
+                f"stage {saved['stage']}, epoch {saved['epoch'] + 1}, step {saved['step']} (global step {saved['global_step']})")
+            log.info("resuming %s from its checkpoint: %s", out_dir, where)
         else:
             trainer.fresh(fingerprint, backbone_init)
             trainer.checkpoint()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["resumed"] is True  # continued the checkpoint, did not start over
+    assert re.search(r"resuming .* from its checkpoint: stage [12], epoch \d+, step \d+ \(global step \d+\)", done.stderr), \
+        done.stderr[-2000:]  # and says from where
 
     metrics = json.loads((run / "metrics.json").read_text())
     for key, value in reference.metrics.items():

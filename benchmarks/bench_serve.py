@@ -149,7 +149,7 @@ def breakdown(rec: Recommender, ids: list[str], args: argparse.Namespace) -> dic
 
 
 class Service:
-    """The real service in a subprocess (its own session), stopped by PID."""
+    """The real service in a subprocess (its own process group), stopped by PID."""
 
     def __init__(self, bundle_dir: Path, port: int, threads: int, coalesce: int, log: Path) -> None:
         cmd = [sys.executable, "-m", "lite_rec.serve.app", "--model", str(bundle_dir), "--device", "cpu", "--host", "127.0.0.1",
@@ -157,7 +157,7 @@ class Service:
                "--log-level", "warning"]
         self.port = port
         with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, process_group=0)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -9,7 +9,8 @@ on load by :func:`lite_rec.infer.bundle.load_bundle`).
 The class stays thin (MLflow's examples/pyfunc habit): ``load_context`` builds the shared
 :class:`~lite_rec.infer.recommender.Recommender`, ``predict`` hands the request frame to
 :func:`~lite_rec.infer.recommender.recommend_frame`, so the pyfunc, the HTTP service and batch scoring
-answer identically. Columns: ``mlflow/signature.json``.
+answer identically, with the same input rules and the same errors (:class:`RecommendError`, which
+MLflow's scoring server answers with 400). Columns: ``mlflow/signature.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class LiteRecPyfunc(PythonModel):
         self.recommender = Recommender.from_path(context.artifacts["bundle"])
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return recommend_frame(self.recommender, pd.DataFrame(model_input))
+        return recommend_frame(self.recommender, model_input)  # a RecommendError for anything that is not a request table
 
 
 mlflow.models.set_model(LiteRecPyfunc())

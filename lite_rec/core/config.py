@@ -187,7 +187,11 @@ class TrackingConfig(_Section):
 
 
 class ServeConfig(_Section):
-    """The online stage: HTTP service, registry following, fast path, batch scoring (issue 6)."""
+    """The online stage: HTTP service, registry following, fast path, batch scoring.
+
+    The largest k a request may ask for is not a setting: it is one rule for the service, the pyfunc
+    and batch scoring, in :class:`lite_rec.infer.recommender.Recommender` (1000 and the catalog size).
+    """
 
     model: str | None = None  # "models:/<name>@<alias>", "models:/<name>/<version>" or a bundle dir; None = models:/<registered model>@champion
     host: str = "127.0.0.1"  # loopback by default; put a proxy or load balancer in front for anything else
@@ -195,7 +199,6 @@ class ServeConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto = CUDA when available)
     poll_interval_s: float = Field(30.0, ge=0)  # seconds between checks of the alias; 0 = never follow the registry
     max_body_bytes: int = Field(1_048_576, ge=1024)  # request bodies above this get 413 (Content-Length and actual bytes)
-    max_k: int = Field(1000, ge=1)  # largest k a request may ask for (also capped by the catalog size)
     max_batch_users: int = Field(1024, ge=1)  # histories per /recommend/batch call
     torch_threads: int = Field(0, ge=0)  # torch CPU threads for inference; 0 = all cores but one (the HTTP side needs one)
     coalesce_max_users: int = Field(16, ge=1)  # concurrent /recommend calls scored in one forward pass (1 = one at a time)

@@ -36,10 +36,29 @@ from lite_rec.model.rec_llm import LiteRecModel, model_from_spec
 from lite_rec.model.scoring import add_history_logit
 from lite_rec.model.spec import ModelSpec
 
-__all__ = ["FRAME_DEFAULTS", "Recommendation", "RecommendError", "Recommender", "UnknownItems", "recommend_frame"]
+__all__ = ["FRAME_DEFAULTS", "MAX_K", "Recommendation", "RecommendError", "Recommender", "UnknownItems", "echo", "recommend_frame"]
 
 # Defaults of the optional request columns (mlflow/signature.json documents the same).
 FRAME_DEFAULTS = {"k": 10, "exclude_history": True, "ignore_unknown": False}
+
+# The largest k any request may ask for (also capped by the catalog size): one rule for the HTTP
+# service, the pyfunc and batch scoring. A top-1000 answer is already ~80 KB of JSON.
+MAX_K = 1000
+ECHO_CHARS = 64  # an id or value quoted in an error message is cut to this many characters
+ECHO_IDS = 10  # and at most this many ids are quoted
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` fit to quote in a message: a string as is, anything else as its ``repr``; cut to
+    `limit` characters (with the full length said) and always encodable (a lone surrogate is
+    written as its ``\\udXXX`` escape), so an error about a 900 KB id is not itself 900 KB."""
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except (ValueError, RecursionError):  # an int beyond Python's digit limit, a structure nested too deep
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} chars)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class RecommendError(LiteRecError, ValueError):
@@ -51,7 +70,7 @@ class UnknownItems(RecommendError):
 
     def __init__(self, item_ids: list[str]) -> None:
         self.item_ids = item_ids
-        shown = ", ".join(repr(i) for i in item_ids[:10]) + (" ..." if len(item_ids) > 10 else "")
+        shown = ", ".join(repr(echo(i)) for i in item_ids[:ECHO_IDS]) + (" ..." if len(item_ids) > ECHO_IDS else "")
         super().__init__(f"{len(item_ids)} unknown item id(s) in the history: {shown} (pass ignore_unknown=True to drop them)")
 
 
@@ -127,16 +146,27 @@ class Recommender:
     def max_seq_len(self) -> int:
         return self.spec.config.max_seq_len
 
+    @property
+    def k_limit(self) -> int:
+        """The largest k a request may ask for: :data:`MAX_K` or the catalog size, the smaller."""
+        return min(MAX_K, self.num_items)
+
+    def check_k(self, k: object) -> int:
+        """`k` as an int, or a :class:`RecommendError` unless it is an integer in 1..:attr:`k_limit`."""
+        if isinstance(k, bool | np.bool_) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= self.k_limit:
+            raise RecommendError(f"k must be an integer between 1 and {self.k_limit} (at most {MAX_K} and the catalog size); got {echo(k)}")
+        return int(k)
+
     # -----------------------------------------------------------------------------------------
     # ids -> indices
 
     def to_indices(self, histories: Sequence[Sequence[str]], ignore_unknown: bool = False) -> tuple[list[np.ndarray], list[list[str]]]:
         """Map raw ids to item_idx per user; returns (indices per user, unknown ids per user)."""
         for h in histories:
-            if isinstance(h, str) or not isinstance(h, Sequence | np.ndarray):
-                raise RecommendError(f"each history must be a list of item ids, got {type(h).__name__}: {h!r:.80}")
+            if isinstance(h, str | bytes) or not isinstance(h, Sequence | np.ndarray):
+                raise RecommendError(f"each history must be a list of item ids, got {type(h).__name__}: {echo(h)}")
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
-        flat = [str(i) for h in histories for i in h]
+        flat = [_item_key(i) for h in histories for i in h]
         rows = self._index.get_indexer(flat) if flat else np.zeros(0, dtype=np.int64)  # -1 = unknown
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         out: list[np.ndarray] = []
@@ -187,9 +217,7 @@ class Recommender:
         ignore_unknown: bool = False,
     ) -> list[Recommendation]:
         """Top-k per user, best first; see the module docstring for the rules."""
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= self.num_items:
-            raise RecommendError(f"k must be an integer between 1 and {self.num_items} (the catalog size); got {k!r}")
-        k = int(k)
+        k = self.check_k(k)
         indices, unknown = self.to_indices(histories, ignore_unknown)
         results: list[Recommendation | None] = [None] * len(indices)
         active = [u for u, h in enumerate(indices) if len(h)]
@@ -211,11 +239,38 @@ class Recommender:
         return list(zip(self.item_ids[r].tolist(), [float(s) for s in scores], self.titles[r].tolist(), strict=True))
 
 
-def _column(frame: pd.DataFrame, name: str) -> list:
+def _item_key(item: object) -> str:
+    """A history entry as the id table's key: a string (valid Unicode), or an integer read as its
+    decimal string; anything else is the caller's error, never a crash in the lookup."""
+    if isinstance(item, str):
+        if not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RecommendError(f"item id {echo(item)} is not a valid Unicode string (it has a lone surrogate)") from None
+        return str(item)
+    if isinstance(item, int | np.integer) and not isinstance(item, bool | np.bool_):
+        return str(int(item))
+    raise RecommendError(f"item ids must be strings (or integers); got {type(item).__name__}: {echo(item)}")
+
+
+def _column(frame: pd.DataFrame, name: str, recommender: Recommender) -> list:
+    """One option column, checked as the HTTP service checks it: missing values take the default,
+    k must be an integer (an integral float from a column with gaps counts), flags booleans."""
     default = FRAME_DEFAULTS[name]
     if name not in frame.columns:
         return [default] * len(frame)
-    return [default if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in frame[name].tolist()]
+    out = []
+    for v in frame[name].tolist():
+        if v is None or (isinstance(v, float | np.floating) and np.isnan(v)):
+            out.append(default)
+        elif name == "k":
+            out.append(recommender.check_k(int(v) if isinstance(v, float | np.floating) and float(v).is_integer() else v))
+        elif isinstance(v, bool | np.bool_):
+            out.append(bool(v))
+        else:
+            raise RecommendError(f"{name} must be true or false; got {echo(v)}")
+    return out
 
 
 def recommend_frame(recommender: Recommender, frame: pd.DataFrame) -> pd.DataFrame:
@@ -226,15 +281,20 @@ def recommend_frame(recommender: Recommender, frame: pd.DataFrame) -> pd.DataFra
     ``scores``, ``titles`` (lists, best first) and ``fallback``. Rows that share their options
     are scored together, so a frame of same-k requests is one batch.
     """
+    if not isinstance(frame, pd.DataFrame):
+        try:
+            frame = pd.DataFrame(frame)
+        except (ValueError, TypeError) as exc:
+            raise RecommendError(f"the input must be a table of requests (one row per user): {echo(str(exc), 200)}") from None
     if "history" not in frame.columns:
-        raise RecommendError(f"the input needs a 'history' column (list of item ids); got columns {list(frame.columns)}")
-    histories = [list(h) if h is not None and not isinstance(h, str) else h for h in frame["history"].tolist()]
-    options = list(zip(_column(frame, "k"), _column(frame, "exclude_history"), _column(frame, "ignore_unknown")))
+        shown = [echo(c) for c in list(frame.columns)[:ECHO_IDS]]
+        raise RecommendError(f"the input needs a 'history' column (list of item ids); got {len(frame.columns)} column(s): {shown}")
+    histories = frame["history"].tolist()  # lists or arrays; anything else is refused by to_indices
+    options = list(zip(*(_column(frame, name, recommender) for name in ("k", "exclude_history", "ignore_unknown")), strict=True))
     results: list[Recommendation | None] = [None] * len(frame)
     for k, exclude, ignore in dict.fromkeys(options):
         rows = [r for r, o in enumerate(options) if o == (k, exclude, ignore)]
-        k = int(k) if isinstance(k, float | np.floating) and float(k).is_integer() else k
-        got = recommender.recommend([histories[r] for r in rows], k, bool(exclude), bool(ignore))
+        got = recommender.recommend([histories[r] for r in rows], k, exclude, ignore)
         for r, rec in zip(rows, got):
             results[r] = rec
     return pd.DataFrame(

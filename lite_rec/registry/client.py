@@ -10,7 +10,9 @@ the embedded default, a sqlite file under ``<data_dir>/mlflow`` with artifacts b
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,7 +21,7 @@ from mlflow.tracking import MlflowClient
 import mlflow
 from lite_rec.core.config import LiteRecConfig
 
-__all__ = ["client_for", "make_client", "mlflow_uris", "resolve_tracking_uri"]
+__all__ = ["bounded_http", "client_for", "make_client", "mlflow_uris", "resolve_tracking_uri"]
 
 
 def resolve_tracking_uri(cfg: LiteRecConfig) -> str:
@@ -55,7 +57,7 @@ def mlflow_uris(client: MlflowClient) -> Iterator[MlflowClient]:
     at `client`'s stores for the duration of the block, then restore what was there.
 
     Why scoped: the fluent API reads process-wide URIs, and a long-lived process (a Prefect
-    worker, a service following a registry, a test session) that set them once for one store
+    worker, a service following a registry, a whole test run) that set them once for one store
     would silently talk to it later, long after it stopped.
     """
     from mlflow.tracking._model_registry import utils as registry_utils
@@ -77,3 +79,40 @@ def mlflow_uris(client: MlflowClient) -> Iterator[MlflowClient]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# MLflow reads these per request (mlflow.utils.rest_utils.http_request); the timeout is whole seconds.
+_HTTP_BOUNDS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+_http_bounds_lock = threading.Lock()
+
+
+@contextmanager
+def bounded_http(timeout_s: float) -> Iterator[None]:
+    """MLflow HTTP calls made in the block give up after about `timeout_s` (at least 1 s, MLflow
+    counts whole seconds) and are not retried.
+
+    Why: by default a call to an unreachable tracking server is retried with exponential backoff
+    for minutes (MLflow's defaults ride out rate limiting), so a caller that must notice an outage
+    within its own interval (the service's alias poll) would hear nothing for that long. The
+    caller tries again at its next interval instead. The bounds are MLflow's own environment
+    settings, read per request: they are set for the block's duration only (one block at a time
+    in the process; a block that cannot start within `timeout_s` raises ``TimeoutError``) and put
+    back after (unless changed meanwhile), so calls outside the block, artifact downloads
+    included, keep their retries. Other threads calling MLflow during the block get the same bounds.
+    """
+    if not _http_bounds_lock.acquire(timeout=max(timeout_s, 0.0)):
+        raise TimeoutError(f"another bounded registry call is still running after {timeout_s:.1f} s")
+    saved = {key: os.environ.get(key) for key in _HTTP_BOUNDS}
+    bounds = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        os.environ.update(bounds)
+        yield
+    finally:
+        for key, value in saved.items():
+            if os.environ.get(key) != bounds[key]:
+                continue  # changed by someone else meanwhile: theirs stays
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _http_bounds_lock.release()

@@ -1,59 +1,75 @@
 """The HTTP service of the online stage: top-k next items for a history, in milliseconds.
 
-Why this shape (issue 6):
+Why this shape:
 
 - One process holds the model in memory (:class:`~lite_rec.serve.watcher.ModelWatcher`: the
   registry's ``champion`` or a local bundle, followed and hot-swapped) and answers through the
   shared :class:`~lite_rec.infer.recommender.Recommender`, so the service, the MLflow pyfunc and batch
-  scoring give the same top-k for the same history.
+  scoring give the same top-k for the same history, and refuse the same inputs.
 - Bad input is the client's problem and gets a 4xx that says what to fix, never a 500 and never
-  a dead worker: unknown ids 422 (naming them) unless ``ignore_unknown``; an empty history gets
-  the popularity list, flagged ``fallback``; a history longer than the window keeps its most
-  recent items; k outside 1..min(max_k, catalog) 422; malformed JSON 400; a schema mismatch 422;
-  a body over ``serve.max_body_bytes`` 413, checked on Content-Length *and* on the bytes that
-  actually arrive (a chunked or lying client cannot get past it).
+  a dead worker. Every refusal has one JSON shape, ``{"error": <code>, "detail": <what to fix>}``
+  plus, for some codes, named extras, and is bounded in size (:data:`ERROR_BODY_MAX_BYTES`): ids
+  and values quoted back are cut (at most 10 ids of 64 characters each, with their count), so a
+  900 KB id does not come back as a 1.8 MB error. The codes: ``malformed_json`` 400 (not UTF-8,
+  not JSON, ``NaN``, nested too deep); ``unsupported_media_type`` 415 (a body not sent as
+  ``application/json``); ``invalid_request`` 422 (schema mismatch with ``errors``; k outside
+  1..min(1000, catalog); an item id that is not a valid string); ``unknown_items`` 422 (with
+  ``unknown_item_ids`` and ``unknown_item_count``) unless ``ignore_unknown``; ``too_many_users``
+  422; ``payload_too_large`` 413, checked on Content-Length *and* on the bytes that actually
+  arrive (:mod:`lite_rec.serve.guard`); ``not_found`` 404; ``method_not_allowed`` 405;
+  ``not_ready`` 503 (with ``ready``). The body is parsed here, not by the framework, so that
+  every way a body can be broken gets this shape.
+- An empty history gets the popularity list, flagged ``fallback``; a history longer than the
+  window keeps its most recent items.
 - ``/health`` says the process answers; ``/ready`` says a model is loaded and warmed up (503
-  before), with the served version and the last load failure; ``/metrics`` is Prometheus text.
+  before), with the served version, the last check of the registry and the last failure;
+  ``/metrics`` is Prometheus text (:mod:`lite_rec.serve.metrics`).
 
 Endpoints are plain ``def``: FastAPI runs them in its thread pool, so the event loop keeps
-accepting while a forward pass runs. One forward pass runs at a time, and concurrent
-``/recommend`` calls are scored together (:mod:`lite_rec.serve.micro_batch`): on a CPU two concurrent
-passes would each start a full set of intra-op threads on the same cores, and one pass for 8
-users costs far less than 8 passes.
+accepting while a forward pass runs (or a large body is parsed). One forward pass runs at a time,
+and concurrent ``/recommend`` calls are scored together (:mod:`lite_rec.serve.micro_batch`): on a
+CPU two concurrent passes would each start a full set of intra-op threads on the same cores, and
+one pass for 8 users costs far less than 8 passes.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.message
 import json
 import logging
 import os
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lite_rec.core.config import ServeConfig
 from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.fast_path import FastPathOptions
-from lite_rec.infer.recommender import Recommendation, RecommendError, UnknownItems
+from lite_rec.infer.recommender import ECHO_IDS, Recommendation, RecommendError, UnknownItems, echo
 from lite_rec.registry.versions import parse_model_ref
 from lite_rec.serve.guard import BodyGuard
 from lite_rec.serve.metrics import ServiceMetrics
 from lite_rec.serve.micro_batch import MicroBatcher
 from lite_rec.serve.watcher import ModelWatcher, ServedModel, make_loader
 
-__all__ = ["BatchRequest", "RecommendRequest", "create_app", "main", "watcher_for"]
+__all__ = ["ERROR_BODY_MAX_BYTES", "BatchRequest", "RecommendRequest", "create_app", "main", "watcher_for"]
 
 log = logging.getLogger("lite_rec.serve")
 
 ENDPOINTS = ("/recommend", "/recommend/batch", "/health", "/ready", "/metrics")
 ItemId = StrictStr | StrictInt  # raw ids; numbers are accepted and read as their decimal string
+ERROR_BODY_MAX_BYTES = 16_384  # no error body is larger (ids and values quoted back are cut)
+_DETAIL_CHARS = 1000  # a message is cut to this many characters
+_ERRORS_SHOWN = 10  # schema errors listed (with their count)
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Options(BaseModel):
@@ -76,12 +92,41 @@ class BatchRequest(_Options):
     histories: list[list[ItemId]] = Field(min_length=1)
 
 
+class BadRequest(Exception):
+    """A request refused before it reaches the recommender; rendered by :func:`error_response`."""
+
+    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.extra = status, error, detail, extra
+
+
 # ---------------------------------------------------------------------------------------------
 # Responses
 
 
-def _error(status: int, error: str, detail: Any, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """`value` with every string cut and every list or mapping shortened (error extras)."""
+    if isinstance(value, str):
+        return echo(value, _DETAIL_CHARS)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= 4:
+        return echo(value, 200)
+    if isinstance(value, dict):
+        return {echo(str(k)): _bounded(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        return [_bounded(v, depth + 1) for v in list(value)[:ECHO_IDS]]
+    return echo(value, 200)
+
+
+def error_response(status: int, error: str, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """The one error shape: ``{"error", "detail", **extra}``, at most :data:`ERROR_BODY_MAX_BYTES`
+    (strings cut, lists shortened; should the extras still not fit they are dropped)."""
+    body = {"error": error, "detail": echo(str(detail), _DETAIL_CHARS), **{k: _bounded(v) for k, v in extra.items()}}
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    if len(payload) > ERROR_BODY_MAX_BYTES:
+        payload = json.dumps({"error": error, "detail": body["detail"]}, ensure_ascii=False).encode("utf-8")
+    return Response(payload, status_code=status, media_type="application/json", headers=headers)
 
 
 def _result(rec: Recommendation, history_len: int, window: int) -> dict[str, Any]:
@@ -94,8 +139,60 @@ def _result(rec: Recommendation, history_len: int, window: int) -> dict[str, Any
     }
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+def _schema_errors(errors: list[Any]) -> dict[str, Any]:
+    shown = [{"loc": ["body", *(echo(str(p)) for p in e.get("loc", ()))][:8], "msg": echo(str(e.get("msg", "")), 200),
+              "type": echo(str(e.get("type", "")))} for e in errors[:_ERRORS_SHOWN]]
+    return {"errors": shown, "error_count": len(errors)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies: read, checked and parsed here (module docstring)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def _json_body(request: Request) -> bytes:
+    """The raw body of a request that declares JSON (415 otherwise); parsed in the thread pool."""
+    content_type = request.headers.get("content-type")
+    if not _is_json(content_type):
+        raise BadRequest(415, "unsupported_media_type",
+                         f"send the body as JSON with Content-Type: application/json (got {echo(content_type or 'no Content-Type')})")
+    return await request.body()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse(model: type[M], body: bytes) -> M:
+    """`body` (UTF-8 JSON, strictly: no NaN or Infinity) validated as `model`, or a :class:`BadRequest`."""
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(400, "malformed_json", f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(400, "malformed_json", f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise BadRequest(400, "malformed_json", "the request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # NaN / Infinity, a number with more digits than Python reads
+        raise BadRequest(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise BadRequest(422, "invalid_request", "the request does not match the schema (see errors)", **_schema_errors(errors)) from None
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that parses its own body."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,64 +215,68 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
     app = FastAPI(title="lite-rec", version="1", lifespan=lifespan)
     app.add_middleware(BodyGuard, metrics=metrics, max_bytes=cfg.max_body_bytes, endpoints=ENDPOINTS)  # type: ignore[arg-type]
 
+    @app.exception_handler(BadRequest)
+    async def bad_body(_: Request, exc: BadRequest) -> Response:
+        return error_response(exc.status, exc.error, exc.detail, **exc.extra)
+
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_errors(exc)
-        if any(e["type"] == "json_invalid" for e in errors):
-            return _error(400, "malformed_json", "the request body is not valid JSON", errors=errors)
-        return _error(422, "invalid_request", "the request does not match the schema (see errors)", errors=errors)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:  # query or path parameters, should any come
+        return error_response(422, "invalid_request", "the request does not match the schema (see errors)", **_schema_errors(list(exc.errors())))
 
     @app.exception_handler(UnknownItems)
-    async def unknown(_: Request, exc: UnknownItems) -> JSONResponse:
-        return _error(422, "unknown_items", str(exc), unknown_item_ids=exc.item_ids)
+    async def unknown(_: Request, exc: UnknownItems) -> Response:
+        return error_response(422, "unknown_items", str(exc), unknown_item_ids=[echo(i) for i in exc.item_ids[:ECHO_IDS]],
+                              unknown_item_count=len(exc.item_ids))
 
     @app.exception_handler(RecommendError)
-    async def bad_request(_: Request, exc: RecommendError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc))
+    async def bad_request(_: Request, exc: RecommendError) -> Response:
+        return error_response(422, "invalid_request", str(exc))
 
-    def served_or_503() -> ServedModel | JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, exc.detail, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> Response:  # a bug: same shape, traceback in the log
+        return error_response(500, "internal_error", f"{type(exc).__name__}; see the service log")
+
+    def served_or_503() -> ServedModel:
         served = watcher.current  # read once: this request finishes on this model
         if served is None:
-            return _error(503, "not_ready", "no model is loaded yet; see /ready", ready=watcher.status())
+            raise BadRequest(503, "not_ready", "no model is loaded yet; see /ready", ready=watcher.status())
         return served
-
-    def check_k(served: ServedModel, k: int) -> None:
-        limit = min(cfg.max_k, served.recommender.num_items)
-        if not 1 <= k <= limit:
-            raise RecommendError(f"k must be between 1 and {limit} (max_k or the catalog size); got {k}")
 
     def count(results: list[Recommendation]) -> list[Recommendation]:
         for r in results:
-            metrics.users.inc(fallback=str(r.fallback).lower())
+            metrics.users.labels(fallback=str(r.fallback).lower()).inc()
         return results
 
-    @app.post("/recommend")
-    def recommend(req: RecommendRequest) -> Response:
+    @app.post("/recommend", openapi_extra=_body_doc(RecommendRequest))
+    def recommend(body: Annotated[bytes, Depends(_json_body)]) -> Response:
+        req = _parse(RecommendRequest, body)
         served = served_or_503()
-        if isinstance(served, JSONResponse):
-            return served
         history = [str(i) for i in req.history]
-        check_k(served, req.k)
-        (result,) = count([batcher.recommend(served.recommender, history, req.k, req.exclude_history, req.ignore_unknown)])
-        body = _result(result, len(history), served.recommender.max_seq_len)
-        return JSONResponse({**body, "k": req.k, "model_version": served.version, "model": served.source})
+        k = served.recommender.check_k(req.k)
+        (result,) = count([batcher.recommend(served.recommender, history, k, req.exclude_history, req.ignore_unknown)])
+        res = _result(result, len(history), served.recommender.max_seq_len)
+        return JSONResponse({**res, "k": k, "model_version": served.version, "model": served.source})
 
-    @app.post("/recommend/batch")
-    def recommend_batch(req: BatchRequest) -> Response:
+    @app.post("/recommend/batch", openapi_extra=_body_doc(BatchRequest))
+    def recommend_batch(body: Annotated[bytes, Depends(_json_body)]) -> Response:
+        req = _parse(BatchRequest, body)
         served = served_or_503()
-        if isinstance(served, JSONResponse):
-            return served
         if len(req.histories) > cfg.max_batch_users:
-            return _error(422, "too_many_users", f"{len(req.histories)} histories; at most {cfg.max_batch_users} per call (serve.max_batch_users)")
+            raise BadRequest(422, "too_many_users", f"{len(req.histories)} histories; at most {cfg.max_batch_users} per call (serve.max_batch_users)")
         histories = [[str(i) for i in h] for h in req.histories]
-        check_k(served, req.k)
         rec = served.recommender
-        results = count(batcher.exclusive(lambda: rec.recommend(histories, req.k, req.exclude_history, req.ignore_unknown)))
+        k = rec.check_k(req.k)
+        results = count(batcher.exclusive(lambda: rec.recommend(histories, k, req.exclude_history, req.ignore_unknown)))
         metrics.batch_users.observe(len(histories))
         window = served.recommender.max_seq_len
         return JSONResponse({
             "results": [_result(r, len(h), window) for r, h in zip(results, histories, strict=True)],
-            "k": req.k, "model_version": served.version, "model": served.source,
+            "k": k, "model_version": served.version, "model": served.source,
         })
 
     @app.get("/health")
@@ -188,8 +289,9 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
     @app.get("/metrics")
-    def prometheus() -> Response:
-        return Response(metrics.render(), media_type=ServiceMetrics.CONTENT_TYPE)
+    def prometheus(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app
 

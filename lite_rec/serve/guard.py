@@ -4,7 +4,7 @@ Why outside FastAPI's routing: a 413 must come before anything parses the body, 
 hold for the bytes that actually arrive, not only for what Content-Length claims (a chunked
 upload has none, a client may lie). So the guard reads the body itself, at most `max_bytes`
 of it, answers 413 the moment the limit is passed, and hands the app the body from memory.
-It also times every request and counts it by endpoint and status (``service_metrics``);
+It also times every request and counts it by endpoint and status (:mod:`lite_rec.serve.metrics`);
 endpoints outside `endpoints` count as ``other`` to keep label cardinality bounded.
 """
 

@@ -1,11 +1,17 @@
-"""What the service counts, and the Prometheus text format (0.0.4) that ``GET /metrics`` returns.
+"""What the service counts, exposed by ``GET /metrics`` through ``prometheus_client``.
 
-Why written here instead of taken from ``prometheus_client``: the service needs three metric
-kinds and one exposition format, a few dozen lines; a dependency would bring a process-global
-default registry (two apps in one test process would share counters) and multiprocess modes we
-do not use. The format: https://prometheus.io/docs/instrumenting/exposition_formats/ —
-``# HELP``/``# TYPE`` lines, one sample per line, label values escaped (``\\``, ``"``, newline),
-histogram buckets cumulative with a final ``le="+Inf"`` equal to ``_count``.
+Each :class:`ServiceMetrics` owns its own :class:`~prometheus_client.CollectorRegistry`; nothing
+is registered in the library's process-global default registry, so two apps in one process
+(tests, a service embedded beside other code) never share or collide on counters.
+
+Two choices differ from the library's defaults, both per registry, never process-wide:
+
+- No ``_created`` series. ``prometheus_client`` adds a ``<name>_created`` timestamp beside every
+  counter and histogram label set, which doubles the series of ``/metrics`` and carries nothing
+  a restart counter does not. ``disable_created_metrics()`` would drop them for every registry in
+  the process (other libraries' too), so :class:`_Registry` filters them out of its own output.
+- The served model's ``lite_rec_model_info`` is one series whose labels are replaced whole when
+  a new version is swapped in (:class:`InfoGauge`): a scrape never sees two models or none.
 
 Label cardinality is bounded by the caller: endpoints are route templates (unknown paths count
 as ``other``), statuses are HTTP codes, outcomes a fixed set.
@@ -13,195 +19,104 @@ as ``other``), statuses are HTTP codes, outcomes a fixed set.
 
 from __future__ import annotations
 
-import bisect
 import math
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["LATENCY_BUCKETS_S", "Counter", "Gauge", "Histogram", "MetricsRegistry", "ServiceMetrics", "escape_label"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+__all__ = ["LATENCY_BUCKETS_S", "InfoGauge", "ServiceMetrics"]
 
 # Seconds; spans a CUDA-graph replay (sub-ms) to a CPU batch call (seconds).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-LabelValues = tuple[str, ...]
+
+class _Registry(CollectorRegistry):
+    """A registry whose output leaves out the ``<name>_created`` samples (module docstring)."""
+
+    def collect(self) -> Iterable[Metric]:
+        for family in super().collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
 
 
-def escape_label(value: str) -> str:
-    """Escape a label value for the text format: backslash, double quote and line feed."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class InfoGauge:
+    """A gauge of value 1 whose one label set says what is current (the served model).
 
+    :meth:`replace` swaps the labels by one reference assignment, so a concurrent scrape sees the
+    old set or the new one, never both and never none (a ``Gauge`` would need ``clear()`` first).
+    """
 
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+    def __init__(self, name: str, documentation: str, label_names: Sequence[str], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label_names = name, documentation, tuple(label_names)
+        self._values: tuple[str, ...] | None = None
+        registry.register(self)
 
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Family:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, tuple(label_names)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> LabelValues:
+    def replace(self, **labels: str) -> None:
         if set(labels) != set(self.label_names):
             raise ValueError(f"{self.name} takes labels {self.label_names}, got {sorted(labels)}")
-        return tuple(str(labels[n]) for n in self.label_names)
+        self._values = tuple(str(labels[n]) for n in self.label_names)
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+    def labels(self) -> dict[str, str] | None:
+        values = self._values
+        return None if values is None else dict(zip(self.label_names, values, strict=True))
 
-    def samples(self) -> list[str]:
-        raise NotImplementedError
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)]
 
-
-class Counter(_Family):
-    """A monotonically increasing count per label set."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, label_names)
-        self._values: dict[LabelValues, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
-
-
-class Gauge(_Family):
-    """A value that is set (the served model version, readiness)."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, label_names)
-        self._values: dict[LabelValues, float] = {}
-
-    def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-    def replace(self, value: float, **labels: str) -> None:
-        """Drop every other label set, then set this one (an "info" gauge of the current model)."""
-        key = self._key(labels)
-        with self._lock:
-            self._values = {key: float(value)}
-
-    def value(self, **labels: str) -> float | None:
-        with self._lock:
-            return self._values.get(self._key(labels))
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
-
-
-class Histogram(_Family):
-    """Observations counted into fixed upper bounds (exposed cumulatively), with sum and count."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = (), buckets: Iterable[float] = LATENCY_BUCKETS_S) -> None:
-        super().__init__(name, help_text, label_names)
-        self.buckets = tuple(sorted(float(b) for b in buckets if not math.isinf(b)))
-        self._counts: dict[LabelValues, list[int]] = {}  # per bucket (non-cumulative), + one for > last
-        self._sums: dict[LabelValues, float] = {}
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        slot = bisect.bisect_left(self.buckets, value)  # first bound >= value ("le" is inclusive)
-        with self._lock:
-            counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
-            counts[slot] += 1
-            self._sums[key] = self._sums.get(key, 0.0) + value
-
-    def count(self, **labels: str) -> int:
-        with self._lock:
-            return sum(self._counts.get(self._key(labels), []))
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted((k, list(v), self._sums[k]) for k, v in self._counts.items())
-        out: list[str] = []
-        for key, counts, total in items:
-            running = 0
-            for bound, n in zip([*self.buckets, math.inf], counts, strict=True):
-                running += n
-                le = f'le="{_number(bound)}"'
-                out.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {running}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {_number(total)}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key)} {running}")
-        return out
-
-
-class MetricsRegistry:
-    """An ordered set of metric families rendered together (one per app, never process-global)."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, _Family] = {}
-
-    def add(self, family: _Family) -> _Family:
-        if family.name in self._families:
-            raise ValueError(f"metric {family.name} is already registered")
-        self._families[family.name] = family
-        return family
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for family in self._families.values():
-            lines += family.header() + family.samples()
-        return "\n".join(lines) + "\n"
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)
+        values = self._values  # read once
+        if values is not None:
+            family.add_metric(list(values), 1.0)
+        return [family]
 
 
 class ServiceMetrics:
-    """The metrics of one recommendation service (what ``/metrics`` exposes)."""
-
-    CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+    """The metrics of one recommendation service (what ``/metrics`` exposes), in its own registry."""
 
     def __init__(self, prefix: str = "lite_rec") -> None:
-        r = self.registry = MetricsRegistry()
+        r = self.registry = _Registry(auto_describe=True)
         p = prefix
-        self.requests: Counter = r.add(Counter(f"{p}_requests_total", "HTTP requests by endpoint and status code.", ("endpoint", "status")))  # type: ignore[assignment]
-        self.latency: Histogram = r.add(Histogram(f"{p}_request_seconds", "Request latency in seconds (body read to response sent).", ("endpoint",)))  # type: ignore[assignment]
-        self.users: Counter = r.add(Counter(f"{p}_recommended_users_total", "Users answered, by whether the popularity fallback answered them.", ("fallback",)))  # type: ignore[assignment]
-        self.batch_users: Histogram = r.add(Histogram(f"{p}_forward_users", "Users scored per forward pass (micro-batching coalesces concurrent requests).", (), buckets=(1, 2, 4, 8, 16, 32, 64, 256, 1024)))  # type: ignore[assignment]
-        self.model_version: Gauge = r.add(Gauge(f"{p}_model_version", "Registry version of the model being served (0 for a local bundle)."))  # type: ignore[assignment]
-        self.model_info: Gauge = r.add(Gauge(f"{p}_model_info", "The model being served (value 1; labels say which).", ("version", "source", "device")))  # type: ignore[assignment]
-        self.ready: Gauge = r.add(Gauge(f"{p}_ready", "1 when a model is loaded and warmed up."))  # type: ignore[assignment]
-        self.loads: Counter = r.add(Counter(f"{p}_model_loads_total", "Model versions loaded, by outcome (success or failure).", ("outcome",)))  # type: ignore[assignment]
-        self.swaps: Counter = r.add(Counter(f"{p}_model_swaps_total", "Times a newly loaded version replaced the served one."))  # type: ignore[assignment]
-        self.load_seconds: Gauge = r.add(Gauge(f"{p}_model_load_seconds", "Seconds the last successful load took (download, verify, warm-up)."))  # type: ignore[assignment]
-        self.ready.set(0)
-        self.model_version.set(0)
+        self.requests = Counter(f"{p}_requests_total", "HTTP requests by endpoint and status code.", ("endpoint", "status"), registry=r)
+        self.latency = Histogram(f"{p}_request_seconds", "Request latency in seconds (body read to response sent).", ("endpoint",),
+                                 buckets=LATENCY_BUCKETS_S, registry=r)
+        self.users = Counter(f"{p}_recommended_users_total", "Users answered, by whether the popularity fallback answered them.",
+                             ("fallback",), registry=r)
+        self.batch_users = Histogram(f"{p}_forward_users", "Users scored per forward pass (micro-batching coalesces concurrent requests).",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 256, 1024), registry=r)
+        self.model_version = Gauge(f"{p}_model_version", "Registry version of the model being served (0 for a local bundle).", registry=r)
+        self.model_info = InfoGauge(f"{p}_model_info", "The model being served (value 1; labels say which).", ("version", "source", "device"), r)
+        self.ready = Gauge(f"{p}_ready", "1 when a model is loaded and warmed up.", registry=r)
+        self.loads = Counter(f"{p}_model_loads_total", "Model versions loaded, by outcome (success or failure).", ("outcome",), registry=r)
+        self.swaps = Counter(f"{p}_model_swaps_total", "Times a newly loaded version replaced the served one.", registry=r)
+        self.load_seconds = Gauge(f"{p}_model_load_seconds", "Seconds the last successful load took (download, verify, warm-up).", registry=r)
+        self.poll_failures = Counter(f"{p}_registry_poll_failures_total",
+                                     "Checks of the served reference that failed (registry unreachable or slow, alias missing).", registry=r)
+        self.since_success = Gauge(f"{p}_registry_seconds_since_success",
+                                   "Seconds since the last successful check of the followed alias (NaN when no alias is followed).",
+                                   registry=r)
+        self.since_success.set_function(lambda: math.nan)
 
     def record_request(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.inc(endpoint=endpoint, status=str(status))
-        self.latency.observe(seconds, endpoint=endpoint)
+        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.latency.labels(endpoint=endpoint).observe(seconds)
+
+    def follow_checks(self, seconds_since_success: Callable[[], float]) -> None:
+        """Read the ``registry_seconds_since_success`` gauge from `seconds_since_success` at each scrape."""
+        self.since_success.set_function(seconds_since_success)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """One sample's current value (``None`` when that series does not exist)."""
+        return self.registry.get_sample_value(name, labels)
 
     def render(self) -> str:
-        return self.registry.render()
+        """The Prometheus text format (what a plain ``GET /metrics`` returns)."""
+        return generate_latest(self.registry).decode("utf-8")
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(body, content type) for a scrape that sent `accept` (OpenMetrics when it asks for it)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+

@@ -12,9 +12,10 @@ whoever finds it idle next takes what queued up meanwhile. A lone request never 
 timer; under load, batches form by themselves while the previous one runs.
 
 Every rule stays in :meth:`Recommender.recommend`; a job is answered by exactly that call on the
-batch of jobs that share its options (k, exclude_history). Requests with ``ignore_unknown=False``
-are validated one by one *before* they queue (:meth:`validate`), so one user's unknown id is a
-422 for that user alone and never fails a batch it would have shared.
+batch of jobs that share its options (k, exclude_history). Every request is validated on its
+own *before* it queues (:meth:`validate`), so one user's unknown id (without ``ignore_unknown``)
+or invalid id (a lone surrogate, a number that is not an integer) is a 422 for that user alone
+and never fails a batch it would have shared.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lite_rec.infer.recommender import Recommendation, Recommender, RecommendError
+from lite_rec.infer.recommender import Recommendation, Recommender
 
 __all__ = ["MicroBatcher"]
 
@@ -58,15 +59,13 @@ class MicroBatcher:
 
     @staticmethod
     def validate(rec: Recommender, history: Sequence[str], k: int, ignore_unknown: bool) -> None:
-        """Raise what ``recommend`` would raise for this user alone (bad k, unknown ids)."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rec.num_items:
-            raise RecommendError(f"k must be an integer between 1 and {rec.num_items} (the catalog size); got {k!r}")
+        """Raise what ``recommend`` would raise for this user alone (bad k, invalid or unknown ids)."""
+        rec.check_k(k)
         rec.to_indices([history], ignore_unknown)
 
     def recommend(self, rec: Recommender, history: list[str], k: int, exclude_history: bool = True, ignore_unknown: bool = False) -> Recommendation:
         """One user's top-k, computed together with whatever else is queued."""
-        if not ignore_unknown:
-            self.validate(rec, history, k, ignore_unknown)
+        self.validate(rec, history, k, ignore_unknown)  # lenient ones too: an id that is no valid string fails its user
         job = _Job(rec, history, k, exclude_history)
         with self._cv:
             self._queue.append(job)
@@ -109,7 +108,7 @@ class MicroBatcher:
         for jobs in groups.values():
             first = jobs[0]
             try:
-                # ignore_unknown=True: strict jobs were validated already, lenient ones want it
+                # ignore_unknown=True: every job was validated already; lenient ones want unknown ids dropped
                 results = first.rec.recommend([j.history for j in jobs], first.k, first.exclude_history, ignore_unknown=True)
                 for job, result in zip(jobs, results, strict=True):
                     job.result = result

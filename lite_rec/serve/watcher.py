@@ -1,7 +1,7 @@
 """Which model the service serves, and how a new one replaces it without a failed request.
 
-Why a watcher and not "load at start": serving follows the registry (issue 6). ``champion`` is
-moved by promotion or rollback (``lite_rec.registry.promotion``) while the service runs, and the service
+Why a watcher and not "load at start": serving follows the registry. ``champion`` is moved by
+promotion or rollback (``lite_rec.registry.promotion``) while the service runs, and the service
 must pick that up by itself. The rules:
 
 - ``--model`` is ``models:/<name>@<alias>`` (followed: a background thread polls the alias every
@@ -14,17 +14,26 @@ must pick that up by itself. The rules:
   logged, counted (``lite_rec_model_loads_total{outcome="failure"}``) and shown by ``/ready``;
   the old model keeps serving and that version is not retried until the alias moves again.
   Errors that may pass (the tracking server is down, a download broke) are retried next poll.
+- A check of the alias ends within the poll interval (at most 30 s): the lookup runs with
+  MLflow's own HTTP retries off and its timeout bounded (``registry.client.bounded_http``), in a
+  worker thread with that deadline. By default MLflow retries an unreachable server for minutes,
+  during which ``/ready`` would show neither the outage nor a fresh ``last_check``. A failed check
+  is shown in ``/ready`` (``last_error`` with no version, fresh ``last_check``, the old
+  ``last_success``) and counted (``lite_rec_registry_poll_failures_total``;
+  ``lite_rec_registry_seconds_since_success`` grows); the next successful check clears it and an
+  alias moved meanwhile is picked up then.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,7 +41,7 @@ from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.bundle import Bundle
 from lite_rec.infer.fast_path import FastModel, FastPathOptions, fast_recommender
 from lite_rec.infer.recommender import Recommender
-from lite_rec.registry.client import client_for
+from lite_rec.registry.client import bounded_http, client_for
 from lite_rec.registry.versions import ModelRef, fetch_bundle, resolve_version
 from lite_rec.serve.metrics import ServiceMetrics
 
@@ -47,6 +56,8 @@ log = logging.getLogger("lite_rec.serve")
 
 
 Loader = Callable[[Bundle], Recommender]
+T = TypeVar("T")
+MAX_LOOKUP_S = 30.0  # the longest a registry lookup may take, whatever the poll interval
 
 
 @dataclass(frozen=True)
@@ -109,10 +120,13 @@ class ModelWatcher:
         self._failed: dict[str, str] = {}  # version -> error, not retried while the alias stays
         self.last_error: dict[str, Any] | None = None
         self.loading: str | None = None
-        self.last_check: float | None = None
+        self.last_check: float | None = None  # when the last check started (successful or not)
+        self.last_success: float | None = None  # when a check last resolved the target version
+        self._created = time.time()
         self._client: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.metrics.follow_checks(self.seconds_since_success)
 
     @property
     def current(self) -> ServedModel | None:
@@ -127,9 +141,30 @@ class ModelWatcher:
             self._client = client_for(self.tracking_uri)
         return self._client
 
+    @property
+    def lookup_timeout_s(self) -> float:
+        """How long one alias lookup may take: the poll interval (at least 1 s, at most 30 s)."""
+        return min(max(self.poll_interval_s, 1.0), MAX_LOOKUP_S) if self.poll_interval_s > 0 else MAX_LOOKUP_S
+
     def target_version(self) -> str:
-        """The version the reference points at now (polls the registry for an alias)."""
-        return resolve_version(self.ref, self.client() if self.ref.path is None else None)
+        """The version the reference points at now (an alias is looked up in the registry, within
+        :attr:`lookup_timeout_s`, else ``TimeoutError``)."""
+        if not self.ref.follows_alias:
+            return resolve_version(self.ref)  # local bundle or pinned version: no registry call
+        timeout = self.lookup_timeout_s
+
+        def lookup() -> str:
+            with bounded_http(timeout / 2):  # MLflow gives up itself, well before the deadline
+                return resolve_version(self.ref, self.client())
+
+        return _within(timeout, lookup, f"the registry did not answer the lookup of {self.ref.text} within {timeout:.1f} s")
+
+    def seconds_since_success(self) -> float:
+        """Seconds since a check last resolved the followed alias (since start before the first);
+        NaN when no alias is followed (a local bundle or pinned version is checked once)."""
+        if not self.ref.follows_alias or self.poll_interval_s <= 0:
+            return math.nan
+        return max(0.0, time.time() - (self.last_success or self._created))
 
     def _fetch(self, version: str) -> tuple[Bundle, str]:
         return fetch_bundle(self.ref, version, self.client() if self.ref.path is None else None, self.cache_dir)
@@ -145,7 +180,15 @@ class ModelWatcher:
         retried next poll unless the failure is the version's own (a :class:`LiteRecError`).
         """
         self.last_check = time.time()
-        version = self.target_version()
+        try:
+            version = self.target_version()
+        except Exception:
+            self.metrics.poll_failures.inc()
+            raise
+        with self._lock:
+            self.last_success = time.time()
+            if self.last_error is not None and self.last_error.get("version") is None:
+                self.last_error = None  # the registry answers again; a version's own failure stays shown
         current = self._current
         if (current is not None and current.version == version) or version in self._failed:
             return False
@@ -174,18 +217,21 @@ class ModelWatcher:
                 self._failed[version] = message
             self.last_error = {"version": version, "error": message, "at": time.time(), "retried": not permanent}
         if version is not None:
-            self.metrics.loads.inc(outcome="failure")
+            self.metrics.loads.labels(outcome="failure").inc()
         serving = self._current.version if self._current else None
-        log.error("model %s version %s failed to load (%s); serving %s: %s", self.ref.text, version,
-                  "will retry" if not permanent else "not retried", serving, message)
+        if version is None:
+            log.error("checking %s failed (retried every %.1f s); serving %s: %s", self.ref.text, self.poll_interval_s, serving, message)
+        else:
+            log.error("model %s version %s failed to load (%s); serving %s: %s", self.ref.text, version,
+                      "will retry" if not permanent else "not retried", serving, message)
 
     def _record_success(self, served: ServedModel, previous: ServedModel | None) -> None:
         m = self.metrics
-        m.loads.inc(outcome="success")
+        m.loads.labels(outcome="success").inc()
         if previous is not None:
             m.swaps.inc()
         m.model_version.set(int(served.version) if served.version.isdigit() else 0)
-        m.model_info.replace(1, version=served.version, source=served.source, device=served.device)
+        m.model_info.replace(version=served.version, source=served.source, device=served.device)
         m.load_seconds.set(served.load_seconds)
         m.ready.set(1)
         log.info(
@@ -228,6 +274,7 @@ class ModelWatcher:
             "follows_alias": self.ref.follows_alias,
             "poll_interval_s": self.poll_interval_s,
             "last_check": self.last_check,
+            "last_success": self.last_success,
             "loading": self.loading,
             "last_error": self.last_error,
             "failed_versions": dict(self._failed),
@@ -240,3 +287,27 @@ class ModelWatcher:
                 cuda_graphs=[list(s) for s in model.graph_shapes] if isinstance(model, FastModel) else [],
             )
         return info
+
+
+def _within(seconds: float, fn: Callable[[], T], message: str) -> T:
+    """``fn()`` in a daemon thread; ``TimeoutError(message)`` when it has not returned after
+    `seconds`. A registry call cannot be cancelled, only abandoned: it finishes on its own (its
+    own HTTP bounds keep that short) and its result is dropped."""
+    box: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="lite-rec-registry-lookup", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(message)
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value

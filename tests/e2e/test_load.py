@@ -17,13 +17,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from lite_rec.registry.publish import log_training_run
 from lite_rec.registry.versions import CHAMPION, set_champion
 from tests.helpers.service_process import start_service
-from tests.integration.test_registry import MODEL, N_ITEMS, Run, _variant, run, server  # noqa: F401 - fixtures
+from tests.integration.test_registry import MODEL, VALID_TARGET, Run, _variant, run, server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ CLIENTS = 6  # threads, one keep-alive connection each
 DURATION_S = 10.0  # whole run
 SWAP_AT_S = 4.0  # champion moves here
 MAX_REQUESTS = 6000  # hard bound over all clients
-TARGET = f"i{N_ITEMS}"  # version 2 ranks it first for every history without it
+TARGET = f"i{VALID_TARGET}"  # version 2 ranks it first for every user's history (tests.integration.test_registry._variant)
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,17 @@ class Outcome:
     error: str | None = None
 
 
-def _client_loop(url: str, seed: int, stop_at: float, budget: threading.Semaphore, out: list[Outcome]) -> None:
+def _client_loop(url: str, seed: int, stop_at: float, budget: threading.Semaphore, out: list[Outcome],
+                 histories: list[list[str]]) -> None:
     rng = random.Random(seed)
-    catalog = [f"i{i}" for i in range(1, N_ITEMS)]  # never the target
     with httpx.Client(base_url=url, timeout=30) as client:
         while time.monotonic() < stop_at and budget.acquire(blocking=False):
-            history = rng.sample(catalog, rng.randint(0, 8))
+            history = rng.choice(histories)  # the users' own histories: the ones version 2 is built to answer
             batch = rng.random() < 0.15
             started = time.monotonic()
             try:
                 if batch:
-                    r = client.post("/recommend/batch", json={"histories": [history, history[:2], [catalog[0]]], "k": 5})
+                    r = client.post("/recommend/batch", json={"histories": [history, *rng.sample(histories, 2), []], "k": 5})
                 else:
                     r = client.post("/recommend", json={"history": history, "k": 5})
                 body = r.json()
@@ -68,7 +69,9 @@ def _client_loop(url: str, seed: int, stop_at: float, budget: threading.Semaphor
 def test_concurrent_clients_see_no_failure_while_champion_moves(run: Run, server: str, tmp_path: Path) -> None:
     client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
     v1 = log_training_run(run.cfg, run.result, run.bundle_dir, commit="load")
-    v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-load-better", 50.0), commit="load")
+    v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-load-better", 1.0), commit="load")
+    seqs = pd.read_parquet(run.cfg.processed_dir / "sequences.parquet")
+    histories = [[f"i{i}" for i in seq] for seq in seqs["train_seq"]]
     assert (v1.version, v2.version, v2.aliases) == ("1", "2", ("challenger",))
     svc = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu", "--poll-interval", "0.5"],
                         tmp_path, env={"MLFLOW_TRACKING_URI": server})
@@ -78,7 +81,7 @@ def test_concurrent_clients_see_no_failure_while_champion_moves(run: Run, server
         budget = threading.Semaphore(MAX_REQUESTS)
         t0 = time.monotonic()
         stop_at = t0 + DURATION_S
-        threads = [threading.Thread(target=_client_loop, args=(svc.url, s, stop_at, budget, outcomes)) for s in range(CLIENTS)]
+        threads = [threading.Thread(target=_client_loop, args=(svc.url, s, stop_at, budget, outcomes, histories)) for s in range(CLIENTS)]
         for t in threads:
             t.start()
         time.sleep(SWAP_AT_S)

@@ -4,6 +4,7 @@ same histories. Both read the same registry version; both run on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,8 +38,8 @@ def servers(run: Run, server: str, tmp_path_factory: pytest.TempPathFactory) -> 
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
     log_path = root / "pyfunc.log"
     with open(log_path, "wb") as log:
-        # its own session: it starts a uvicorn child, and _stop ends the whole group by PID
-        pyfunc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        # its own process group: it starts a uvicorn child, and _stop ends the whole group by PID
+        pyfunc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, process_group=0, env=env)
     ours = None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -91,3 +92,18 @@ def test_pyfunc_server_and_service_give_the_same_top_k(run: Run, servers: tuple[
     assert batch.status_code == 200
     assert [[i["item_id"] for i in r["items"]] for r in batch.json()["results"]] == [list(p["item_ids"]) for p in predictions[:12]]
     assert N_ITEMS == ours.ready()["num_items"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"history": ["i1", "\ud800"], "k": 3}, {"history": ["i1"], "k": 0}, {"history": ["i1"], "k": N_ITEMS + 1},
+     {"history": "i1"}, {"history": [["i1"]]}],
+    ids=["lone-surrogate", "k-zero", "k-over-catalog", "history-not-a-list", "id-not-a-string"],
+)  # not a flag that is no boolean: MLflow's schema enforcement casts it to one before the pyfunc sees it
+def test_pyfunc_server_and_service_refuse_the_same_bad_requests(servers: tuple[str, ServiceProcess], record: dict) -> None:
+    pyfunc_url, ours = servers
+    headers = {"content-type": "application/json"}
+    theirs = httpx.post(f"{pyfunc_url}/invocations", content=json.dumps({"dataframe_records": [record]}), headers=headers, timeout=60)
+    mine = httpx.post(f"{ours.url}/recommend", content=json.dumps(record), headers=headers, timeout=30)
+    assert theirs.status_code == 400, theirs.text  # MLflow's scoring server answers every refusal with 400
+    assert mine.status_code == 422 and mine.json()["error"] == "invalid_request", mine.text

@@ -1,8 +1,9 @@
 """The real service (uvicorn subprocess on 127.0.0.1): every endpoint, every bad input, and
-following the registry's ``champion`` through a real ``mlflow server``.
+following the registry's ``champion`` through a real ``mlflow server``, also across an outage.
 
-Bad input must give a 4xx that names the problem, never a 500 and never a dead worker; the
-last test of the first part checks the process is still alive and /metrics recorded no 500.
+Bad input must give a 4xx that names the problem in one bounded JSON shape, never a 500 and
+never a dead worker; the last test of the first part checks the process is still alive and
+/metrics recorded no 500.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,22 +21,26 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 
 import mlflow
 from lite_rec.core.config import ModelConfig
 from lite_rec.infer.bundle import save_bundle
 from lite_rec.infer.recommender import Recommender
 from lite_rec.model.rec_llm import build_model
+from lite_rec.pipeline import stack
 from lite_rec.registry.client import mlflow_uris
 from lite_rec.registry.publish import PYFUNC_FILE, log_training_run
 from lite_rec.registry.versions import CHAMPION, set_champion
+from lite_rec.serve.app import ERROR_BODY_MAX_BYTES
 from tests.helpers.service_process import ServiceProcess, start_service
-from tests.integration.test_registry import MODEL, N_ITEMS, Run, _variant, run, server  # noqa: F401 - fixtures
+from tests.integration.test_registry import MODEL, VALID_TARGET, Run, _variant, run, server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
 ITEMS = 30
 WINDOW = 5
+TARGET = f"i{VALID_TARGET}"  # a version-2 bundle (_variant) ranks it first for every user's own history
 IDS = [f"movie-{i}" for i in range(1, ITEMS + 1)]
 BODY_LIMIT = 4096
 
@@ -92,8 +98,10 @@ def test_health_ready_and_metrics_endpoints(local) -> None:
     metrics = httpx.get(svc.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "lite_rec_ready 1" in metrics.text
-    assert 'lite_rec_model_info{version="local",source="' in metrics.text
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}  # labels in any order
+    assert [s.labels["version"] for s in families["lite_rec_model_info"].samples] == ["local"]
     assert 'lite_rec_model_loads_total{outcome="success"} 1' in metrics.text
+    assert "_created" not in metrics.text
 
 
 def test_recommend_gives_the_in_process_top_k_with_titles(local) -> None:
@@ -190,6 +198,28 @@ def test_malformed_json_is_a_400(local, raw: bytes) -> None:
     assert got.json()["error"] == "malformed_json"
 
 
+@pytest.mark.parametrize(
+    "path, raw, content_type, status, error",
+    [("/recommend", b'{"history": ["movie-1", "\\ud800"], "k": 3}', "application/json", 422, "invalid_request"),
+     ("/recommend/batch", b'{"histories": [["movie-1"], ["\\udfff"]], "k": 3}', "application/json", 422, "invalid_request"),
+     ("/recommend", b'{"history": ["movie-1\xff"]}', "application/json", 400, "malformed_json"),
+     ("/recommend/batch", b'{"histories": ' + b"[" * 1500 + b"]" * 1500 + b"}", "application/json", 400, "malformed_json"),
+     ("/recommend", b'{"history": ["movie-1"], "k": 3}', "text/plain", 415, "unsupported_media_type"),
+     ("/recommend", b'{"history": ["movie-1"], "k": 3}', None, 415, "unsupported_media_type"),
+     ("/recommend", b'{"history": ["' + b"z" * 3000 + b'"], "k": 3}', "application/json", 422, "unknown_items")],
+    ids=["surrogate", "surrogate-batch", "invalid-utf8", "nested", "text-plain", "no-content-type", "long-unknown-id"],
+)
+def test_every_bad_body_gets_our_bounded_error_shape(local, path: str, raw: bytes, content_type: str | None, status: int, error: str) -> None:
+    svc, _ = local
+    got = httpx.post(svc.url + path, content=raw, headers={"content-type": content_type} if content_type else {})
+    assert got.status_code == status, got.text
+    body = got.json()
+    assert body["error"] == error and isinstance(body["detail"], str)
+    assert len(got.content) <= ERROR_BODY_MAX_BYTES
+    if error == "unknown_items":
+        assert body["unknown_item_count"] == 1 and len(body["unknown_item_ids"][0]) < 100 and len(got.content) < 1024
+
+
 def test_oversized_payloads_get_413_by_header_and_by_actual_bytes(local) -> None:
     svc, _ = local
     big = json.dumps({"history": IDS * 40, "k": 3}).encode()
@@ -218,7 +248,7 @@ def test_after_all_bad_input_the_worker_lives_and_no_500_was_served(local) -> No
     text = httpx.get(svc.url + "/metrics").text
     assert 'status="500"' not in text, text
     assert not re.search(r'endpoint="/recommend[^"]*",status="5\d\d"', text), text  # (/ready was 503 while loading)
-    for status in ("200", "400", "404", "413", "422"):
+    for status in ("200", "400", "404", "413", "415", "422"):
         assert f'status="{status}"' in text
     assert 'lite_rec_requests_total{endpoint="other",status="404"} 1' in text
     assert re.search(r'lite_rec_recommended_users_total\{fallback="true"\} [1-9]', text)
@@ -226,6 +256,12 @@ def test_after_all_bad_input_the_worker_lives_and_no_500_was_served(local) -> No
 
 # ---------------------------------------------------------------------------------------------
 # Following the registry (a real mlflow server)
+
+
+def _user_history(run: Run) -> list[str]:
+    """The first user's own history (its item ids): the variant ranks TARGET first for it."""
+    seqs = pd.read_parquet(run.cfg.processed_dir / "sequences.parquet")
+    return [f"i{i}" for i in seqs["train_seq"].iloc[0]]
 
 
 def _register_broken(run: Run, server: str, tmp: Path) -> str:
@@ -261,16 +297,16 @@ def test_service_follows_champion_and_survives_a_broken_version(run: Run, server
         svc = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu", "--poll-interval", "0.5"],
                             tmp_path / "follow", env=env)
         assert svc.ready()["model_version"] == v1.version == "1"
-        history = ["i1", "i2", "i3"]
+        history = _user_history(run)
         before = _post(svc, "/recommend", {"history": history, "k": 3}).json()
-        assert before["model_version"] == "1" and before["items"][0]["item_id"] != f"i{N_ITEMS}"
+        assert before["model_version"] == "1" and before["items"][0]["item_id"] != TARGET
 
-        v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-e2e-better", 50.0), commit="e2e")
+        v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-e2e-better", 1.0), commit="e2e")
         assert svc.ready()["model_version"] == "1"  # registering alone never moves champion
         set_champion(client, MODEL, v2.version)
         svc.wait_for(lambda s: s.get("model_version") == v2.version, 60, "the swap to version 2")
         after = _post(svc, "/recommend", {"history": history, "k": 3}).json()
-        assert after["model_version"] == "2" and after["items"][0]["item_id"] == f"i{N_ITEMS}"
+        assert after["model_version"] == "2" and after["items"][0]["item_id"] == TARGET
         text = httpx.get(svc.url + "/metrics").text
         assert "lite_rec_model_version 2" in text and "lite_rec_model_swaps_total 1" in text
 
@@ -293,3 +329,61 @@ def test_service_follows_champion_and_survives_a_broken_version(run: Run, server
         missing.stop()
         if svc is not None:
             svc.stop()
+
+
+def _sample(text: str, name: str) -> float:
+    return float(re.search(rf"^{name} (\S+)$", text, re.M)[1])  # type: ignore[index]
+
+
+def test_a_registry_outage_shows_within_a_few_polls_and_a_move_lands_once_it_is_back(run: Run, tmp_path: Path) -> None:
+    """Kill the tracking server under a service that follows champion, check that /ready and
+    /metrics show it within a few poll intervals while the old model keeps serving, then bring
+    the server back on the same port and store, move champion, and check the new version serves."""
+    interval = 2.0
+    store = tmp_path / "registry"
+    tracking: stack.Service | None = stack.start_mlflow(store)
+    port = int(str(tracking.url).rsplit(":", 1)[1])
+    url = str(tracking.url)
+    svc = None
+    try:
+        cfg = run.cfg.model_copy(update={"tracking": run.cfg.tracking.model_copy(update={"tracking_uri": url})})
+        v1 = log_training_run(cfg, run.result, run.bundle_dir, commit="outage")
+        v2 = log_training_run(cfg, run.result, _variant(run, "bundle-outage-better", 1.0), commit="outage")
+        assert (v1.version, v2.version) == ("1", "2") and CHAMPION in v1.aliases and CHAMPION not in v2.aliases
+        svc = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu", "--poll-interval", str(interval)],
+                            tmp_path / "svc", env={"MLFLOW_TRACKING_URI": url})
+        assert svc.ready()["model_version"] == "1"
+        history = _user_history(run)
+
+        stopping = time.time()
+        stack.stop(tracking)  # by PID, its whole process group
+        tracking = None
+        down = time.time()
+        status = svc.wait_for(lambda s: s.get("last_error"), 3 * interval + 3, "the outage in /ready")
+        assert time.time() - down < 3 * interval + 3
+        assert status["ready"] is True and status["model_version"] == "1" and status["last_error"]["version"] is None
+        assert status["last_check"] >= stopping - interval and status["last_success"] <= down  # a check of the outage
+        time.sleep(2 * interval)
+        status = svc.ready()
+        assert time.time() - status["last_check"] < 2 * interval + 1  # checked every interval, none hangs
+        text = httpx.get(svc.url + "/metrics").text
+        assert _sample(text, "lite_rec_registry_poll_failures_total") >= 2
+        assert _sample(text, "lite_rec_registry_seconds_since_success") >= 2 * interval
+        served = _post(svc, "/recommend", {"history": history, "k": 3})
+        assert served.status_code == 200 and served.json()["model_version"] == "1"  # the old model keeps serving
+
+        tracking = stack.start_mlflow(store, port)  # back: same port, same store
+        set_champion(MlflowClient(url, registry_uri=url), MODEL, v2.version)
+        moved = time.monotonic()
+        status = svc.wait_for(lambda s: s.get("model_version") == "2", 3 * interval + 60, "the move to version 2 after the outage")
+        assert time.monotonic() - moved < 3 * interval + 60
+        assert status["last_error"] is None and time.time() - status["last_success"] < 2 * interval + 1
+        after = _post(svc, "/recommend", {"history": history, "k": 3}).json()
+        assert after["model_version"] == "2" and after["items"][0]["item_id"] == TARGET
+        assert _sample(httpx.get(svc.url + "/metrics").text, "lite_rec_registry_seconds_since_success") < 2 * interval + 1
+        assert svc.alive()
+    finally:
+        if svc is not None:
+            svc.stop()
+        if tracking is not None:
+            stack.stop(tracking)

@@ -2,7 +2,7 @@
 
 Why a subprocess and not FastAPI's TestClient: the claims under test ("never a crashed
 worker", 413 on the bytes that arrive, hot swap under load) are about the real uvicorn server,
-its sockets and its threads. The process gets its own session, so stopping it by PID also stops
+its sockets and its threads. The process gets its own process group, so stopping it by PID also stops
 anything it started; the log file is attached to any failure.
 """
 
@@ -69,7 +69,7 @@ def start_service(args: list[str], log_dir: Path, env: dict[str, str] | None = N
     cmd = [sys.executable, "-m", "lite_rec.serve.app", *args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=full_env)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, process_group=0, env=full_env)
     svc = ServiceProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
         deadline = time.monotonic() + timeout

@@ -89,6 +89,13 @@ def test_one_users_unknown_id_fails_that_user_alone(rec: Recommender) -> None:
     assert got[2].unknown == ["ghost"] and got[2].item_ids == rec.recommend([[IDS[2]]], 3)[0].item_ids  # type: ignore[union-attr]
 
 
+def test_one_users_invalid_id_fails_that_user_alone_also_when_unknown_ids_are_ignored(rec: Recommender) -> None:
+    calls = [{"history": [IDS[0], "\ud800"], "k": 3, "ignore_unknown": True}, {"history": [IDS[1], "ghost"], "k": 3, "ignore_unknown": True}]
+    got = _concurrently(MicroBatcher(8), calls, rec)
+    assert isinstance(got[0], RecommendError) and "surrogate" in str(got[0])
+    assert got[1].unknown == ["ghost"] and got[1].item_ids == rec.recommend([[IDS[1]]], 3)[0].item_ids  # type: ignore[union-attr]
+
+
 def test_max_users_splits_a_long_queue_oldest_first(rec: Recommender) -> None:
     sizes: list[int] = []
     batcher = MicroBatcher(max_users=3, on_batch=sizes.append)

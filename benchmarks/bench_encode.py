@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time the item LLM over ML-1m-sized input (3,706 item texts) and print one JSON line per device.
 
-Why: DESIGN.md caches item vectors because encoding is the slow part of a small CPU run;
+Why: docs/design.md caches item vectors because encoding is the slow part of a small CPU run;
 docs/benchmarks.md reports how slow it is on CPU and on a GPU.
 
 Input, in order of preference:
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from lite_rec.items.encoder import ItemEncoder, resolve_device, resolve_encoder  # noqa: E402
 
-ML1M_ITEMS = 3706  # items after 5-core filtering (PAPER.md)
+ML1M_ITEMS = 3706  # items after 5-core filtering (the paper)
 GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 WORDS = ("the of a man love night last story day house dark city king return life time girl world blue "

@@ -182,7 +182,7 @@ class TrackingConfig(_Section):
     registry_uri: str | None = None
     experiment: str | None = None  # default: "lite-rec-<dataset>"
     registered_model: str | None = None  # default: "lite-rec-<dataset without dashes>"
-    promote_metric: str = "test_ndcg_10"
+    promote_metric: str = "valid_ndcg_10"  # promotion scores the validation split, never the reported test split
     promote_margin: float = 0.0
 
 

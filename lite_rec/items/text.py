@@ -1,4 +1,4 @@
-"""Item text: the string the item LLM reads for each item (PAPER.md, "Item LLM", T_i).
+"""Item text: the string the item LLM reads for each item (the paper's "Item LLM", T_i).
 
 Why a template: the paper feeds ML-1m items as title + genres and Amazon items as title plus
 other metadata. Each dataset config carries ``dataset.item_text_template`` (``str.format``

@@ -1,6 +1,6 @@
 """Logging a trained model to MLflow as a pyfunc, registering it, and moving its aliases safely.
 
-Why the strict order (issue 5, "Faults"): serving follows the ``champion`` alias, so an alias may
+Why the strict order: serving follows the ``champion`` alias, so an alias may
 only ever point at a version whose artifacts are complete. :func:`log_training_run` therefore
 
 1. logs the run (``lite_rec.registry.tracking``) and the pyfunc ("models from code": the source of

@@ -1,7 +1,7 @@
 """What a training run records in MLflow: the whole config, its curves, its provenance.
 
 Why all of it: a number in a table is only worth something with the protocol, data and code
-that produced it (DESIGN.md). So every run logs the full resolved config as params, one metric
+that produced it (docs/design.md). So every run logs the full resolved config as params, one metric
 point per epoch (loss, validation Recall/NDCG@10, learning rate, throughput), the final
 validation and test metrics under both masking protocols, tags for protocol, data fingerprint,
 encoder, backbone initialisation and git commit, and artifacts a reviewer can open without code:

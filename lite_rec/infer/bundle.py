@@ -15,7 +15,10 @@ them may execute code on load. So a bundle is plain data:
 - ``popularity.parquet`` — ``item_idx``, ``count`` of training interactions (every item 1..N,
   most popular first, ties by smaller item_idx as in ``lite_rec.eval.popularity``): the fallback for
   users with no history;
-- ``manifest.json`` — sha256 and size of every other file, written *last*.
+- ``manifest.json`` — sha256 and size of every other file, written *last*, and the request
+  fields the model reads besides item ids (``context_fields``: ``ts``, ``rating``,
+  ``request_time``, from ``lite_rec.model.context.context_fields``; [] for an ids-only model),
+  so a reader of the bundle sees what a request must carry without rebuilding the model.
 
 The manifest is the commit record: a directory without a valid manifest, or whose files do not
 hash to it, is an incomplete or tampered bundle and :func:`load_bundle` refuses it, naming the
@@ -45,6 +48,7 @@ from safetensors.torch import load_file, save_file
 
 from lite_rec.core.errors import CacheMismatch, DataError
 from lite_rec.core.io import sha256_file
+from lite_rec.model.context import context_fields
 from lite_rec.model.spec import ModelConfig, ModelSpec
 
 __all__ = [
@@ -84,6 +88,11 @@ class Bundle:
     def model_config(self) -> ModelConfig:
         """The model's settings (``spec.config``)."""
         return self.spec.config
+
+    @property
+    def context_fields(self) -> list[str]:
+        """The request fields the model reads besides item ids (``ts``, ``rating``, ``request_time``)."""
+        return context_fields(self.spec.config)
 
     @property
     def fingerprint(self) -> str:
@@ -188,7 +197,7 @@ def save_bundle(
         items_ok.to_parquet(tmp / ITEMS_FILE, index=False)
         pop_ok.to_parquet(tmp / POPULARITY_FILE, index=False)
         files = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size} for name in BUNDLE_FILES}
-        manifest = {"format_version": BUNDLE_FORMAT_VERSION, "files": files}
+        manifest = {"format_version": BUNDLE_FORMAT_VERSION, "files": files, "context_fields": context_fields(spec.config)}
         # The manifest goes last: its presence means every file above is complete.
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         if out_dir.exists():
@@ -251,6 +260,10 @@ def load_bundle(path: Path | str) -> Bundle:
         dataset = str(meta["dataset"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path / META_FILE}: malformed bundle metadata ({exc})") from None
+    recorded = manifest.get("context_fields")  # bundles written before it was recorded have none
+    if recorded is not None and recorded != context_fields(spec.config):
+        raise DataError(f"{path / MANIFEST_FILE}: says the model reads {recorded}, its settings ({META_FILE}) read "
+                        f"{context_fields(spec.config)}; refusing this bundle")
     try:
         tensors = load_file(str(path / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError) as exc:

@@ -1,10 +1,18 @@
-"""The in-process recommender: raw item ids in, top-k (item_id, score, title) out.
+"""The in-process recommender: a history of raw item ids or events in, top-k (item_id, score, title) out.
 
 Why one class that every caller shares: the MLflow pyfunc, the HTTP service, batch scoring and
 promotion must all give the *same* answer for the same history, so the rules live here once:
 
-- raw ``item_id`` strings are mapped to dense ``item_idx`` with the bundle's table; unknown ids
-  are an error that names them (:class:`UnknownItems`), or are dropped with ``ignore_unknown``;
+- a history entry is an item id or an event ``{"item_id", "ts", "rating"}``
+  (:mod:`lite_rec.infer.requests`); raw ``item_id`` strings are mapped to dense ``item_idx`` with
+  the bundle's table; unknown ids are an error that names them (:class:`UnknownItems`), or are
+  dropped with ``ignore_unknown`` (with their events);
+- a model that reads an input context (:attr:`Recommender.context_fields`: ``ts``, ``rating``,
+  ``request_time``) gets it built from the events by ``context.history_contexts``, the function
+  the offline evaluation builds its contexts with, so a history sent with ``request_time`` = the
+  test item's time is scored exactly as the evaluation scores it. A field it reads that is missing
+  or unusable is a :class:`ContextError` naming the entry, the field and the model; fields it does
+  not read are accepted and ignored (an ids-only model takes events too);
 - a history longer than the model's window keeps its most recent ``max_seq_len`` items (the
   model was trained on the last items before each target);
 - an empty history (or one left empty after dropping unknown ids) gets the popularity list of
@@ -15,14 +23,15 @@ promotion must all give the *same* answer for the same history, so the rules liv
   added to every item of the whole history, as the evaluation's unmasked ranking does.
 
 Scoring is one forward pass over the batch (right-padded to the window, like the evaluation
-batches), one matmul in the head (Eq. 5), a scatter for the mask and one ``torch.topk``: no
-per-user loop in torch. The evaluation code path (``lite_rec.eval.evaluate``) ranks with the same
+batches, contexts alongside), one matmul in the head (Eq. 5), a scatter for the mask and one
+``torch.topk``: no per-user loop in torch. The evaluation code path (``lite_rec.eval.evaluate``) ranks with the same
 inputs and the same mask, so both give the same top-k for the same history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,48 +39,48 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lite_rec.core.errors import DataError, LiteRecError
+from lite_rec.core.errors import DataError
+from lite_rec.data.sequences import build_sequence_store
 from lite_rec.infer.bundle import Bundle, load_bundle
+from lite_rec.infer.requests import (
+    ECHO_CHARS,
+    ECHO_IDS,
+    ContextError,
+    RecommendError,
+    UnknownItems,
+    Unreadable,
+    echo,
+    rating_value,
+    read_history,
+    time_value,
+    utc,
+)
+from lite_rec.model.context import CONTEXT_COLUMNS, RATING, REQUEST_TIME, TS, context_fields, history_contexts
 from lite_rec.model.rec_llm import LiteRecModel, model_from_spec
 from lite_rec.model.scoring import add_history_logit
 from lite_rec.model.spec import ModelSpec
 
-__all__ = ["FRAME_DEFAULTS", "MAX_K", "Recommendation", "RecommendError", "Recommender", "UnknownItems", "echo", "recommend_frame"]
+__all__ = [
+    "ECHO_CHARS", "ECHO_IDS", "FRAME_DEFAULTS", "MAX_K", "ContextError", "Prepared", "Recommendation", "RecommendError",
+    "Recommender", "UnknownItems", "echo", "recommend_frame",
+]
 
-# Defaults of the optional request columns (mlflow/signature.json documents the same).
-FRAME_DEFAULTS = {"k": 10, "exclude_history": True, "ignore_unknown": False}
+# Defaults of the optional request columns (mlflow/signature.json documents the same; a missing
+# request_time is the server's clock when the model reads it).
+FRAME_DEFAULTS = {"k": 10, "exclude_history": True, "ignore_unknown": False, "request_time": None}
 
 # The largest k any request may ask for (also capped by the catalog size): one rule for the HTTP
 # service, the pyfunc and batch scoring. A top-1000 answer is already ~80 KB of JSON.
 MAX_K = 1000
-ECHO_CHARS = 64  # an id or value quoted in an error message is cut to this many characters
-ECHO_IDS = 10  # and at most this many ids are quoted
 
 
-def echo(value: object, limit: int = ECHO_CHARS) -> str:
-    """`value` fit to quote in a message: a string as is, anything else as its ``repr``; cut to
-    `limit` characters (with the full length said) and always encodable (a lone surrogate is
-    written as its ``\\udXXX`` escape), so an error about a 900 KB id is not itself 900 KB."""
-    try:
-        text = value if isinstance(value, str) else repr(value)
-    except (ValueError, RecursionError):  # an int beyond Python's digit limit, a structure nested too deep
-        text = f"<{type(value).__name__}>"
-    if len(text) > limit:
-        text = f"{text[:limit]}... ({len(text)} chars)"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+@dataclass(frozen=True)
+class Prepared:
+    """One user's request, read and checked (:meth:`Recommender.prepare`), ready to score."""
 
-
-class RecommendError(LiteRecError, ValueError):
-    """A request the recommender cannot answer as asked (k out of range, malformed history)."""
-
-
-class UnknownItems(RecommendError):
-    """History item ids that the model does not know; `item_ids` lists them (first seen order)."""
-
-    def __init__(self, item_ids: list[str]) -> None:
-        self.item_ids = item_ids
-        shown = ", ".join(repr(echo(i)) for i in item_ids[:ECHO_IDS]) + (" ..." if len(item_ids) > ECHO_IDS else "")
-        super().__init__(f"{len(item_ids)} unknown item id(s) in the history: {shown} (pass ignore_unknown=True to drop them)")
+    indices: np.ndarray  # (n,) item_idx of the known history items, oldest first
+    unknown: list[str]  # ids dropped under ignore_unknown
+    contexts: np.ndarray | None  # (n, C) context rows of those items; None for an ids-only model
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,10 @@ class Recommender:
         total = max(int(pop["count"].sum()), 1)
         self._pop_idx = pop["item_idx"].to_numpy(dtype=np.int64)  # most popular first
         self._pop_share = (pop["count"].to_numpy(dtype=np.float64) / total).tolist()
+        self.context_fields: list[str] = context_fields(self.spec.config)  # what a request must carry besides ids
+        # how errors name the model: the bundle, unless its owner knows the registry version (the service does)
+        self.version = f"bundle {bundle.fingerprint[:12]}"
+        self.clock: Callable[[], float] = time.time  # the request time of a request without one
 
     @classmethod
     def from_path(cls, path: Path | str, device: str | torch.device = "cpu") -> "Recommender":
@@ -158,44 +171,146 @@ class Recommender:
         return int(k)
 
     # -----------------------------------------------------------------------------------------
-    # ids -> indices
+    # histories -> indices (and contexts)
 
-    def to_indices(self, histories: Sequence[Sequence[str]], ignore_unknown: bool = False) -> tuple[list[np.ndarray], list[list[str]]]:
-        """Map raw ids to item_idx per user; returns (indices per user, unknown ids per user)."""
+    @staticmethod
+    def _check_lists(histories: Sequence[Sequence[object]]) -> None:
         for h in histories:
             if isinstance(h, str | bytes) or not isinstance(h, Sequence | np.ndarray):
-                raise RecommendError(f"each history must be a list of item ids, got {type(h).__name__}: {echo(h)}")
-        lengths = np.array([len(h) for h in histories], dtype=np.int64)
-        flat = [_item_key(i) for h in histories for i in h]
+                raise RecommendError(f"each history must be a list of item ids or events, got {type(h).__name__}: {echo(h)}")
+
+    def _lookup(self, keys: list[list[str]], ignore_unknown: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]]]:
+        """Per user: item_idx of the known entries, the mask of known entries, the unknown ids."""
+        lengths = np.array([len(k) for k in keys], dtype=np.int64)
+        flat = [i for k in keys for i in k]
         rows = self._index.get_indexer(flat) if flat else np.zeros(0, dtype=np.int64)  # -1 = unknown
         bounds = np.concatenate([[0], np.cumsum(lengths)])
-        out: list[np.ndarray] = []
-        unknown: list[list[str]] = []
-        for u in range(len(histories)):
+        out, known, unknown = [], [], []
+        for u in range(len(keys)):
             r = rows[bounds[u] : bounds[u + 1]]
-            bad = r < 0
-            unknown.append([flat[bounds[u] + j] for j in np.flatnonzero(bad)])
-            out.append(r[~bad] + 1)
+            ok = r >= 0
+            unknown.append([flat[bounds[u] + j] for j in np.flatnonzero(~ok)])
+            out.append(r[ok] + 1)
+            known.append(ok)
         if not ignore_unknown:
             seen = list(dict.fromkeys(i for ids in unknown for i in ids))
             if seen:
                 raise UnknownItems(seen)
-        return out, unknown
+        return out, known, unknown
+
+    def to_indices(self, histories: Sequence[Sequence[object]], ignore_unknown: bool = False) -> tuple[list[np.ndarray], list[list[str]]]:
+        """Map raw ids (plain or in events) to item_idx per user; returns (indices per user, unknown ids per user)."""
+        self._check_lists(histories)
+        keys = [read_history(h, _where(u, len(histories)))[0] for u, h in enumerate(histories)]
+        indices, _, unknown = self._lookup(keys, ignore_unknown)
+        return indices, unknown
+
+    def prepare(self, histories: Sequence[Sequence[object]], ignore_unknown: bool = False,
+                request_times: Sequence[object] | None = None, names: Sequence[str] | None = None) -> list[Prepared]:
+        """Read and check every user's request: ids (unknown ones refused or dropped), then the
+        context fields the model reads (:attr:`context_fields`), each entry's and the request's;
+        `request_times` (one per user, None = the server's clock now). Raises what a request may
+        be refused with (:class:`RecommendError` and its kinds); errors call each history by its
+        `names` entry (default ``history`` alone, else ``histories[u]``)."""
+        self._check_lists(histories)
+        if request_times is not None and len(request_times) != len(histories):
+            raise RecommendError(f"{len(request_times)} request times for {len(histories)} histories")
+        names = list(names) if names is not None else [_where(u, len(histories)) for u in range(len(histories))]
+        read = [read_history(h, names[u]) for u, h in enumerate(histories)]
+        indices, known, unknown = self._lookup([r[0] for r in read], ignore_unknown)
+        if not self.context_fields:
+            return [Prepared(i, un, None) for i, un in zip(indices, unknown, strict=True)]
+        now = None
+        times, ratings, queries = [], [], []
+        for u, (keys, ts, rs) in enumerate(read):
+            where = names[u]
+            t = self._times(ts, keys, where) if TS in self.context_fields else None
+            r = self._ratings(rs, keys, where) if RATING in self.context_fields else None
+            if REQUEST_TIME in self.context_fields:
+                value = None if request_times is None else request_times[u]
+                if value is None:
+                    now = int(self.clock()) if now is None else now
+                    value, said = now, "request_time (none given: the server's clock)"
+                else:
+                    said = "request_time"
+                q = self._field(value, REQUEST_TIME, said)
+                if t is not None and len(t) and q < t[-1]:
+                    raise self._error(REQUEST_TIME, "before_last_event",
+                                      f"{said} {q} ({utc(q)}) is before the last event's ts {t[-1]} ({utc(int(t[-1]))}, "
+                                      f"{where}[{len(t) - 1}]): a prediction follows the history")
+                queries.append(q)
+            times.append(None if t is None else t[known[u]])
+            ratings.append(None if r is None else r[known[u]])
+        active = [u for u, i in enumerate(indices) if len(i)]  # the others get the popularity list: no contexts
+        contexts: list[np.ndarray | None] = [None] * len(indices)
+        if active:
+            features = self.spec.config.context_features
+            table = history_contexts(
+                build_sequence_store([times[u] for u in active]) if TS in self.context_fields else None,
+                build_sequence_store([ratings[u] for u in active], np.float64) if RATING in self.context_fields else None,
+                np.array([queries[u] for u in active], dtype=np.int64) if queries else None, **features)
+            bounds = np.concatenate([[0], np.cumsum([len(indices[u]) for u in active])])
+            for j, u in enumerate(active):
+                contexts[u] = table[bounds[j] : bounds[j + 1]]
+        return [Prepared(i, un, c) for i, un, c in zip(indices, unknown, contexts, strict=True)]
+
+    def _error(self, field_name: str, reason: str, detail: str) -> ContextError:
+        return ContextError(field_name, reason, detail, self.version, self.context_fields)
+
+    def _field(self, value: object, field_name: str, where: str) -> int | float:
+        try:
+            return rating_value(value) if field_name == RATING else time_value(value)
+        except Unreadable as exc:
+            raise self._error(field_name, exc.reason, f"{where}: {exc}") from None
+
+    def _times(self, values: list[object], keys: list[str], where: str) -> np.ndarray:
+        """(n,) int64 Unix seconds of every entry, oldest first, or the :class:`ContextError` saying why not."""
+        out = np.empty(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            if v is None:
+                raise self._error(TS, "missing", f"{where}[{i}] (item {echo(keys[i])!r}) has no ts: send each history "
+                                  'item as an event {"item_id", "ts"' + (', "rating"' if RATING in self.context_fields else "") + "}")
+            out[i] = self._field(v, TS, f"{where}[{i}].ts")
+            if i and out[i] < out[i - 1]:
+                raise self._error(TS, "out_of_order", f"{where}[{i}].ts {out[i]} ({utc(int(out[i]))}) is before "
+                                  f"{where}[{i - 1}].ts {out[i - 1]} ({utc(int(out[i - 1]))}): send the history oldest first")
+        return out
+
+    def _ratings(self, values: list[object], keys: list[str], where: str) -> np.ndarray:
+        out = np.empty(len(values), dtype=np.float64)
+        for i, v in enumerate(values):
+            if v is None:
+                raise self._error(RATING, "missing", f"{where}[{i}] (item {echo(keys[i])!r}) has no rating: send the "
+                                  "rating the user gave each history item")
+            out[i] = self._field(v, RATING, f"{where}[{i}].rating")
+        return out
 
     # -----------------------------------------------------------------------------------------
     # scoring
 
     @torch.inference_mode()
-    def score_indices(self, histories: Sequence[np.ndarray], exclude_history: bool = True) -> torch.Tensor:
-        """Logits (B, N+1) for non-empty item_idx histories; masked items and padding are -inf."""
+    def score_indices(self, histories: Sequence[np.ndarray], exclude_history: bool = True,
+                      contexts: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+        """Logits (B, N+1) for non-empty item_idx histories (and their (n, C) context rows, for a
+        model that reads them); masked items and padding are -inf."""
         L = self.spec.config.max_seq_len
-        windows = [h[-L:] for h in histories]
         # (B, L) right-padded with 0 to the full window, exactly like the evaluation batches
-        # (lite_rec.eval.evaluate.iter_eval_batches), so both paths compute bit-identical logits.
-        items = torch.zeros(len(windows), L, dtype=torch.long)  # (B, L)
-        for b, w in enumerate(windows):
+        # (lite_rec.eval.evaluate.iter_eval_batches), so both paths compute bit-identical logits;
+        # the contexts likewise (B, L, C), with zero rows where the evaluation's padding gathers them
+        items = torch.zeros(len(histories), L, dtype=torch.long)  # (B, L)
+        for b, h in enumerate(histories):
+            w = h[-L:]
             items[b, : len(w)] = torch.as_tensor(w, dtype=torch.long)
-        logits, _ = self.model(items.to(self.device))  # (B, N+1)
+        extra = {}
+        if self.spec.config.uses_context:
+            if contexts is None:
+                raise RecommendError(f"this model reads {', '.join(self.context_fields)}: score prepared requests (prepare)")
+            rows = torch.zeros(len(histories), L, CONTEXT_COLUMNS, dtype=torch.long)  # (B, L, C)
+            for b, c in enumerate(contexts):
+                w = c[-L:]
+                rows[b, : len(w)] = torch.as_tensor(w, dtype=torch.long)
+            extra["contexts"] = rows.to(self.device)
+        logits, _ = self.model(items.to(self.device), **extra)  # (B, N+1)
         logits = logits.float()
         if not exclude_history and self.history_logit is None:
             return logits
@@ -211,27 +326,36 @@ class Recommender:
 
     def recommend(
         self,
-        histories: Sequence[Sequence[str]],
+        histories: Sequence[Sequence[object]],
         k: int,
         exclude_history: bool = True,
         ignore_unknown: bool = False,
+        request_times: Sequence[object] | None = None,
     ) -> list[Recommendation]:
-        """Top-k per user, best first; see the module docstring for the rules."""
+        """Top-k per user, best first; see the module docstring for the rules. `request_times`:
+        one per user (Unix seconds or ISO-8601 with a zone; None = now), read by a model with
+        ``model.query_time``."""
         k = self.check_k(k)
-        indices, unknown = self.to_indices(histories, ignore_unknown)
-        results: list[Recommendation | None] = [None] * len(indices)
-        active = [u for u, h in enumerate(indices) if len(h)]
+        return self.recommend_prepared(self.prepare(histories, ignore_unknown, request_times), k, exclude_history)
+
+    def recommend_prepared(self, prepared: Sequence[Prepared], k: int, exclude_history: bool = True) -> list[Recommendation]:
+        """Top-k of requests :meth:`prepare` has read (the micro-batcher checks each alone, then scores them together)."""
+        k = self.check_k(k)
+        results: list[Recommendation | None] = [None] * len(prepared)
+        active = [u for u, p in enumerate(prepared) if len(p.indices)]
         if active:
-            logits = self.score_indices([indices[u] for u in active], exclude_history)  # (B, N+1)
+            contexts = [prepared[u].contexts for u in active] if self.spec.config.uses_context else None
+            logits = self.score_indices([prepared[u].indices for u in active], exclude_history, contexts)  # (B, N+1)
             top_scores, top_idx = torch.topk(logits, k, dim=1)  # (B, k), (B, k)
             top_scores, top_idx = top_scores.cpu().numpy(), top_idx.cpu().numpy()
             for row, u in enumerate(active):
                 keep = np.isfinite(top_scores[row])  # a catalog exhausted by the mask yields < k
-                results[u] = Recommendation(self._rows(top_idx[row][keep], top_scores[row][keep].tolist()), False, unknown[u])
+                results[u] = Recommendation(self._rows(top_idx[row][keep], top_scores[row][keep].tolist()), False,
+                                            prepared[u].unknown)
         for u, rec in enumerate(results):
             if rec is None:
                 top = self._pop_idx[:k]
-                results[u] = Recommendation(self._rows(top, self._pop_share[:k]), True, unknown[u])
+                results[u] = Recommendation(self._rows(top, self._pop_share[:k]), True, prepared[u].unknown)
         return results  # type: ignore[return-value]
 
     def _rows(self, item_idx: np.ndarray, scores: list[float]) -> list[tuple[str, float, str]]:
@@ -239,19 +363,9 @@ class Recommender:
         return list(zip(self.item_ids[r].tolist(), [float(s) for s in scores], self.titles[r].tolist(), strict=True))
 
 
-def _item_key(item: object) -> str:
-    """A history entry as the id table's key: a string (valid Unicode), or an integer read as its
-    decimal string; anything else is the caller's error, never a crash in the lookup."""
-    if isinstance(item, str):
-        if not item.isascii():
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise RecommendError(f"item id {echo(item)} is not a valid Unicode string (it has a lone surrogate)") from None
-        return str(item)
-    if isinstance(item, int | np.integer) and not isinstance(item, bool | np.bool_):
-        return str(int(item))
-    raise RecommendError(f"item ids must be strings (or integers); got {type(item).__name__}: {echo(item)}")
+def _where(u: int, n: int) -> str:
+    """How errors name user `u` of `n`: ``history`` for a lone one, else ``histories[u]``."""
+    return "history" if n == 1 else f"histories[{u}]"
 
 
 def _column(frame: pd.DataFrame, name: str, recommender: Recommender) -> list:
@@ -273,13 +387,22 @@ def _column(frame: pd.DataFrame, name: str, recommender: Recommender) -> list:
     return out
 
 
+def _request_times(frame: pd.DataFrame) -> list[object]:
+    """The ``request_time`` column (None where a row has none: the server's clock)."""
+    if "request_time" not in frame.columns:
+        return [None] * len(frame)
+    return [None if v is None or v is pd.NaT or (isinstance(v, float | np.floating) and np.isnan(v)) else v
+            for v in frame["request_time"].tolist()]
+
+
 def recommend_frame(recommender: Recommender, frame: pd.DataFrame) -> pd.DataFrame:
     """The tabular interface (MLflow pyfunc, batch scoring): one request row -> one result row.
 
-    Input columns: ``history`` (list of item ids), optional ``k``, ``exclude_history``,
-    ``ignore_unknown`` (defaults in :data:`FRAME_DEFAULTS`). Output columns: ``item_ids``,
-    ``scores``, ``titles`` (lists, best first) and ``fallback``. Rows that share their options
-    are scored together, so a frame of same-k requests is one batch.
+    Input columns: ``history`` (list of item ids or events ``{"item_id", "ts", "rating"}``),
+    optional ``k``, ``exclude_history``, ``ignore_unknown``, ``request_time`` (defaults in
+    :data:`FRAME_DEFAULTS`). Output columns: ``item_ids``, ``scores``, ``titles`` (lists, best
+    first) and ``fallback``. Rows that share their options are scored together, so a frame of
+    same-k requests is one batch; errors name the row (``histories[r]``).
     """
     if not isinstance(frame, pd.DataFrame):
         try:
@@ -289,12 +412,15 @@ def recommend_frame(recommender: Recommender, frame: pd.DataFrame) -> pd.DataFra
     if "history" not in frame.columns:
         shown = [echo(c) for c in list(frame.columns)[:ECHO_IDS]]
         raise RecommendError(f"the input needs a 'history' column (list of item ids); got {len(frame.columns)} column(s): {shown}")
-    histories = frame["history"].tolist()  # lists or arrays; anything else is refused by to_indices
+    histories = frame["history"].tolist()  # lists or arrays; anything else is refused by prepare
+    times = _request_times(frame)
     options = list(zip(*(_column(frame, name, recommender) for name in ("k", "exclude_history", "ignore_unknown")), strict=True))
     results: list[Recommendation | None] = [None] * len(frame)
     for k, exclude, ignore in dict.fromkeys(options):
         rows = [r for r, o in enumerate(options) if o == (k, exclude, ignore)]
-        got = recommender.recommend([histories[r] for r in rows], k, exclude, ignore)
+        prepared = recommender.prepare([histories[r] for r in rows], ignore, [times[r] for r in rows],
+                                       names=[f"histories[{r}]" if len(frame) > 1 else "history" for r in rows])
+        got = recommender.recommend_prepared(prepared, k, exclude)
         for r, rec in zip(rows, got):
             results[r] = rec
     return pd.DataFrame(

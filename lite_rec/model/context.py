@@ -66,6 +66,7 @@ import pandas as pd
 import torch
 
 from lite_rec.core.errors import DataError
+from lite_rec.core.model_config import ModelConfig
 from lite_rec.data.sequences import QUERY_TIME_COLUMNS, SequenceStore, flat_column
 
 GAP_EDGES = np.array([0, 1, 10, 60, 600, 3_600, 86_400, 7 * 86_400, 30 * 86_400])  # lower edges, seconds
@@ -76,6 +77,18 @@ CONTEXT_ID, CONTEXT_TIME, CONTEXT_NEXT_GAP = 0, 1, 2  # columns of a context row
 CONTEXT_COLUMNS = 3
 UNKNOWN_NEXT_GAP = 0  # next-gap index of padding and of a last item without a query time
 TIME_BUCKETS = 32  # |t_query - t_key| seconds: 0, then one bucket per power of two (1 s .. ~34 years)
+
+# The fields of a request that a model may read besides item ids (a bundle's manifest, the registered
+# model, /ready and every refusal name them): each history event's time and rating, the request's time
+TS, RATING, REQUEST_TIME = "ts", "rating", "request_time"
+
+
+def context_fields(config: ModelConfig) -> list[str]:
+    """The request fields ``config``'s model reads, in a fixed order: ``ts`` (each history event's
+    Unix time: ``time_gaps``, ``time_bias``, ``query_time``), ``rating`` (``ratings``) and
+    ``request_time`` (``query_time``: the time of the prediction). [] for an ids-only model."""
+    return [name for name, read in ((TS, config.reads_timestamps), (RATING, config.ratings),
+                                    (REQUEST_TIME, config.query_time)) if read]
 
 
 def gap_index(times: SequenceStore) -> np.ndarray:
@@ -167,30 +180,48 @@ def context_table(gap_times: SequenceStore | None, ratings: SequenceStore | None
     return table
 
 
+def history_contexts(times: SequenceStore | None, rating_values: SequenceStore | None,
+                     request_times: np.ndarray | None, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
+                     query_time: bool = False, query_gap_floor: int = 0) -> np.ndarray | None:
+    """(I, C) context rows of every history item, from the histories' timestamps and ratings (each
+    None when not read) and ``request_times`` (U,) Unix seconds, the time each user's prediction is
+    asked for (None in training: the last item's next gap stays unknown); None when no feature is used.
+
+    The one function both sides call: the offline evaluation with each user's target timestamp as
+    the request time (``item_contexts``), serving with the request's own time
+    (``lite_rec.infer.recommender.Recommender``), so a history sent with ``request_time`` = the
+    test item's time gets exactly the evaluation's contexts; ``query_gap_floor`` applies to both
+    the same way (``next_gap_index``)."""
+    if not (time_gaps or ratings or time_bias or query_time):
+        return None
+    next_gaps = next_gap_index(times, request_times, query_gap_floor) if query_time else None
+    return context_table(times if time_gaps else None, rating_values if ratings else None,
+                         times if time_bias else None, next_gaps)
+
+
 def item_contexts(sequences: pd.DataFrame, *, time_gaps: bool, ratings: bool, time_bias: bool = False,
                   query_time: bool = False, query_gap_floor: int = 0, with_valid: bool = False,
                   query: str | None = None, source: str = "sequences.parquet") -> np.ndarray | None:
     """(I, C) context row of every history item (this module), aligned with the item store
     of ``train_seq`` (+ the validation item when ``with_valid``); None when no feature is used.
 
-    ``query`` ("valid" | "test"): with ``query_time``, the split whose target's time is the query
+    ``query`` ("valid" | "test"): with ``query_time``, the split whose target's time is the request
     time after each user's last item (an evaluation's histories); None in training, where that
-    item carries no loss and its next gap stays unknown (``next_gap_index``, which also reads
-    ``query_gap_floor``)."""
+    item carries no loss and its next gap stays unknown. Built by ``history_contexts``, as serving
+    builds a request's."""
     if not (time_gaps or ratings or time_bias or query_time):
         return None
     times = flat_column(sequences, "ts", with_valid, source) if time_gaps or time_bias or query_time else None
-    next_gaps = None
-    if query_time:
-        column = None if query is None else QUERY_TIME_COLUMNS[query]
-        if column is not None and column not in sequences.columns:
+    request_times = None
+    if query_time and query is not None:
+        column = QUERY_TIME_COLUMNS[query]
+        if column not in sequences.columns:
             raise DataError(f"{source}: no column {column}; model.query_time needs it: "
                             "re-run `lite-rec ingest <dataset>` to rewrite the file")
-        try:
-            query_times = None if column is None else sequences[column].to_numpy(np.int64)
-            next_gaps = next_gap_index(times, query_times, query_gap_floor)
-        except ValueError as exc:
-            raise DataError(f"{source}: {exc}") from None
-    return context_table(times if time_gaps else None,
-                         flat_column(sequences, "rating", with_valid, source) if ratings else None,
-                         times if time_bias else None, next_gaps)
+        request_times = sequences[column].to_numpy(np.int64)  # offline, the target's time is the request's
+    try:
+        return history_contexts(times, flat_column(sequences, "rating", with_valid, source) if ratings else None,
+                                request_times, time_gaps=time_gaps, ratings=ratings, time_bias=time_bias,
+                                query_time=query_time, query_gap_floor=query_gap_floor)
+    except ValueError as exc:
+        raise DataError(f"{source}: {exc}") from None

@@ -14,6 +14,12 @@ only ever point at a version whose artifacts are complete. :func:`log_training_r
 If any step after the version exists fails, the version is deleted (its aliases go with it)
 and the error is re-raised: no half-registered version is left behind.
 
+What a request must carry is recorded with every version: the request fields the model reads
+besides item ids (``context_fields``: ``ts``, ``rating``, ``request_time``; [] for an ids-only
+model) are a version tag, a line of its description (the model's MLflow page) and the pyfunc's
+metadata, and the input example is a valid request of that form (events and a request time for
+a model that reads them).
+
 Aliases, their history and downloads live in ``registry.versions``.
 """
 
@@ -37,6 +43,7 @@ import mlflow
 from lite_rec.core.config import LiteRecConfig, resource_dir
 from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.bundle import Bundle, load_bundle
+from lite_rec.model.context import RATING, REQUEST_TIME
 from lite_rec.registry.client import make_client, mlflow_uris
 from lite_rec.registry.tracking import ensure_experiment, log_run_contents
 from lite_rec.registry.versions import (
@@ -82,11 +89,37 @@ def model_signature(path: Path = SIGNATURE_FILE) -> ModelSignature:
     return ModelSignature.from_dict({"inputs": json.dumps(spec["inputs"]), "outputs": json.dumps(spec["outputs"])})
 
 
+# times of the example events and request (two films rated on the last evening of 2000, the request the
+# next morning): any past times in order would do
+EXAMPLE_TIMES = (978_300_760, 978_301_968)
+EXAMPLE_REQUEST_TIME = "2001-01-01T09:00:00Z"
+
+
 def input_example(bundle: Bundle) -> pd.DataFrame:
-    """A valid request for this very model: two popular items as a history, and an empty one."""
+    """A valid request for this very model: two popular items as a history (events with the
+    fields the model reads: ``ts``, ``rating``, and the ``request_time``), and an empty one."""
     ids = bundle.items.set_index("item_idx").loc[bundle.popularity["item_idx"].head(2), "item_id"].tolist()
     k = min(5, bundle.num_items)
-    return pd.DataFrame({"history": [ids, []], "k": [k, k]})
+    fields = bundle.context_fields
+    if not fields:
+        return pd.DataFrame({"history": [ids, []], "k": [k, k]})
+    history = [{"item_id": i, "ts": t, **({"rating": 4} if RATING in fields else {})} for i, t in zip(ids, EXAMPLE_TIMES)]
+    example = pd.DataFrame({"history": [history, []], "k": [k, k]})
+    if REQUEST_TIME in fields:
+        example["request_time"] = [EXAMPLE_REQUEST_TIME] * 2
+    return example
+
+
+def version_description(bundle: Bundle) -> str:
+    """The model version's description (its MLflow page): what a request must carry."""
+    fields = bundle.context_fields
+    if not fields:
+        return ("Reads the history's item ids only (context_fields: []); events {item_id, ts, rating} are accepted, "
+                "their ts and rating ignored.")
+    return (f"Reads the history's item ids and {', '.join(fields)} (context_fields: {json.dumps(fields)}): send each "
+            "history item as an event {item_id, ts" + (", rating" if RATING in fields else "") + "}, oldest first"
+            + (", and request_time (default: the server's clock)" if REQUEST_TIME in fields else "")
+            + "; a request without them is refused (422 missing_context, naming the field and the version).")
 
 
 def _pip_requirements() -> list[str]:
@@ -162,7 +195,8 @@ def register_verified(
         remove_unverified_versions(client, name)
     version: str | None = None
     try:
-        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id, await_creation_for=300)
+        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id,
+                                         description=version_description(bundle), await_creation_for=300)
         version = str(mv.version)
         verify_version(client, name, version, bundle, input_example(bundle))
         client.set_model_version_tag(name, version, "verified", "true")
@@ -233,11 +267,12 @@ def _log_and_register(client: MlflowClient, cfg: LiteRecConfig, result: "TrainRe
             signature=model_signature(),
             input_example=input_example(bundle),
             pip_requirements=_pip_requirements(),
-            metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint},
+            metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint, "context_fields": bundle.context_fields},
         )
     metric = cfg.tracking.promote_metric
     version_tags: dict[str, Any] = {
-        key: tags[key] for key in ("dataset", "protocol", "data_fingerprint", "git_commit", "backbone_weights", "bundle_sha256")
+        key: tags[key]
+        for key in ("dataset", "protocol", "data_fingerprint", "git_commit", "backbone_weights", "bundle_sha256", "context_fields")
     }
     if metric in result.metrics:
         version_tags[metric] = f"{result.metrics[metric]:.6f}"

@@ -151,6 +151,8 @@ def _tags(cfg: LiteRecConfig, result: "TrainResult", bundle: "Bundle", commit: s
         "stopped_early": str(result.stopped_early),
         "budget_exhausted": str(result.budget_exhausted),
         "bundle_sha256": bundle.fingerprint,
+        # the request fields the model reads besides item ids (ts, rating, request_time): what a client must send
+        "context_fields": json.dumps(bundle.context_fields),
     }
 
 

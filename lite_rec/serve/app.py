@@ -14,11 +14,18 @@ Why this shape:
   not JSON, ``NaN``, nested too deep); ``unsupported_media_type`` 415 (a body not sent as
   ``application/json``); ``invalid_request`` 422 (schema mismatch with ``errors``; k outside
   1..min(1000, catalog); an item id that is not a valid string); ``unknown_items`` 422 (with
-  ``unknown_item_ids`` and ``unknown_item_count``) unless ``ignore_unknown``; ``too_many_users``
-  422; ``payload_too_large`` 413, checked on Content-Length *and* on the bytes that actually
+  ``unknown_item_ids`` and ``unknown_item_count``) unless ``ignore_unknown``;
+  ``missing_context`` 422 (a field the served model reads, ``ts``, ``rating`` or
+  ``request_time``, is not there) and ``invalid_context`` 422 (it is there but unusable:
+  unparseable or out-of-range times, events out of order, a request time before the last event,
+  a rating outside the model's levels), both with ``field``, ``reason``, ``model_version`` and
+  ``context_fields``; ``too_many_users`` 422; ``payload_too_large`` 413, checked on Content-Length *and* on the bytes that actually
   arrive (:mod:`lite_rec.serve.guard`); ``not_found`` 404; ``method_not_allowed`` 405;
   ``not_ready`` 503 (with ``ready``). The body is parsed here, not by the framework, so that
   every way a body can be broken gets this shape.
+- A history entry is an item id or an event ``{"item_id", "ts", "rating"}``; ``request_time``
+  (optional: the server's clock) is the time of the prediction. What the served model reads is
+  in ``/ready`` (``context_fields``); fields it does not read are accepted and ignored.
 - An empty history gets the popularity list, flagged ``fallback``; a history longer than the
   window keeps its most recent items.
 - ``/health`` says the process answers; ``/ready`` says a model is loaded and warmed up (503
@@ -47,25 +54,26 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lite_rec.core.config import ServeConfig
 from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.fast_path import FastPathOptions
-from lite_rec.infer.recommender import ECHO_IDS, Recommendation, RecommendError, UnknownItems, echo
+from lite_rec.infer.recommender import ECHO_IDS, ContextError, Recommendation, RecommendError, UnknownItems, echo
 from lite_rec.registry.versions import parse_model_ref
 from lite_rec.serve.guard import BodyGuard
 from lite_rec.serve.metrics import ServiceMetrics
 from lite_rec.serve.micro_batch import MicroBatcher
 from lite_rec.serve.watcher import ModelWatcher, ServedModel, make_loader
 
-__all__ = ["ERROR_BODY_MAX_BYTES", "BatchRequest", "RecommendRequest", "create_app", "main", "watcher_for"]
+__all__ = ["ERROR_BODY_MAX_BYTES", "BatchRequest", "Event", "RecommendRequest", "create_app", "main", "watcher_for"]
 
 log = logging.getLogger("lite_rec.serve")
 
 ENDPOINTS = ("/recommend", "/recommend/batch", "/health", "/ready", "/metrics")
 ItemId = StrictStr | StrictInt  # raw ids; numbers are accepted and read as their decimal string
+Time = StrictInt | StrictFloat | StrictStr  # Unix seconds or ISO-8601 with a zone (read by the Recommender)
 ERROR_BODY_MAX_BYTES = 16_384  # no error body is larger (ids and values quoted back are cut)
 _DETAIL_CHARS = 1000  # a message is cut to this many characters
 _ERRORS_SHOWN = 10  # schema errors listed (with their count)
@@ -80,16 +88,31 @@ class _Options(BaseModel):
     ignore_unknown: StrictBool = False
 
 
-class RecommendRequest(_Options):
-    """``POST /recommend``: one user's history, oldest first."""
+class Event(BaseModel):
+    """One history item with what happened: when (``ts``) and the rating the user gave (``rating``)."""
 
-    history: list[ItemId]
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    ts: Time | None = None
+    rating: StrictInt | StrictFloat | None = None
+
+
+HistoryItem = ItemId | Event  # a plain id, or an event
+
+
+class RecommendRequest(_Options):
+    """``POST /recommend``: one user's history, oldest first, and the time of the request (None: now)."""
+
+    history: list[HistoryItem]
+    request_time: Time | None = None
 
 
 class BatchRequest(_Options):
-    """``POST /recommend/batch``: many users in one forward pass; same options for all."""
+    """``POST /recommend/batch``: many users in one forward pass; same options (and request time) for all."""
 
-    histories: list[list[ItemId]] = Field(min_length=1)
+    histories: list[list[HistoryItem]] = Field(min_length=1)
+    request_time: Time | None = None
 
 
 class BadRequest(Exception):
@@ -137,6 +160,11 @@ def _result(rec: Recommendation, history_len: int, window: int) -> dict[str, Any
         "unknown_item_ids": rec.unknown,
         "history_items_used": 0 if rec.fallback else min(known, window),
     }
+
+
+def _entries(history: list[Any]) -> list[Any]:
+    """A parsed history as the Recommender reads it: ids as sent, events as dicts of their given fields."""
+    return [e.model_dump(exclude_none=True) if isinstance(e, Event) else e for e in history]
 
 
 def _schema_errors(errors: list[Any]) -> dict[str, Any]:
@@ -228,6 +256,10 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
         return error_response(422, "unknown_items", str(exc), unknown_item_ids=[echo(i) for i in exc.item_ids[:ECHO_IDS]],
                               unknown_item_count=len(exc.item_ids))
 
+    @app.exception_handler(ContextError)
+    async def bad_context(_: Request, exc: ContextError) -> Response:  # the endpoints name the version (context_error)
+        return error_response(422, exc.code, str(exc), field=exc.field, reason=exc.reason, context_fields=exc.fields)
+
     @app.exception_handler(RecommendError)
     async def bad_request(_: Request, exc: RecommendError) -> Response:
         return error_response(422, "invalid_request", str(exc))
@@ -247,6 +279,11 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
             raise BadRequest(503, "not_ready", "no model is loaded yet; see /ready", ready=watcher.status())
         return served
 
+    def context_error(exc: ContextError, served: ServedModel) -> BadRequest:
+        """The 422 of a context field the served model cannot read, naming its version."""
+        return BadRequest(422, exc.code, exc.message(f"version {served.version}"), field=exc.field, reason=exc.reason,
+                          model_version=served.version, context_fields=exc.fields)
+
     def count(results: list[Recommendation]) -> list[Recommendation]:
         for r in results:
             metrics.users.labels(fallback=str(r.fallback).lower()).inc()
@@ -256,9 +293,13 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
     def recommend(body: Annotated[bytes, Depends(_json_body)]) -> Response:
         req = _parse(RecommendRequest, body)
         served = served_or_503()
-        history = [str(i) for i in req.history]
+        history = _entries(req.history)
         k = served.recommender.check_k(req.k)
-        (result,) = count([batcher.recommend(served.recommender, history, k, req.exclude_history, req.ignore_unknown)])
+        try:
+            (result,) = count([batcher.recommend(served.recommender, history, k, req.exclude_history, req.ignore_unknown,
+                                                 req.request_time)])
+        except ContextError as exc:
+            raise context_error(exc, served) from None
         res = _result(result, len(history), served.recommender.max_seq_len)
         return JSONResponse({**res, "k": k, "model_version": served.version, "model": served.source})
 
@@ -268,10 +309,14 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
         served = served_or_503()
         if len(req.histories) > cfg.max_batch_users:
             raise BadRequest(422, "too_many_users", f"{len(req.histories)} histories; at most {cfg.max_batch_users} per call (serve.max_batch_users)")
-        histories = [[str(i) for i in h] for h in req.histories]
+        histories = [_entries(h) for h in req.histories]
         rec = served.recommender
         k = rec.check_k(req.k)
-        results = count(batcher.exclusive(lambda: rec.recommend(histories, k, req.exclude_history, req.ignore_unknown)))
+        try:
+            prepared = rec.prepare(histories, req.ignore_unknown, [req.request_time] * len(histories))  # checked before the model is taken
+        except ContextError as exc:
+            raise context_error(exc, served) from None
+        results = count(batcher.exclusive(lambda: rec.recommend_prepared(prepared, k, req.exclude_history)))
         metrics.batch_users.observe(len(histories))
         window = served.recommender.max_seq_len
         return JSONResponse({
@@ -285,7 +330,11 @@ def create_app(watcher: ModelWatcher, cfg: ServeConfig = ServeConfig(), *, start
 
     @app.get("/ready")
     def ready() -> JSONResponse:
+        current = watcher.current
         status = watcher.status()
+        if current is not None and status.get("model_version") == current.version:
+            # what a request must carry besides item ids (ts, rating, request_time; [] for an ids-only model)
+            status["context_fields"] = current.recommender.context_fields
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
     @app.get("/metrics")

@@ -11,11 +11,14 @@ whole queue (up to ``max_users``, oldest first), the others wait on a condition 
 whoever finds it idle next takes what queued up meanwhile. A lone request never waits for a
 timer; under load, batches form by themselves while the previous one runs.
 
-Every rule stays in :meth:`Recommender.recommend`; a job is answered by exactly that call on the
-batch of jobs that share its options (k, exclude_history). Every request is validated on its
-own *before* it queues (:meth:`validate`), so one user's unknown id (without ``ignore_unknown``)
-or invalid id (a lone surrogate, a number that is not an integer) is a 422 for that user alone
-and never fails a batch it would have shared.
+Every rule stays in the :class:`Recommender`: each request is read and checked on its own by
+:meth:`Recommender.prepare` *before* it queues (:meth:`validate`), so one user's unknown id
+(without ``ignore_unknown``), invalid id (a lone surrogate, a number that is not an integer) or
+unusable context (a missing ``ts``, events out of order, ...) is a 422 for that user alone and
+never fails a batch it would have shared; the queued requests are then scored by
+:meth:`Recommender.recommend_prepared` on the batch of jobs that share their options (k,
+exclude_history). A request without a ``request_time`` gets the clock at its arrival, not at its
+batch's turn.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lite_rec.infer.recommender import Recommendation, Recommender
+from lite_rec.infer.recommender import Prepared, Recommendation, Recommender
 
 __all__ = ["MicroBatcher"]
 
@@ -35,7 +38,7 @@ T = TypeVar("T")
 @dataclass(eq=False)
 class _Job:
     rec: Recommender
-    history: list[str]
+    prepared: Prepared
     k: int
     exclude_history: bool
     result: Recommendation | None = None
@@ -58,15 +61,19 @@ class MicroBatcher:
         self.users = 0
 
     @staticmethod
-    def validate(rec: Recommender, history: Sequence[str], k: int, ignore_unknown: bool) -> None:
-        """Raise what ``recommend`` would raise for this user alone (bad k, invalid or unknown ids)."""
+    def validate(rec: Recommender, history: Sequence[object], k: int, ignore_unknown: bool,
+                 request_time: object = None) -> Prepared:
+        """This user's request read and checked alone; raises what ``recommend`` would (bad k, invalid
+        or unknown ids, unusable context fields)."""
         rec.check_k(k)
-        rec.to_indices([history], ignore_unknown)
+        return rec.prepare([history], ignore_unknown, [request_time])[0]
 
-    def recommend(self, rec: Recommender, history: list[str], k: int, exclude_history: bool = True, ignore_unknown: bool = False) -> Recommendation:
-        """One user's top-k, computed together with whatever else is queued."""
-        self.validate(rec, history, k, ignore_unknown)  # lenient ones too: an id that is no valid string fails its user
-        job = _Job(rec, history, k, exclude_history)
+    def recommend(self, rec: Recommender, history: Sequence[object], k: int, exclude_history: bool = True,
+                  ignore_unknown: bool = False, request_time: object = None) -> Recommendation:
+        """One user's top-k, computed together with whatever else is queued. `history`: item ids
+        or events; `request_time`: None = now (read only by a model with ``model.query_time``)."""
+        prepared = self.validate(rec, history, k, ignore_unknown, request_time)  # lenient ones too: bad ids fail their user
+        job = _Job(rec, prepared, k, exclude_history)
         with self._cv:
             self._queue.append(job)
         while True:
@@ -108,8 +115,8 @@ class MicroBatcher:
         for jobs in groups.values():
             first = jobs[0]
             try:
-                # ignore_unknown=True: every job was validated already; lenient ones want unknown ids dropped
-                results = first.rec.recommend([j.history for j in jobs], first.k, first.exclude_history, ignore_unknown=True)
+                # every job was read and checked already (validate); lenient ones have their unknown ids dropped
+                results = first.rec.recommend_prepared([j.prepared for j in jobs], first.k, first.exclude_history)
                 for job, result in zip(jobs, results, strict=True):
                     job.result = result
             except BaseException as exc:  # noqa: BLE001 - delivered to each waiting request

@@ -241,7 +241,8 @@ def _timed(sequences: pd.DataFrame, tied: bool) -> pd.DataFrame:
     return out
 
 
-def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -> None:
+def test_input_contexts_train_evaluate_and_bundle_with_the_fields_they_read(tmp_path: Path) -> None:
+    from lite_rec.infer.bundle import load_bundle
     from lite_rec.train.export import build_bundle
 
     timed = _timed(tiny_sequences(), tied=False)
@@ -271,20 +272,13 @@ def test_input_contexts_train_and_evaluate_and_are_not_bundled(tmp_path: Path) -
     with pytest.raises(DataError, match=r"train_rating; model.time_gaps / model.ratings / model.time_bias / "
                                          r"model.query_time read them"):
         train_model(cfg, timed.drop(columns=["train_rating"]), tiny_vectors(), tmp_path / "old", progress=False)
+    # they bundle like any other model, and the bundle says which request fields each reads
     data_cfg = _cfg(**{"model.time_gaps": "true", "data_dir": str(tmp_path / "data")})
     data_cfg.processed_dir.mkdir(parents=True)
-    for name in ("items.parquet", "sequences.parquet"):
-        (data_cfg.processed_dir / name).touch()
-    with pytest.raises(DataError, match=r"reads an input context \(model.time_gaps / model.ratings / model.time_bias / "
-                                        r"model.query_time\).*not pass yet"):
-        build_bundle(data_cfg, tmp_path / "run", tmp_path / "bundle")
-
-
-def test_a_run_that_could_not_be_registered_is_refused_before_any_work() -> None:
-    from lite_rec.core.errors import ConfigError
-    from lite_rec.pipeline.steps import check_registrable
-
-    check_registrable(_cfg())  # the paper's inputs: fine
-    for key in ("model.time_gaps", "model.ratings", "model.time_bias", "model.query_time"):
-        with pytest.raises(ConfigError, match=r"cannot be registered or served yet.*--no-register"):
-            check_registrable(_cfg(**{key: "true"}))
+    pd.DataFrame({"item_idx": range(1, N_ITEMS + 1), "item_id": [f"i{i}" for i in range(1, N_ITEMS + 1)],
+                  "title": "t"}).to_parquet(data_cfg.processed_dir / "items.parquet")
+    dated.to_parquet(data_cfg.processed_dir / "sequences.parquet")
+    for run, fields in (("run", ["ts", "rating"]), ("biased", ["ts"]), ("queried", ["ts", "request_time"])):
+        bundle = load_bundle(build_bundle(data_cfg, tmp_path / run, tmp_path / f"bundle-{run}"))
+        assert bundle.context_fields == fields
+        assert json.loads((bundle.path / "manifest.json").read_text())["context_fields"] == fields

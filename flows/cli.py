@@ -124,11 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _quiet_weight_loading()
     from lite_rec_flows.train import train_flow
 
-    from lite_rec.pipeline.steps import check_registrable
     from lite_rec.registry.client import resolve_tracking_uri
-
-    if not args.no_register:  # the flow checks it too; here it fails before Prefect starts at all
-        check_registrable(cfg)
 
     with _flow_server(cfg):
         summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),

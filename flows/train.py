@@ -13,7 +13,6 @@ from lite_rec_tasks.model import embed_task, register_task, train_task
 from prefect import flow
 
 from lite_rec.core.config import build_config
-from lite_rec.pipeline.steps import check_registrable
 from lite_rec.train.distill import check_teachers
 
 
@@ -28,8 +27,6 @@ def train_flow(
     """`progress` only switches the progress bars of the data stage, item encoding and training
     (off for logs that a scheduler collects); it never changes a result."""
     cfg = build_config(dataset, overrides, profile=profile)  # invalid parameters fail here, before any work
-    if register_model:
-        check_registrable(cfg)
     check_teachers(cfg.train.distill_from, cfg.dataset.name)  # a missing teacher fails now, not after ingest and embed
     build_sequences_task(cfg, fetch_raw_task(cfg, progress=progress), progress=progress)
     result = train_task(cfg, embed_task(cfg, progress=progress), progress=progress)

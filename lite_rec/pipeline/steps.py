@@ -16,8 +16,6 @@ import os
 import torch
 
 from lite_rec.core.config import LiteRecConfig
-from lite_rec.core.errors import ConfigError
-from lite_rec.data.sequences import CONTEXT_SETTINGS
 
 
 def run_name(cfg: LiteRecConfig) -> str:
@@ -65,15 +63,6 @@ def step_sleep_from_env() -> float:
     if value < 0:
         raise ValueError(f"LITE_REC_STEP_SLEEP={raw!r}: must be >= 0")
     return value
-
-
-def check_registrable(cfg: LiteRecConfig) -> None:
-    """Refuse, before any work, a run that would train for minutes and then fail to register:
-    the serving path does not pass input contexts yet (``lite_rec/model/context.py``)."""
-    if cfg.model.uses_context:
-        raise ConfigError(f"{CONTEXT_SETTINGS}: such a model cannot be registered or served yet (the "
-                          "serving path does not pass the input context); train it with --no-register "
-                          "(the flow's register_model=false) to measure it")
 
 
 def register(cfg: LiteRecConfig, result) -> "RegisteredVersion":  # noqa: F821 (mlflow imported lazily)

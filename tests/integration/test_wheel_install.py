@@ -91,7 +91,7 @@ def test_wheel_install_reads_its_installed_resources_and_claims_no_generic_names
     assert got["signature_exists"] and Path(got["signature"]).resolve() == share / "mlflow" / "signature.json"
     assert got["pyfunc_exists"] and Path(got["pyfunc"]).resolve() == share / "mlflow" / "pyfunc_model.py"
     assert (got["epochs"], got["backbone"]) == (3, "lean")  # dataset YAML + profile YAML read from share/
-    assert set(got["datasets"]) >= {"ml-1m", "ml-100k", "amazon-movies"} and set(got["profiles"]) == {"cpu", "gpu", "paper", "smoke"}
+    assert set(got["datasets"]) >= {"ml-1m", "ml-100k", "amazon-movies"} and set(got["profiles"]) == {"cpu", "gpu", "gpu-ids", "paper", "smoke"}
     # the data stage's code fingerprint is the same installed or checked out: outputs stay current
     assert got["code_files"] == code_files()
     assert got["generic_names"] == [] and got["cli"]  # our flows and tasks ship under our own names

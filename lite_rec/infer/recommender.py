@@ -331,12 +331,13 @@ class Recommender:
         exclude_history: bool = True,
         ignore_unknown: bool = False,
         request_times: Sequence[object] | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Recommendation]:
         """Top-k per user, best first; see the module docstring for the rules. `request_times`:
         one per user (Unix seconds or ISO-8601 with a zone; None = now), read by a model with
-        ``model.query_time``."""
+        ``model.query_time``; `names`: how errors call each history (:meth:`prepare`)."""
         k = self.check_k(k)
-        return self.recommend_prepared(self.prepare(histories, ignore_unknown, request_times), k, exclude_history)
+        return self.recommend_prepared(self.prepare(histories, ignore_unknown, request_times, names), k, exclude_history)
 
     def recommend_prepared(self, prepared: Sequence[Prepared], k: int, exclude_history: bool = True) -> list[Recommendation]:
         """Top-k of requests :meth:`prepare` has read (the micro-batcher checks each alone, then scores them together)."""

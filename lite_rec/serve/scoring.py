@@ -235,9 +235,10 @@ def score_users(
             total=len(users), unit="user", desc="score", disable=not progress
         ) as bar:
             for start in range(0, len(users), batch_size):
-                entries = [_events(users[u], hists[u], ts_lists[u], rating_lists[u])
-                           for u in range(start, min(start + batch_size, len(users)))]
-                batch = rec.recommend(entries, k, exclude_history, ignore_unknown=True, request_times=[request_time] * len(entries))
+                span = range(start, min(start + batch_size, len(users)))
+                entries = [_events(users[u], hists[u], ts_lists[u], rating_lists[u]) for u in span]
+                batch = rec.recommend(entries, k, exclude_history, ignore_unknown=True, request_times=[request_time] * len(entries),
+                                      names=[f"histories[{users[u]!r}]" for u in span])  # errors name the user
                 table = _to_table(users[start : start + batch_size], batch)
                 writer.write_table(table)
                 rows += table.num_rows

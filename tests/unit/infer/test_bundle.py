@@ -217,3 +217,21 @@ def test_build_bundle_names_what_is_missing(tmp_path: Path) -> None:
     cfg = build_config("ml-100k", {"data_dir": str(tmp_path / "data")})
     with pytest.raises(DataError, match=r"run/model\.safetensors: missing"):
         build_bundle(cfg, tmp_path / "run", tmp_path / "bundle")
+
+
+def test_the_manifest_records_the_request_fields_the_model_reads(tmp_path: Path) -> None:
+    from tests.helpers.context_models import context_model, save_context_bundle
+
+    ids = [f"i{i}" for i in range(1, 9)]
+    path = save_context_bundle(tmp_path / "ctx", context_model(n_items=8, window=3), ids)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["context_fields"] == ["ts", "rating", "request_time"] == load_bundle(path).context_fields
+    ids_only = save_context_bundle(tmp_path / "ids", context_model(n_items=8, window=3, time_gaps=False, ratings=False,
+                                                                   time_bias=False, query_time=False), ids)
+    assert json.loads((ids_only / "manifest.json").read_text())["context_fields"] == [] == load_bundle(ids_only).context_fields
+    (path / "manifest.json").write_text(json.dumps({**manifest, "context_fields": []}))  # a manifest that lies
+    with pytest.raises(DataError, match=r"says the model reads \[\], its settings \(model.json\) read \['ts', 'rating'"):
+        load_bundle(path)
+    del manifest["context_fields"]  # a bundle written before the field was recorded: read from the settings
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(path).context_fields == ["ts", "rating", "request_time"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from lite_rec.eval.evaluate import build_eval_set, iter_eval_batches, model_scor
 from lite_rec.eval.metrics import mask_history_
 from lite_rec.eval.popularity import item_popularity
 from lite_rec.infer.bundle import save_bundle
-from lite_rec.infer.recommender import Recommendation, Recommender, RecommendError, UnknownItems
+from lite_rec.infer.recommender import ContextError, Recommendation, Recommender, RecommendError, UnknownItems
 from lite_rec.model.rec_llm import build_model
 from lite_rec.model.spec import ModelConfig
 
@@ -209,3 +210,168 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) ->
     broken = type(bundle)(**{**bundle.__dict__, "tensors": tensors})
     with pytest.raises(DataError, match="weights do not fit the saved architecture"):
         Recommender(broken)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input contexts: events {item_id, ts, rating} and the request time
+
+
+CTX_ITEMS = 20
+CTX_WINDOW = 4  # shorter than most histories: contexts across the window's start count too
+CTX_IDS = [f"c{i}" for i in range(1, CTX_ITEMS + 1)]
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    from tests.helpers.context_models import context_model, save_context_bundle
+
+    model = context_model(n_items=CTX_ITEMS, window=CTX_WINDOW, seed=5)
+    return Recommender.from_path(save_context_bundle(tmp_path_factory.mktemp("ctx") / "bundle", model, CTX_IDS))
+
+
+def _eval_top_k(rec: Recommender, sequences: pd.DataFrame, k: int, with_history: bool = False) -> list[list[str]]:
+    """The offline test split's top-k (masked, or unmasked with the history score), as the evaluator ranks it."""
+    scorer = model_scorer(rec.model, device="cpu")
+    out = []
+    for inputs, history, targets, contexts in iter_eval_batches(build_eval_set(sequences, "test", rec.spec), CTX_WINDOW,
+                                                                batch_size=4, device="cpu"):
+        scores = scorer(inputs, contexts=contexts, **({"history": history} if with_history else {})).float()
+        if not with_history:
+            mask_history_(scores, history, targets)
+        out += [[CTX_IDS[i - 1] for i in row] for row in torch.topk(scores, k, dim=1).indices.tolist()]
+    return out
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast-path"])
+def test_events_at_the_test_time_rank_exactly_as_the_offline_evaluation(ctx: Recommender, fast: bool) -> None:
+    """Every test user's train + validation events with request_time = the test item's time get the
+    evaluator's top-k (the one context function, context.history_contexts, on both sides), and the
+    request time matters: the same events asked for at another time rank otherwise."""
+    from lite_rec.infer.fast_path import fast_recommender
+    from tests.helpers.context_models import split_events, timed_sequences
+
+    sequences = timed_sequences(CTX_ITEMS)
+    histories, times = split_events(sequences, CTX_IDS)
+    rec = fast_recommender(ctx.bundle, "cpu") if fast else ctx
+    k = 6
+    got = rec.recommend(histories, k, request_times=times)
+    assert [r.item_ids for r in got] == _eval_top_k(ctx, sequences, k)
+    iso = [pd.Timestamp(t, unit="s", tz="UTC").isoformat() for t in times]  # the same instants as ISO-8601
+    assert [r.item_ids for r in rec.recommend(histories, k, request_times=iso)] == [r.item_ids for r in got]
+    later = rec.recommend(histories, k, request_times=[t + 90 * 86_400 for t in times])
+    assert [r.item_ids for r in later] != [r.item_ids for r in got]
+    if not fast:  # one user at a time: the same answers (no batch effect)
+        assert [rec.recommend([h], k, request_times=[t])[0].item_ids for h, t in zip(histories, times)] == \
+            [r.item_ids for r in got]
+
+
+def test_unmasked_events_rank_with_the_history_score_as_the_offline_evaluation(tmp_path: Path) -> None:
+    from tests.helpers.context_models import context_model, save_context_bundle, split_events, timed_sequences
+
+    model = context_model(n_items=CTX_ITEMS, window=CTX_WINDOW, seed=6, item_repr="id", history_logit=True)
+    rec = Recommender.from_path(save_context_bundle(tmp_path / "bundle", model, CTX_IDS))
+    sequences = timed_sequences(CTX_ITEMS, seed=4)
+    histories, times = split_events(sequences, CTX_IDS)
+    got = rec.recommend(histories, CTX_ITEMS, exclude_history=False, request_times=times)
+    assert [r.item_ids for r in got] == _eval_top_k(rec, sequences, CTX_ITEMS, with_history=True)
+
+
+def test_the_request_time_defaults_to_the_servers_clock(ctx: Recommender) -> None:
+    from tests.helpers.context_models import T0
+
+    history = [{"item_id": "c1", "ts": T0, "rating": 4}, {"item_id": "c2", "ts": T0 + 60, "rating": 2}]
+    clock = ctx.clock
+    try:
+        ctx.clock = lambda: T0 + 3 * 86_400 + 0.7
+        now = ctx.recommend([history], 5)[0]
+        assert now.item_ids == ctx.recommend([history], 5, request_times=[T0 + 3 * 86_400])[0].item_ids
+        ctx.clock = lambda: T0 + 30  # before the last event: the clock is a request time like any other
+        with pytest.raises(ContextError, match=r"request_time \(none given: the server's clock\)"):
+            ctx.recommend([history], 5)
+    finally:
+        ctx.clock = clock
+
+
+def test_unknown_items_are_dropped_with_their_events(ctx: Recommender) -> None:
+    from tests.helpers.context_models import T0
+
+    known = [{"item_id": "c3", "ts": T0, "rating": 5}, {"item_id": "c4", "ts": T0 + 7_200, "rating": 1}]
+    ghost = {"item_id": "ghost", "ts": T0 + 100, "rating": 3}
+    got = ctx.recommend([[known[0], ghost, known[1]]], 5, ignore_unknown=True, request_times=[T0 + 9_000])[0]
+    assert got.unknown == ["ghost"]
+    assert got.item_ids == ctx.recommend([known], 5, request_times=[T0 + 9_000])[0].item_ids
+
+
+def _ctx_error(rec: Recommender, history: list, request_time: object = None) -> ContextError:
+    with pytest.raises(ContextError) as info:
+        rec.recommend([history], 3, request_times=[request_time])
+    return info.value
+
+
+def test_each_missing_or_unusable_context_field_has_its_own_error(ctx: Recommender) -> None:
+    from tests.helpers.context_models import T0
+
+    ok = {"item_id": "c1", "ts": T0, "rating": 4}
+    cases = [
+        ([ok, "c2"], T0 + 10, "ts", "missing", r"history\[1\] \(item 'c2'\) has no ts"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5}], T0 + 10, "rating", "missing", r"history\[1\] \(item 'c2'\) has no rating"),
+        ([ok, {"item_id": "c2", "ts": T0 - 5, "rating": 3}], T0 + 10, "ts", "out_of_order",
+         r"history\[1\]\.ts 978299995 \(2000-12-31T21:59:55Z\) is before history\[0\]\.ts .*oldest first"),
+        ([ok, {"item_id": "c2", "ts": "yesterday", "rating": 3}], T0 + 10, "ts", "unparseable",
+         r"history\[1\]\.ts: 'yesterday' is not a time"),
+        ([ok, {"item_id": "c2", "ts": "2001-01-01T10:00:00", "rating": 3}], T0 + 10**6, "ts", "unparseable", "has no zone"),
+        ([ok, {"item_id": "c2", "ts": -1, "rating": 3}], T0 + 10, "ts", "out_of_range", "outside 1970-01-01"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5, "rating": 7}], T0 + 10, "rating", "out_of_range", "rating levels 1..5"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5, "rating": 0}], T0 + 10, "rating", "out_of_range", "rating levels 1..5"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5, "rating": float("nan")}], T0 + 10, "rating", "not_finite", "not a finite"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5, "rating": float("inf")}], T0 + 10, "rating", "not_finite", "not a finite"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5, "rating": "good"}], T0 + 10, "rating", "not_a_number", "is not a number"),
+        ([ok], T0 - 1, "request_time", "before_last_event", r"request_time 978299999 .* is before the last event's ts"),
+        ([ok], "soon", "request_time", "unparseable", "'soon' is not a time"),
+        ([ok], float("inf"), "request_time", "unparseable", "inf is not a time"),
+        ([ok], True, "request_time", "unparseable", "True is not a time"),
+    ]
+    for history, when, field_name, reason, message in cases:
+        err = _ctx_error(ctx, history, when)
+        assert (err.field, err.reason) == (field_name, reason), (history, when, err)
+        assert err.code == ("missing_context" if reason == "missing" else "invalid_context")
+        assert re.search(message, str(err)), str(err)
+        assert f"model {ctx.version} reads ts, rating, request_time" in str(err)  # names the model and its fields
+    batch = pytest.raises(ContextError, ctx.recommend, [[ok], [ok, "c2"]], 3, request_times=[T0 + 10] * 2)
+    assert "histories[1][1] (item 'c2') has no ts" in str(batch.value)  # which user of a batch
+
+
+def test_an_ids_only_model_takes_plain_ids_and_events_alike_and_ignores_the_fields(rec: Recommender) -> None:
+    assert rec.context_fields == []
+    plain = rec.recommend([["m01", "m05", "m07"]], 6)[0]
+    events = [{"item_id": "m01", "ts": "not a time", "rating": 99}, {"item_id": "m05"}, {"item_id": "m07", "ts": 3}]
+    assert rec.recommend([events], 6, request_times=["whenever"])[0].item_ids == plain.item_ids
+    assert rec.recommend([["m01", events[1], "m07"]], 6)[0].item_ids == plain.item_ids  # mixed entries too
+    assert rec.prepare([events])[0].contexts is None
+
+
+def test_events_must_be_events(rec: Recommender) -> None:
+    with pytest.raises(RecommendError, match=r"history\[0\] has no item_id"):
+        rec.recommend([[{"ts": 5}]], 3)
+    with pytest.raises(RecommendError, match=r"history\[1\] has unknown field\(s\) \['when'\]"):
+        rec.recommend([["m01", {"item_id": "m02", "when": 5}]], 3)
+    with pytest.raises(RecommendError, match="item ids must be strings"):
+        rec.recommend([[{"item_id": 1.5}]], 3)
+
+
+def test_a_frame_carries_events_and_request_times_per_row(ctx: Recommender) -> None:
+    from lite_rec.infer.recommender import recommend_frame
+    from tests.helpers.context_models import split_events, timed_sequences
+
+    histories, times = split_events(timed_sequences(CTX_ITEMS), CTX_IDS)
+    frame = pd.DataFrame({"history": histories[:3], "k": 4, "request_time": [times[0], float(times[1]), None]})
+    clock = ctx.clock
+    try:
+        ctx.clock = lambda: times[2]
+        out = recommend_frame(ctx, frame)
+    finally:
+        ctx.clock = clock
+    assert out["item_ids"].tolist() == [r.item_ids for r in ctx.recommend(histories[:3], 4, request_times=times[:3])]
+    bad = frame.assign(history=[histories[0], [*histories[1], "c1"], []], request_time=times[:3])
+    with pytest.raises(ContextError, match=r"histories\[1\]\[\d+\] \(item 'c1'\) has no ts"):
+        recommend_frame(ctx, bad)  # the frame's row, not the row within its options group

@@ -157,3 +157,36 @@ def test_a_file_without_the_columns_says_to_rerun_the_data_stage() -> None:
     assert item_contexts(old, time_gaps=False, ratings=False, time_bias=True).tolist() == [[0, 0, 0], [0, 0, 0], [0, 100, 0]]
     assert item_contexts(old, time_gaps=True, ratings=False, time_bias=True, with_valid=True)[:, CONTEXT_TIME].tolist() == [
         0, 0, 100, 100 + DAY]
+
+
+def test_context_fields_name_what_a_request_must_carry() -> None:
+    from lite_rec.model.context import context_fields
+
+    def fields(**flags: bool) -> list[str]:
+        return context_fields(ModelConfig(backbone="lean", **flags))
+
+    assert fields() == []
+    assert fields(time_gaps=True) == fields(time_bias=True) == ["ts"]
+    assert fields(ratings=True) == ["rating"]
+    assert fields(query_time=True) == ["ts", "request_time"]
+    assert fields(time_gaps=True, ratings=True, time_bias=True, query_time=True) == ["ts", "rating", "request_time"]
+
+
+def test_serving_builds_a_histories_contexts_with_the_evaluations_function() -> None:
+    """history_contexts on one user's raw times, ratings and request time (what serving has) gives the
+    rows item_contexts gives the offline test split (the target's time as the request time)."""
+    from lite_rec.model.context import history_contexts
+
+    features = dict(time_gaps=True, ratings=True, time_bias=True, query_time=True, query_gap_floor=HOUR)
+    offline = item_contexts(SEQUENCES, **features, with_valid=True, query="test")
+    row = SEQUENCES.iloc[0]
+    live = history_contexts(build_sequence_store([[*row["train_ts"], row["valid_ts"]]]),
+                            build_sequence_store([[*row["train_rating"], row["valid_rating"]]], np.float64),
+                            np.array([row["test_ts"]]), **features)
+    np.testing.assert_array_equal(live, offline)
+    assert live[-1, CONTEXT_NEXT_GAP] == 1  # 30 s to the request: under the floor, read as no gap
+    later = history_contexts(build_sequence_store([[*row["train_ts"], row["valid_ts"]]]), None,
+                             np.array([row["valid_ts"] + 2 * HOUR]), time_gaps=True, ratings=False, query_time=True,
+                             query_gap_floor=HOUR)
+    assert later[-1, CONTEXT_NEXT_GAP] == 6  # two hours: a new visit, read
+    assert history_contexts(None, None, None, time_gaps=False, ratings=False) is None

@@ -36,6 +36,8 @@ JSON = {"content-type": "application/json"}
 EXTRAS = {
     "malformed_json": set(), "unsupported_media_type": set(), "invalid_request": {"errors", "error_count"},
     "unknown_items": {"unknown_item_ids", "unknown_item_count"}, "too_many_users": set(), "payload_too_large": set(),
+    "missing_context": {"field", "reason", "model_version", "context_fields"},
+    "invalid_context": {"field", "reason", "model_version", "context_fields"},
     "not_found": set(), "method_not_allowed": set(),
 }
 

@@ -3,16 +3,18 @@ written atomically, from processed data, frames or interaction logs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from lite_rec.core.config import LiteRecConfig, build_config
 from lite_rec.core.errors import DataError
 from lite_rec.infer.bundle import load_bundle
-from lite_rec.infer.recommender import Recommender
+from lite_rec.infer.recommender import ContextError, Recommender
 from lite_rec.serve.scoring import default_scores_path, load_histories, read_histories, score_users
 from tests.helpers.tiny_models import save_tiny_bundle, tiny_model
 
@@ -152,3 +154,66 @@ def test_model_must_be_given_histories_unless_it_is_a_config(rec: Recommender, b
     with pytest.raises(DataError, match="user_id"):
         read_histories(pd.DataFrame({"who": ["a"], "history": [["x1"]]}))
     assert load_bundle(bundle_dir).num_items == N_ITEMS
+
+
+# ---------------------------------------------------------------------------------------------
+# A model that reads events and the request time
+
+
+@pytest.fixture(scope="module")
+def ctx_rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    from tests.helpers.context_models import context_model, save_context_bundle
+
+    return Recommender.from_path(save_context_bundle(tmp_path_factory.mktemp("scoring-ctx") / "bundle",
+                                                     context_model(n_items=N_ITEMS, window=4, seed=9), IDS))
+
+
+def test_a_log_with_times_and_ratings_is_scored_as_events_at_as_of(ctx_rec: Recommender, tmp_path: Path) -> None:
+    from tests.helpers.context_models import T0
+
+    log = pd.DataFrame({"user_id": ["u1", "u2", "u1", "u1", "u2"], "item_id": ["x9", "x3", "x1", "x2", "x4"],
+                        "ts": pd.to_datetime([T0 + 900, T0, T0, T0 + 30, T0 + 5], unit="s"),  # naive datetimes: UTC
+                        "rating": [4.0, 2.0, 5.0, None, 1.0]})
+    frame = read_histories(log)
+    assert frame.set_index("user_id")["ts"].to_dict() == {"u2": [T0, T0 + 5], "u1": [T0, T0 + 30, T0 + 900]}
+    as_of = T0 + 2 * 86_400
+    with pytest.raises(ContextError, match=r"histories\['u1'\]\[1\] \(item 'x2'\) has no rating"):  # u1's second one
+        score_users(ctx_rec, log, tmp_path / "x.parquet", k=3, progress=False, as_of=as_of)
+    log.loc[3, "rating"] = 3.0
+    out = tmp_path / "ctx.parquet"
+    result = score_users(ctx_rec, log, out, k=3, progress=False, as_of="2001-01-02T22:00:00Z")  # = as_of, as ISO-8601
+    assert result.users == 2 and pq.read_schema(out).metadata[b"lite_rec.as_of"] == b"2001-01-02T22:00:00Z"
+    events = {"u1": [{"item_id": "x1", "ts": T0, "rating": 5.0}, {"item_id": "x2", "ts": T0 + 30, "rating": 3.0},
+                     {"item_id": "x9", "ts": T0 + 900, "rating": 4.0}],
+              "u2": [{"item_id": "x3", "ts": T0, "rating": 2.0}, {"item_id": "x4", "ts": T0 + 5, "rating": 1.0}]}
+    got = pd.read_parquet(out)
+    for user, history in events.items():
+        assert got[got.user_id == user]["item_id"].tolist() == ctx_rec.recommend([history], 3, request_times=[as_of])[0].item_ids
+    with pytest.raises(DataError, match="as_of"):
+        score_users(ctx_rec, log, out, k=3, progress=False, as_of="someday")
+
+
+def test_processed_data_gives_every_users_events_and_now_is_the_default_request_time(cfg: LiteRecConfig, ctx_rec: Recommender,
+                                                                                      tmp_path: Path) -> None:
+    from tests.helpers.context_models import T0
+
+    timed = SEQUENCES.assign(
+        train_ts=[[T0 + 60 * i for i in range(len(s))] for s in SEQUENCES["train_seq"]], valid_ts=T0 + 3_600,
+        test_ts=T0 + 7_200, train_rating=[[3.0] * len(s) for s in SEQUENCES["train_seq"]], valid_rating=4.0, test_rating=5.0)
+    timed.to_parquet(cfg.processed_dir / "sequences.parquet", index=False)
+    frame = load_histories(cfg)
+    assert frame["history"].tolist()[0] == ["x1", "x2", "x3", "x4", "x5"]  # train, then valid, then test
+    assert frame["ts"].tolist()[0] == [T0, T0 + 60, T0 + 120, T0 + 3_600, T0 + 7_200]
+    assert frame["rating"].tolist()[0] == [3.0, 3.0, 3.0, 4.0, 5.0]
+    clock = ctx_rec.clock
+    out = tmp_path / "now.parquet"
+    result = score_users(ctx_rec, cfg, out, k=4, progress=False)  # as_of None: now (one clock read for the run)
+    assert result.users == 4
+    stamp = pq.read_schema(out).metadata[b"lite_rec.as_of"].decode()
+    now = int(pd.Timestamp(stamp).timestamp())
+    assert abs(now - time.time()) < 120 and ctx_rec.clock is clock
+    events = [[{"item_id": i, "ts": t, "rating": r} for i, t, r in zip(h, ts, rs)]
+              for h, ts, rs in zip(frame["history"], frame["ts"], frame["rating"])]
+    want = ctx_rec.recommend(events, 4, request_times=[now] * 4)
+    got = pd.read_parquet(out)
+    assert [got[got.user_id == u]["item_id"].tolist() for u in frame["user_id"]] == [w.item_ids for w in want]

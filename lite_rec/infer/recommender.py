@@ -72,6 +72,7 @@ FRAME_DEFAULTS = {"k": 10, "exclude_history": True, "ignore_unknown": False, "re
 # The largest k any request may ask for (also capped by the catalog size): one rule for the HTTP
 # service, the pyfunc and batch scoring. A top-1000 answer is already ~80 KB of JSON.
 MAX_K = 1000
+WARM_UP_TIME = 978_300_000  # 2000-12-31T22:00:00Z: when example_request's events start
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,16 @@ class Recommender:
             for j, u in enumerate(active):
                 contexts[u] = table[bounds[j] : bounds[j + 1]]
         return [Prepared(i, un, c) for i, un, c in zip(indices, unknown, contexts, strict=True)]
+
+    def example_request(self, item_ids: Sequence[str], start: int = WARM_UP_TIME) -> tuple[list[object], int | None]:
+        """A valid request for this model over `item_ids` (warm-up, examples): the ids as they are
+        for an ids-only model, else events a minute apart from `start` (rating 3 where read) and a
+        request time an hour after the last; (history, request_time)."""
+        if not self.context_fields:
+            return list(item_ids), None
+        rated = {"rating": 3} if RATING in self.context_fields else {}
+        events = [{"item_id": i, "ts": start + 60 * j, **rated} for j, i in enumerate(item_ids)]
+        return events, start + 60 * len(events) + 3_600
 
     def _error(self, field_name: str, reason: str, detail: str) -> ContextError:
         return ContextError(field_name, reason, detail, self.version, self.context_fields)

@@ -81,8 +81,9 @@ def warm_up(rec: Recommender) -> Recommender:
     lengths = getattr(rec.model, "length_buckets", (rec.max_seq_len,))
     k = min(10, rec.num_items)
     for n in lengths:
-        rec.recommend([ids[:n]], k)
-        rec.recommend([ids[:n]] * 8, k)
+        history, when = rec.example_request(ids[:n])  # events and a request time for a model that reads them
+        rec.recommend([history], k, request_times=[when])
+        rec.recommend([history] * 8, k, request_times=[when] * 8)
     rec.recommend([[]], k)  # the fallback path too
     return rec
 

@@ -147,3 +147,15 @@ def test_an_ids_only_model_takes_ids_and_events_alike(bundles: tuple[Path, Path]
     assert with_events.json()["items"] == plain["items"]  # the fields it does not read are ignored, not checked
     out = pyfunc.predict(None, pd.DataFrame({"history": [["f1", "f4", "f9"], events], "k": 5}))
     assert out["item_ids"].tolist()[0] == out["item_ids"].tolist()[1] == [i["item_id"] for i in plain["items"]]
+
+
+def test_the_services_loader_warms_a_context_model_up_with_events(bundles: tuple[Path, Path]) -> None:
+    from lite_rec.infer.bundle import load_bundle
+    from lite_rec.serve.watcher import make_loader
+
+    rec = make_loader("cpu")(load_bundle(bundles[0]))  # the fast path, warmed up on every length bucket
+    history, when = rec.example_request(IDS[:3])
+    assert [set(e) for e in history] == [{"item_id", "ts", "rating"}] * 3 and when > history[-1]["ts"]
+    assert len(rec.recommend([history], 4, request_times=[when])[0]) == 4
+    ids_only = make_loader("cpu")(load_bundle(bundles[1]))
+    assert ids_only.example_request(IDS[:2]) == (IDS[:2], None)

@@ -223,6 +223,26 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """The scoring step of a bundle or registered model as ONNX, with its sidecar JSON (lite_rec/infer/onnx_export.py)."""
+    from lite_rec.infer.onnx_export import export_onnx, sidecar_path
+    from lite_rec.registry.client import client_for
+    from lite_rec.registry.versions import fetch_bundle, parse_model_ref, resolve_version
+
+    ref = parse_model_ref(args.model)
+    client = client_for(args.tracking_uri) if ref.path is None else None
+    try:
+        bundle, source = fetch_bundle(ref, resolve_version(ref, client), client)
+    except LookupError as exc:
+        print(f"lite-rec export: error: {exc}", file=sys.stderr)
+        return 2
+    sidecar = export_onnx(bundle, args.out, top_k=args.top_k, opset=args.opset)
+    shapes = {side: ", ".join(f"{d['name']} {d['dtype']} {tuple(d['shape'])}" for d in sidecar[side]) for side in ("inputs", "outputs")}
+    print(f"{source} -> {args.out} (ONNX opset {sidecar['opset']}, dynamic batch and length up to {sidecar['max_seq_len']})\n"
+          f"  inputs:  {shapes['inputs']}\n  outputs: {shapes['outputs']}\n  sidecar: {sidecar_path(args.out)}")
+    return 0
+
+
 def _overrides_dict(cfg: LiteRecConfig) -> dict:
     """The resolved config as a nested dict: what a Prefect flow takes as `overrides`."""
     data = cfg.model_dump(mode="json")
@@ -263,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
     sub.add_parser("serve", help=SERVE_HELP, add_help=False)
+    ex = sub.add_parser("export", help="write a model's scoring step as ONNX (for ONNX Runtime / Triton Inference Server)",
+                        description=cmd_export.__doc__)
+    ex.add_argument("model", help="a bundle directory, models:/<name>@<alias> or models:/<name>/<version>")
+    ex.add_argument("--out", required=True, help="the .onnx file to write (its sidecar JSON goes beside it)")
+    ex.add_argument("--top-k", type=int, default=0, help="also output the best K items, the input items masked (default: scores only)")
+    ex.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    ex.add_argument("--tracking-uri", help="MLflow tracking server for models:/ URIs (default: MLFLOW_TRACKING_URI)")
     st = sub.add_parser("stack", help="start/stop the local MLflow + Prefect servers and workers",
                         description=cmd_stack.__doc__)
     st.add_argument("action", choices=["up", "down", "status"])
@@ -288,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # our own bars (and pip's, for registry packages) take the flag explicitly; this also
         # silences third-party tqdm bars such as transformers' weight loading
         os.environ["TQDM_DISABLE"] = "1"
-    func = cmd_stack if args.command == "stack" else COMMANDS[args.command][0]
+    func = {"stack": cmd_stack, "export": cmd_export}.get(args.command) or COMMANDS[args.command][0]
     try:
         return func(args)
     except LiteRecError as exc:

@@ -1,24 +1,40 @@
-"""An inference-only plan of the recommendation step for T5-style encoders: same function, fewer kernels.
+"""An inference-only plan of the recommendation step for T5-style encoders: same function, less work.
 
-Why: at serving sizes (32 users x 21 items on a GPU) the step's arithmetic takes tens of
-microseconds and the time goes to launching ~120 small kernels and to elementwise passes
-over activations. :class:`LeanRunner` computes exactly what ``LiteRecModel`` with a lean (or HF
-T5) backbone computes at inference (Eq. 4-5 of the paper), re-planned for speed:
+Why: serving computes one thing per user, the scores of the user vector h_u (Eq. 4-5 of the
+paper), and at the windows the shipped model reads (200 items) the step's work is the encoder's
+GEMMs and its attention; at short windows it is launching ~80 small kernels.
+:class:`LeanRunner` computes exactly what ``LiteRecModel`` with a lean (or HF T5) backbone
+computes at inference, re-planned for speed:
 
+- **only what the answer needs.** With ``pooling: last`` h_u is the top layer's output at the
+  last real position, so the top layer computes keys and values at every position but the
+  query, the attention output, the feed-forward and the final norm at that one position
+  (``last_only``); the other layers run at every position, as they feed those keys and values;
+- **one mask for a whole causal batch.** Histories are right-padded (as the recommender and the
+  evaluation pad them), so in a causal model no real position ever sees a padding key: the
+  mask is the causal one, shared by every row, and the attention reads the cached
+  ``(1, H, T, T)`` relative-position bias with the future at -inf, broadcast over the batch (no
+  per-step ``(B, H, T, T)`` mask). Bidirectional models (and the time bias, which differs per
+  user) still build a per-row masked bias;
+- **fused attention.** ``attention="sdpa"`` runs ``scaled_dot_product_attention``, whose fused
+  kernels (cuDNN / memory-efficient on CUDA, flash on CPU) never materialise the scores;
+  ``"triton"`` and ``"flash"`` run one Triton kernel per layer (:mod:`lite_rec.infer.triton_attention`:
+  one tile per user and head, fastest for short windows; flash-style tiling that skips the
+  future's key blocks), ``"auto"`` the one-tile kernel up to :data:`TILE_MAX_LEN` items, the
+  flash-style one up to :data:`FLASH_MAX_LEN` and SDPA above (the fastest of each, timed on an
+  H100), ``"bmm"`` plain matrix products;
 - the item inputs ``adapter(item_vectors) (+ item_embedding)`` do not depend on the user, so
-  they become one precomputed table and the input is a single gather;
-- the relative-position bias depends only on the length, so it is computed once per length
-  bucket; padding and causality are applied to it with one ``masked_fill`` per step, not per layer;
-- RMSNorm runs as one fused kernel on the activations' own dtype (fp32 statistics inside the
-  kernel), instead of upcast + norm + downcast;
-- the residual additions ride on the output projections (``addmm`` with beta = 1);
-- optionally (``attention="triton"``, CUDA) the whole attention of a layer, mask included, is one
-  Triton kernel (:mod:`lite_rec.infer.triton_attention`) reading the QKV GEMM's output in place.
+  they become one precomputed table and the input is one gather; the per-item contexts
+  (``model.time_gaps`` / ``ratings`` / ``query_time``: embeddings added to the input;
+  ``time_bias``: a per-user attention bias) are read as the model reads them;
+- RMSNorm runs as one fused kernel in the activations' dtype, the residual additions ride on
+  the output projections (``addmm_`` into the residual stream, no copy), and optionally the ReLU
+  on the FFN's GEMM (``fused_relu``).
 
 The pooling (Eq. 4) and the head (Eq. 5) stay in fp32, as in the model. A Hugging Face T5
-encoder is mapped into the lean layout first (``load_t5_weights_into_lean``: an exact mapping),
-so models trained with ``backbone: t5-small`` get the same plan. Imports only torch (triton only
-when ``attention="triton"`` is asked for).
+encoder is mapped into the lean layout first (``load_t5_weights_into_lean``: an exact mapping).
+Inputs must be right-padded (real items first, then zeros). Imports only torch (triton only
+where its attention is asked for); traceable by ``torch.export`` for the ONNX export.
 """
 
 from __future__ import annotations
@@ -29,10 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lite_rec.data.sequences import CONTEXT_SETTINGS
 from lite_rec.model.backbone import LeanEncoder, load_t5_weights_into_lean, relative_position_bucket
+from lite_rec.model.context import CONTEXT_ID, CONTEXT_NEXT_GAP, CONTEXT_TIME, time_bucket
 from lite_rec.model.rec_llm import LiteRecModel
 
-__all__ = ["LeanRunner", "lean_encoder_of", "supports"]
+__all__ = ["ATTENTIONS", "FLASH_MAX_LEN", "TILE_MAX_LEN", "LeanRunner", "check_contexts", "lean_encoder_of", "supports"]
+
+ATTENTIONS = ("sdpa", "bmm", "triton", "flash", "auto")
+# "auto" on CUDA, by the window a batch is cut to (kernels timed alone on an H100, docs/benchmarks.md): the one-tile
+# Triton kernel up to 32 items, the flash-style one up to 128, SDPA's fused kernel (cuDNN) above
+TILE_MAX_LEN, FLASH_MAX_LEN = 32, 128
 
 
 def supports(model: LiteRecModel) -> bool:
@@ -56,39 +79,62 @@ def lean_encoder_of(model: LiteRecModel) -> LeanEncoder:
     return lean
 
 
-def _load_triton_attention(device: torch.device, head_dim: int) -> Callable[..., torch.Tensor]:
-    """``lite_rec.infer.triton_attention.attention``, imported only here: triton is needed only for this
-    option. Raises a readable error without triton, off CUDA, or for a head size it cannot tile."""
+def check_contexts(items: torch.Tensor, contexts: torch.Tensor | None) -> None:
+    """The model's error (``LiteRecModel.embed_items``) unless ``contexts`` is (B, T, C) for ``items`` (B, T)."""
+    if contexts is None or contexts.dim() != 3 or contexts.shape[:2] != items.shape:
+        got = "none" if contexts is None else f"shape {tuple(contexts.shape)}"
+        raise ValueError(f"this model reads an input context ({CONTEXT_SETTINGS}): "
+                         f"pass contexts (B, T, C) with the items {tuple(items.shape)}; got {got}")
+
+
+def _load_triton_attention(device: torch.device, head_dim: int) -> tuple[Callable[..., torch.Tensor], ...]:
+    """``lite_rec.infer.triton_attention``'s two kernels, imported only here: triton is needed only for these
+    options. Raises a readable error without triton, off CUDA, or for a head size it cannot tile."""
     from lite_rec.infer import triton_attention  # ImportError naming the triton pin where triton is missing
 
     triton_attention.check_supported(torch.device(device), head_dim)
-    return triton_attention.attention
+    return triton_attention.attention, triton_attention.flash_attention
 
 
 class LeanRunner(nn.Module):
-    """``forward(items (B, T)) -> logits (B, N+1)`` fp32, the model's inference function."""
+    """``forward(items (B, T), contexts (B, T, C) | None) -> logits (B, N+1)`` fp32, the model's inference function.
 
-    def __init__(self, model: LiteRecModel, dtype: torch.dtype = torch.float32, fused_relu: bool = False, attention: str = "sdpa") -> None:
+    ``previous=True`` gives the plan as it was before long windows (every layer at every position,
+    a per-row mask, residuals out of place): the benchmarks' previous best.
+    """
+
+    def __init__(self, model: LiteRecModel, dtype: torch.dtype = torch.float32, fused_relu: bool = False,
+                 attention: str = "sdpa", last_only: bool = True, previous: bool = False) -> None:
         super().__init__()
-        if attention not in ("sdpa", "bmm", "triton"):
-            raise ValueError(f"attention must be 'sdpa', 'bmm' or 'triton', got {attention!r}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(map(repr, ATTENTIONS))}, got {attention!r}")
+        spec, cfg = model.spec, model.spec.config
+        if cfg.time_bias and attention == "triton":
+            attention = "flash"  # the one-tile kernel reads one bias for all users; the time bias is per user
         self.fused_relu = fused_relu  # ReLU as a cuBLASLt GEMM epilogue (torch._addmm_activation); CUDA only
-        # "bmm": scores by baddbmm (bias fused), softmax, bmm: better for many short rows;
-        # "triton": one kernel per layer, mask applied inside (lite_rec.infer.triton_attention)
         self.attention = attention
-        spec = model.spec
         encoder = lean_encoder_of(model)
         device = next(model.parameters()).device
-        if attention == "triton":
-            self._triton_attention = _load_triton_attention(device, spec.backbone.d_model // encoder.n_heads)
+        if attention in ("triton", "flash", "auto"):
+            self._triton_attention, self._flash_attention = _load_triton_attention(device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
         self.num_buckets, self.max_distance = encoder.num_buckets, encoder.max_distance
         self.qk_scale = float(getattr(encoder.blocks[0], "qk_scale", 1.0))  # 1.0 for T5 weights
-        self.pooling = spec.config.pooling
+        self.pooling = cfg.pooling
+        self.previous = previous
+        self.last_only = bool(last_only and cfg.pooling == "last" and not previous)
+        self.uses_context = cfg.uses_context
+        self.context_ids, self.query_time, self.time_bias = cfg.uses_context_ids, cfg.query_time, cfg.time_bias
         with torch.no_grad():
             table = model.item_representation(torch.arange(spec.n_items + 1, device=device)).float()  # (N+1, D)
-        self.register_buffer("table", table.to(dtype))  # row 0 (padding) as the model computes it
+        # with input contexts the sum is taken in fp32 (as the model does) and cast once
+        added = self.context_ids or self.query_time
+        self.register_buffer("table", table if added else table.to(dtype))  # row 0 (padding) as the model computes it
+        for name, on in (("context_embedding", self.context_ids), ("query_gap_embedding", self.query_time),
+                         ("time_bias_table", self.time_bias)):
+            source = getattr(model, "time_bias" if name == "time_bias_table" else name, None)
+            self.register_buffer(name, source.weight.detach().float().clone() if on else None)
         encoder = encoder.to(device)
         self.register_buffer("rel_bias", encoder.rel_bias.weight.detach().float())  # (buckets, H)
         self.eps = encoder.final_norm.eps
@@ -103,74 +149,158 @@ class LeanRunner(nn.Module):
         self.final_norm = w(encoder.final_norm.weight)
         self.register_buffer("ff_zero_bias", torch.zeros(spec.backbone.d_ff, device=device, dtype=dtype))  # for the fused epilogue
         self.head_weight = nn.Parameter(model.head.weight.detach().float(), requires_grad=False)  # (N+1, D) fp32 W_proj
-        self._position: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._position: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def position_bias(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per length, cached: the (1, H, T, T) relative-position bias in the activation dtype, and
-        the (T, T) positions no key may ever fill for a query: the future (causal) except itself.
+    # -- position bias and masks -------------------------------------------------------------
 
-        With these, a step's mask is ``pad_key & fixed`` (as ``attention_allowed``: padding keys
-        and the future are blocked, a query always sees itself): two small kernels, not six.
-        """
-        if t not in self._position:
-            pos = torch.arange(t, device=self.table.device)
-            buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)  # (T, T)
-            bias = self.rel_bias[buckets].permute(2, 0, 1)[None].to(self.dtype).contiguous()  # (1, H, T, T)
-            not_self = ~torch.eye(t, dtype=torch.bool, device=pos.device)  # (T, T)
-            future = torch.ones(t, t, dtype=torch.bool, device=pos.device).triu(1) if self.causal else torch.zeros_like(not_self)
-            self._position[t] = (bias, not_self, future)
-        return self._position[t][0], self._position[t][1]
+    def position_bias(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per length: the (1, H, T, T) fp32 relative-position bias; the same in the activation dtype
+        with the future at -inf when causal (the whole mask of a right-padded causal batch); and
+        (T, H, T) in the activation dtype, row l = what the query at position l may see when l is
+        the last real position (keys after it at -inf): the top layer's mask is one gather.
+        Cached per length, except while ``torch.export`` traces (the length is symbolic there)."""
+        exporting = torch.compiler.is_exporting()
+        if not exporting and t in self._position:
+            return self._position[t]
+        pos = torch.arange(t, device=self.rel_bias.device)
+        buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)  # (T, T)
+        bias = self.rel_bias[buckets].permute(2, 0, 1)[None].contiguous()  # (1, H, T, T) fp32
+        future = pos[None, :] > pos[:, None]  # (T, T)
+        causal = bias.masked_fill(future, float("-inf"))  # (1, H, T, T)
+        shared = (causal if self.causal else bias).to(self.dtype).contiguous()
+        last_rows = causal[0].transpose(0, 1).to(self.dtype).contiguous()  # (T, H, T)
+        if not exporting:
+            self._position[t] = (bias, shared, last_rows)
+        return bias, shared, last_rows
 
-    def _blocked(self, pad: torch.Tensor, t: int) -> torch.Tensor:
-        """(B, T) padding -> (B, 1, T, T) bool: keys each query may not attend to."""
-        _, not_self = self.position_bias(t)
-        key = pad[:, None, None, :]  # (B, 1, 1, T)
+    def _masked_bias(self, bias: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(1 or B, H, T, T) fp32 bias, (B, T) padding -> (B, H, T, T) in the activation dtype with the
+        keys a query may not see at -inf (``attention_allowed``: padding keys and, when causal, the
+        future; a query always sees itself, so no row is all -inf)."""
+        t = pad.shape[1]
+        pos = torch.arange(t, device=pad.device)
+        blocked = pad[:, None, None, :]  # (B, 1, 1, T)
         if self.causal:
-            key = key | self._position[t][2]  # (B, 1, T, T)
-        return key & not_self
+            blocked = blocked | (pos[None, :] > pos[:, None])  # (B, 1, T, T)
+        blocked = blocked & (pos[None, :] != pos[:, None])
+        return bias.masked_fill(blocked, float("-inf")).to(self.dtype)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.item_logits(self.user_vectors(items))  # (B, N+1)
+    def _time_bias(self, contexts: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) contexts -> (B, H, T, T) fp32 ``model.time_bias`` (``LiteRecModel.attention_time_bias``)."""
+        times = contexts[..., CONTEXT_TIME]  # (B, T) Unix seconds
+        buckets = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
+        return F.embedding(buckets, self.time_bias_table).permute(0, 3, 1, 2)  # (B, H, T, T)
 
-    def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) item_idx -> (B, D) fp32 user vectors h_u (Eq. 4)."""
+    # -- the step ----------------------------------------------------------------------------
+
+    def forward(self, items: torch.Tensor, contexts: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_logits(self.user_vectors(items, contexts))  # (B, N+1)
+
+    def _embed(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) -> (B*T, D) backbone inputs in the activation dtype (``LiteRecModel.embed_items``)."""
+        b, t = items.shape
+        x = self.table[items]  # (B, T, D)
+        if self.context_ids:
+            x = x + self.context_embedding[contexts[..., CONTEXT_ID]]
+        if self.query_time:
+            x = x + self.query_gap_embedding[contexts[..., CONTEXT_NEXT_GAP]]
+        return x.to(self.dtype).reshape(b * t, self.d_model)
+
+    def _mode(self, t: int) -> str:
+        if self.attention != "auto":
+            return self.attention
+        if self.time_bias:  # a per-user bias: the flash kernel reads it as it is
+            return "flash"
+        return "triton" if t <= TILE_MAX_LEN else "flash" if t <= FLASH_MAX_LEN else "sdpa"
+
+    def user_vectors(self, items: torch.Tensor, contexts: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) right-padded item_idx (+ (B, T, C) contexts) -> (B, D) fp32 user vectors h_u (Eq. 4)."""
         b, t = items.shape
         d, heads = self.d_model, self.n_heads
+        if self.uses_context:
+            check_contexts(items, contexts)
         pad = items == 0  # (B, T)
-        h = self.table[items].view(b * t, d)  # (B*T, D)
-        if self.attention == "triton":
-            bias = self.position_bias(t)[0][0]  # (H, T, T): the kernel masks it itself
+        rows = torch.arange(b, device=items.device)
+        last = ((~pad).long() * torch.arange(t, device=items.device)).argmax(1)  # (B,) last real position
+        h = self._embed(items, contexts)  # (B*T, D)
+        mode = self._mode(t)
+        bias, shared, last_rows = self.position_bias(t)
+        if self.time_bias:
+            bias = bias + self._time_bias(contexts)  # (B, H, T, T) fp32
+        one_mask = self.causal and not self.time_bias and not self.previous  # right padding: no query sees a padding key
+        if mode in ("triton", "flash"):
+            # the kernels mask it themselves (the future's -inf of a causal model changes nothing there);
+            # the time bias is per user (B, H, T, T), which only the flash kernel reads ("auto" picks it)
+            mask = bias.to(self.dtype).contiguous() if self.time_bias else shared[0]  # (B, H, T, T) or (H, T, T)
+            key_pad = None if one_mask and mode == "flash" else pad
         else:
-            bias = self.position_bias(t)[0].masked_fill(self._blocked(pad, t), float("-inf"))  # (B, H, T, T)
+            mask = shared if one_mask else self._masked_bias(bias, pad)  # (1, H, T, T) or (B, H, T, T)
         params = list(self.layers)
-        for i in range(0, len(params), 6):
-            attn_norm, qkv, out, ff_norm, wi, wo = params[i : i + 6]
+        n_layers = len(params) // 6
+        for i in range(n_layers):
+            attn_norm, qkv, out, ff_norm, wi, wo = params[6 * i : 6 * i + 6]
             x = F.rms_norm(h, (d,), attn_norm, self.eps)
-            if self.attention == "triton":
-                a = self._triton_attention(F.linear(x, qkv), bias, pad, heads, self.qk_scale, self.causal)  # (B*T, D)
-            elif self.attention == "sdpa":
-                q, k, v = F.linear(x, qkv).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dk)
-                a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.qk_scale)  # (B, H, T, dk)
-                a = a.transpose(1, 2).reshape(b * t, d)
+            if self.last_only and i == n_layers - 1:  # the top layer: the last position's query alone
+                h = self._last_layer(h, x, (qkv, out), last, rows, b, t, bias if self.time_bias else last_rows)
             else:
-                q, k, v = F.linear(x, qkv).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).reshape(3, b * heads, t, d // heads)
-                scores = torch.baddbmm(bias.reshape(b * heads, t, t), q, k.transpose(1, 2), alpha=self.qk_scale)  # (B*H, T, T)
-                a = torch.bmm(torch.softmax(scores, -1), v)  # softmax accumulates in fp32 inside the kernel
-                a = a.view(b, heads, t, d // heads).transpose(1, 2).reshape(b * t, d)
-            h = torch.addmm(h, a, out.t())  # residual in the GEMM
-            x = F.rms_norm(h, (d,), ff_norm, self.eps)
-            if self.fused_relu:
-                f = torch._addmm_activation(self.ff_zero_bias, x, wi.t(), use_gelu=False)  # (B*T, d_ff)
-            else:
-                f = F.relu(F.linear(x, wi))  # (B*T, d_ff)
-            h = torch.addmm(h, f, wo.t())
+                if mode in ("triton", "flash"):
+                    kernel = self._flash_attention if mode == "flash" else self._triton_attention
+                    a = kernel(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal)  # (B*T, D)
+                else:
+                    q, k, v = F.linear(x, qkv).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dk)
+                    a = self._attend(q, k, v, mask, mode).transpose(1, 2).reshape(b * t, d)
+                h = self._residual(h, a, out)
+            h = self._feed_forward(h, ff_norm, wi, wo)
+        if self.last_only:
+            return F.rms_norm(h, (d,), self.final_norm, self.eps).float()  # (B, D): already the last position
         hidden = F.rms_norm(h, (d,), self.final_norm, self.eps).view(b, t, d)
         # Eq. 4 in fp32, as LiteRecModel.user_vectors (or its "last" pooling)
         if self.pooling == "last":
-            last = ((~pad).long() * torch.arange(t, device=items.device)).argmax(1)  # (B,) last real position
-            return hidden.float()[torch.arange(b, device=items.device), last]  # (B, D)
+            return hidden.float()[rows, last]  # (B, D)
         summed = hidden.float().masked_fill(pad[..., None], 0.0).sum(1)  # (B, D)
         return summed / (t - pad.sum(1, keepdim=True)).clamp(min=1)
+
+    def _residual(self, h: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """h + a @ weight^T, the addition in the GEMM; in place (out of place, the GEMM first copies h
+        into its output: one more pass over the activations per projection)."""
+        return torch.addmm(h, a, weight.t()) if self.previous else h.addmm_(a, weight.t())
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+        """(B, H, Tq, dk) queries over (B, H, T, dk) keys/values with an additive mask -> (B, H, Tq, dk)."""
+        if mode != "bmm":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.qk_scale)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.qk_scale + mask  # (B, H, Tq, T)
+        return torch.matmul(torch.softmax(scores, -1), v)  # softmax accumulates in fp32 inside the kernel
+
+    def _feed_forward(self, h: torch.Tensor, ff_norm: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor) -> torch.Tensor:
+        x = F.rms_norm(h, (self.d_model,), ff_norm, self.eps)
+        if self.fused_relu:
+            f = torch._addmm_activation(self.ff_zero_bias, x, wi.t(), use_gelu=False)  # (rows, d_ff)
+        else:
+            f = F.relu(F.linear(x, wi))  # (rows, d_ff)
+        return self._residual(h, f, wo)
+
+    def _last_layer(self, h: torch.Tensor, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], last: torch.Tensor,
+                    rows: torch.Tensor, b: int, t: int, bias: torch.Tensor) -> torch.Tensor:
+        """The top layer's attention for the last real position of each row: keys and values at every
+        position, the query there alone. (B*T, D) residual stream and its norm -> (B, D). ``bias``:
+        the cached (T, H, T) rows of the last position's mask, or a per-user (B, H, T, T) fp32 bias."""
+        qkv, out = weights
+        d, heads = self.d_model, self.n_heads
+        dk = d // heads
+        at = rows * t + last  # (B,) flat row of each user's last position
+        q = F.linear(x[at], qkv[:d]).view(b, heads, 1, dk)  # (B, H, 1, dk)
+        k, v = F.linear(x, qkv[d:]).view(b, t, 2, heads, dk).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, dk)
+        # with right padding the keys it may see are exactly those up to itself, causal or not
+        # (bidirectional: every later key is padding)
+        if bias.dim() == 3:
+            mask = bias[last][:, :, None, :]  # (B, H, 1, T)
+        else:
+            row = bias[rows, :, last]  # (B, H, T)
+            later = torch.arange(t, device=last.device)[None, :] > last[:, None]  # (B, T)
+            mask = row.masked_fill(later[:, None, :], float("-inf")).to(self.dtype)[:, :, None, :]  # (B, H, 1, T)
+        a = self._attend(q, k, v, mask, "bmm" if self.attention == "bmm" else "sdpa").reshape(b, d)  # (B, D)
+        return self._residual(h[at], a, out)  # (B, D)
 
     def item_logits(self, user: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, N+1) fp32 scores of every item (Eq. 5); padding is never recommended."""

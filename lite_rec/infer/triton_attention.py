@@ -1,4 +1,15 @@
-"""One Triton kernel for the whole self-attention of one encoder layer of :class:`~lite_rec.infer.lean_runner.LeanRunner`.
+"""Triton kernels for the whole self-attention of one encoder layer of :class:`~lite_rec.infer.lean_runner.LeanRunner`.
+
+Two kernels, one contract (inputs read in place from the QKV GEMM's output, the mask applied
+inside, the output written in the layout the output projection reads):
+
+- :func:`attention`: one program per (user, head) holding the whole ``T x T`` score tile: the
+  fewest launches for short windows (20 items), but its registers spill past ~64 items;
+- :func:`flash_attention`: one program per (block of 64 queries, user, head) that streams key
+  blocks with an online softmax (flash-style tiling), skips the key blocks a causal model never
+  reads, and reads an optional per-user bias (``model.time_bias``): the kernel for long windows.
+
+The rest of this docstring describes :func:`attention`; :func:`flash_attention` differs where said.
 
 Why: at serving sizes (32 users x 21 items, 8 heads of 64) the attention's arithmetic is tiny and
 its cost in the plan is kernel count: a permute copy of Q/K/V, the score GEMM with the bias, the
@@ -36,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("attention='triton' needs the triton package (the version your torch pins, e.g. "
                       "triton==3.7.1 for torch 2.13); use attention='bmm' or 'sdpa' without it") from exc
 
-__all__ = ["attention", "check_runs", "check_supported", "interpreted"]
+__all__ = ["attention", "check_runs", "check_supported", "flash_attention", "interpreted"]
 
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 
@@ -47,9 +58,9 @@ def interpreted() -> bool:
 
 
 @functools.cache
-def _kernel(interpret: bool):  # noqa: ARG001 - the cache key: one decoration per mode
-    """``triton.jit(_attention_kernel)``, decorated now, in the mode the environment asks for."""
-    return triton.jit(_attention_kernel)
+def _kernel(interpret: bool, flash: bool = False):  # noqa: ARG001 - the cache key: one decoration per mode
+    """``triton.jit`` of a kernel, decorated now, in the mode the environment asks for."""
+    return triton.jit(_flash_kernel if flash else _attention_kernel)
 
 
 def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_head_stride,
@@ -94,6 +105,58 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
         out = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")  # (BLOCK_T, DK) fp32
     else:
         out = tl.dot(p.to(v.dtype), v)  # (BLOCK_T, DK) fp32
+    tl.store(out_ptr + (b * T + rows[:, None]) * d_model + h * DK + dims[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_batch_stride, bias_head_stride,
+                  H: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                  USE_PAD: tl.constexpr, FP32_DOT: tl.constexpr):
+    """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32."""
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    d_model = H * DK
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions i
+    dims = tl.arange(0, DK)
+    row_ok = rows < T
+    head = qkv_ptr + (b * T) * (3 * d_model) + h * DK
+    q = tl.load(head + rows[:, None] * (3 * d_model) + dims[None, :], mask=row_ok[:, None], other=0.0)  # (BLOCK_M, DK)
+    bias_base = bias_ptr + b * bias_batch_stride + h * bias_head_stride
+    top = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max
+    total = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp
+    acc = tl.zeros([BLOCK_M, DK], tl.float32)
+    end = T
+    if CAUSAL:  # key blocks past this query block's last row are all in the future
+        end = tl.minimum(T, (tl.program_id(0) + 1) * BLOCK_M)
+    for start in range(0, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        key_ok = keys < T
+        k_t = tl.load(head + d_model + keys[None, :] * (3 * d_model) + dims[:, None], mask=key_ok[None, :], other=0.0)
+        v = tl.load(head + 2 * d_model + keys[:, None] * (3 * d_model) + dims[None, :], mask=key_ok[:, None], other=0.0)
+        if FP32_DOT:
+            qk = tl.dot(q.to(tl.float32), k_t.to(tl.float32), input_precision="ieee")
+        else:
+            qk = tl.dot(q, k_t)
+        inside = row_ok[:, None] & key_ok[None, :]
+        bias = tl.load(bias_base + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
+        scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_M, BLOCK_N) fp32
+        blocked = ~key_ok[None, :] | ((keys[None, :] > rows[:, None]) & CAUSAL)
+        if USE_PAD:  # padding keys, except a query's own position
+            pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0
+            blocked = blocked | (pad[None, :] & (keys[None, :] != rows[:, None]))
+        scores = tl.where(blocked, float("-inf"), scores)
+        new_top = tl.maximum(top, tl.max(scores, axis=1))
+        safe = tl.where(new_top == float("-inf"), 0.0, new_top)  # a row with no visible key in any block so far
+        p = tl.exp(scores - safe[:, None])
+        scale = tl.exp(top - safe)
+        total = total * scale + tl.sum(p, axis=1)
+        if FP32_DOT:
+            pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * scale[:, None] + pv
+        top = new_top
+    out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
     tl.store(out_ptr + (b * T + rows[:, None]) * d_model + h * DK + dims[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None])
 
@@ -146,17 +209,50 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads:
     return out
 
 
-def _check_inputs(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads: int, b: int, t: int, d: int) -> None:
+def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | None, n_heads: int, qk_scale: float,
+                    causal: bool, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """Masked multi-head self-attention of B users, flash-style tiling (see the module docstring).
+
+    qkv:  (B*T, 3D) contiguous, columns [q | k | v], head h at columns h*dk:(h+1)*dk of each
+    bias: (H, T, T) or (B, H, T, T) contiguous additive bias, shared or per user (no mask in it)
+    pad:  (B, T) bool, True where the item is padding; None: no key is masked as padding, which is
+          exact for a causal model over right-padded rows (a real query never reaches padding)
+    returns (B*T, D) in qkv's dtype, row b*T + t, columns h*dk:(h+1)*dk for head h
+    """
+    d = qkv.shape[1] // 3
+    dk = d // n_heads
+    t = bias.shape[-1]
+    b = qkv.shape[0] // max(t, 1)
+    per_user = bias.dim() == 4
+    _check_inputs(qkv, bias[0] if per_user else bias, pad, n_heads, b, t, d, heads_exact=True)
+    if per_user and (bias.shape[0] != b or not bias.is_contiguous()):
+        raise ValueError(f"a per-user bias must be contiguous (B, H, T, T) with B = {b}, got {tuple(bias.shape)}")
+    check_supported(qkv.device, dk)
+    out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
+    interpret = interpreted()
+    block = max(MIN_BLOCK, triton.next_power_of_2(t))
+    bm, bn = min(block_m, block), min(block_n, block)
+    _kernel(interpret, True)[(triton.cdiv(t, bm), b * n_heads)](
+        qkv, bias, pad if pad is not None else out, out, float(qk_scale), t, n_heads * t * t if per_user else 0, t * t,
+        H=n_heads, DK=dk, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), USE_PAD=pad is not None,
+        FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+def _check_inputs(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | None, n_heads: int, b: int, t: int, d: int,
+                  heads_exact: bool = False) -> None:
     """Shapes, dtypes, devices and contiguity the kernel's pointer arithmetic relies on."""
     if qkv.dim() != 2 or qkv.shape != (b * t, 3 * d) or d % n_heads:
         raise ValueError(f"qkv must be (B*T, 3D) = ({b * t}, 3 x D divisible by {n_heads} heads), got {tuple(qkv.shape)}")
     if qkv.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"qkv must be fp32, bf16 or fp16, got {qkv.dtype}")
-    if bias.dim() != 3 or bias.shape[0] not in (1, n_heads) or bias.shape[1:] != (t, t):
-        raise ValueError(f"bias must be (1 or {n_heads}, T, T) with T = {t}, got {tuple(bias.shape)}")
-    if pad.dtype != torch.bool:
+    heads = (n_heads,) if heads_exact else (1, n_heads)
+    if bias.dim() != 3 or bias.shape[0] not in heads or bias.shape[1:] != (t, t):
+        raise ValueError(f"bias must be ({' or '.join(map(str, heads))}, T, T) with T = {t}, got {tuple(bias.shape)}")
+    if pad is not None and pad.dtype != torch.bool:
         raise TypeError(f"pad must be a bool (B, T) tensor, got {pad.dtype}")
-    for name, x in (("qkv", qkv), ("bias", bias), ("pad", pad)):
+    for name, x in (("qkv", qkv), ("bias", bias)) + ((("pad", pad),) if pad is not None else ()):
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous (the kernel indexes it by row-major strides)")
         if x.device != qkv.device:

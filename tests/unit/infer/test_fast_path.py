@@ -210,17 +210,164 @@ def test_lean_plan_bmm_attention_equals_sdpa(causal: bool) -> None:
         LeanRunner(model, attention="flash")
 
 
-def test_auto_attention_picks_triton_only_where_its_kernel_can_tile_the_heads(caplog: pytest.LogCaptureFixture) -> None:
-    """`auto` = the fused Triton kernel (fastest measured) where it runs, else `bmm` with the reason
-    logged; explicit choices pass through. On this CPU the kernel (and the trial launch of
-    `triton_attention.check_runs`) runs under Triton's interpreter (tests/conftest.py), so the head
-    size decides here."""
+def test_auto_attention_keeps_the_triton_kernels_only_where_they_can_tile_the_heads(caplog: pytest.LogCaptureFixture) -> None:
+    """`auto` stays `auto` (LeanRunner picks a Triton kernel or SDPA per window) where the kernels run,
+    else `sdpa` with the reason logged; explicit choices pass through. On this CPU the kernel (and
+    the trial launch of `triton_attention.check_runs`) runs under Triton's interpreter
+    (tests/conftest.py), so the head size decides here."""
     cpu = torch.device("cpu")
     head16 = tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=32, n_heads=2)  # head size 16: tileable
     head8 = tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=16, n_heads=2)  # head size 8: too small
-    assert resolve_cuda_attention("auto", cpu, head16) == "triton"
+    assert resolve_cuda_attention("auto", cpu, head16) == "auto"
     with caplog.at_level("INFO", logger="lite_rec.infer.fast_path"):
-        assert resolve_cuda_attention("auto", cpu, head8) == "bmm"
+        assert resolve_cuda_attention("auto", cpu, head8) == "sdpa"
     assert "power of two" in caplog.text
-    for explicit in ("bmm", "sdpa", "triton"):
+    for explicit in ("bmm", "sdpa", "triton", "flash"):
         assert resolve_cuda_attention(explicit, cpu, head8) == explicit
+
+
+def test_auto_attention_picks_the_kernel_by_window() -> None:
+    """The one-tile kernel for short windows, the flash-style one up to 128 items, SDPA above; a
+    per-user time bias always goes to the flash-style kernel (the only one that reads it)."""
+    from lite_rec.infer.lean_runner import FLASH_MAX_LEN, TILE_MAX_LEN, LeanRunner
+
+    runner = LeanRunner(tiny_model(n_items=N_ITEMS, window=WINDOW, d_model=32, n_heads=2), attention="auto")
+    assert [runner._mode(t) for t in (1, TILE_MAX_LEN, TILE_MAX_LEN + 1, FLASH_MAX_LEN, FLASH_MAX_LEN + 1, 200)] == [
+        "triton", "triton", "flash", "flash", "sdpa", "sdpa"]
+    timed = LeanRunner(_context_model(causal=True, pooling="last", features=("time_bias",), d_model=32), attention="auto")
+    assert {timed._mode(t) for t in (5, 100, 200)} == {"flash"}
+    assert LeanRunner(_context_model(causal=True, pooling="last", features=("time_bias",), d_model=32), attention="triton").attention == "flash"
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan for long windows: the top layer at the last position only, one causal mask, contexts
+
+FEATURES = ("time_gaps", "ratings", "time_bias", "query_time")
+
+
+def _context_model(causal: bool, pooling: str, features: tuple[str, ...] = FEATURES, seed: int = 21, d_model: int = 16,
+                   window: int = WINDOW) -> LiteRecModel:
+    """A text+id model reading `features`; their tables drawn at random (training starts them at zero)."""
+    from lite_rec.core.model_config import ModelConfig
+    from lite_rec.model.rec_llm import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=d_model, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
+                      max_seq_len=window, item_repr="text+id", pooling=pooling, history_logit=True,
+                      **{f: True for f in features})
+    vectors = torch.randn(N_ITEMS + 1, 6)
+    vectors[0] = 0
+    model, _ = build_model(cfg, N_ITEMS, vectors, causal=causal)
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)
+        for name, p in model.named_parameters():
+            if name.split(".")[0] in ("time_bias", "query_gap_embedding", "context_embedding", "history_logit_param"):
+                p.normal_()
+    return model.eval()
+
+
+def _contexts(items: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """(B, T, 3) context rows for right-padded `items`: ids, increasing Unix times, next-gap indices; 0 at padding."""
+    b, t = items.shape
+    rows = torch.zeros(b, t, 3, dtype=torch.long)
+    rows[..., 0] = torch.as_tensor(rng.integers(1, 11, (b, t)))  # valid with time_gaps alone (11 rows) or with ratings
+    rows[..., 1] = torch.as_tensor(np.sort(rng.integers(0, 10**9, (b, t)), axis=1))
+    rows[..., 2] = torch.as_tensor(rng.integers(0, 10, (b, t)))
+    return rows.masked_fill((items == 0)[..., None], 0)
+
+
+def _assert_same_scores(got: torch.Tensor, want: torch.Tensor, k: int = 5) -> None:
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got))
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-3)
+    assert torch.equal(got.topk(k).indices, want.topk(k).indices)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("features", [(), FEATURES, ("time_gaps",), ("time_bias",), ("query_time",)])
+def test_fast_model_gives_the_models_scores_with_and_without_contexts(pooling: str, causal: bool, features: tuple[str, ...]) -> None:
+    """FastModel(items, contexts=...) = LiteRecModel(items, contexts=...) on right-padded batches of
+    every length (an empty row too, as batch buckets pad), for every context input."""
+    model = _context_model(causal, pooling, features)
+    fast = FastModel(_context_model(causal, pooling, features), "cpu", FastPathOptions(length_buckets=(3, 5)))
+    assert fast.runner is not None and fast.runner.last_only == (pooling == "last")
+    rng = np.random.default_rng(len(features) + 2 * causal)
+    items = _padded(rng, 10)
+    items[-1] = 0  # a row with no item
+    contexts = _contexts(items, rng) if features else None
+    with torch.inference_mode():
+        want, _ = model(items, contexts=contexts)
+        got, _ = fast(items, contexts=contexts)
+        _assert_same_scores(got, want)
+        short, _ = fast(items[:, :4], contexts=None if contexts is None else contexts[:, :4])  # fewer columns than the window
+        _assert_same_scores(short, model(items[:, :4], contexts=None if contexts is None else contexts[:, :4])[0])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "bmm"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_last_position_plan_equals_the_previous_plan(attention: str, causal: bool) -> None:
+    """The top layer at the last position only (and one mask for a causal batch, residuals in place)
+    computes what every layer at every position computed."""
+    from lite_rec.infer.lean_runner import LeanRunner
+
+    model = _model(item_repr="text+id", causal=causal, seed=14, pooling="last")
+    new, old = LeanRunner(model, attention=attention), LeanRunner(model, attention=attention, previous=True)
+    assert new.last_only and not old.last_only
+    items = _padded(np.random.default_rng(8), 11)
+    with torch.inference_mode():
+        _assert_same_scores(new(items), old(items))
+        _assert_same_scores(new(items), model(items)[0])
+
+
+def test_contexts_are_required_where_the_model_reads_them_and_ignored_elsewhere() -> None:
+    fast = FastModel(_context_model(True, "last"), "cpu")
+    items = _padded(np.random.default_rng(5), 3)
+    with pytest.raises(ValueError, match=r"reads an input context .* got none"):
+        fast(items)
+    with pytest.raises(ValueError, match=r"got shape \(3, 8\)"):
+        fast(items, contexts=items)
+    plain = FastModel(_model(), "cpu")
+    with torch.inference_mode():
+        torch.testing.assert_close(plain(items, contexts=torch.ones(3, WINDOW, 3, dtype=torch.long))[0], plain(items)[0])
+
+
+def test_a_backbone_without_a_plan_reads_contexts_through_the_model_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = _context_model(False, "mean", ("time_gaps", "ratings"))
+    with caplog.at_level("WARNING", logger="lite_rec.infer.fast_path"):
+        fast = FastModel(_context_model(False, "mean", ("time_gaps", "ratings")), "cpu", FastPathOptions(lean_plan=False))
+    assert fast.runner is None and caplog.text.count("the model itself reads the contexts") == 1
+    rng = np.random.default_rng(3)
+    items = _padded(rng, 6)
+    contexts = _contexts(items, rng)
+    with torch.inference_mode():
+        _assert_same_scores(fast(items, contexts=contexts)[0], model(items, contexts=contexts)[0])
+
+
+def test_a_batch_that_is_not_right_padded_is_scored_by_the_model_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = _model(causal=True, seed=15, pooling="last")
+    fast = FastModel(_model(causal=True, seed=15, pooling="last"), "cpu")
+    items = torch.tensor([[0, 0, 3, 4, 5, 0, 0, 0], [6, 7, 0, 0, 0, 0, 0, 0]])  # row 0: padding first
+    with caplog.at_level("WARNING", logger="lite_rec.infer.fast_path"), torch.inference_mode():
+        for _ in range(2):
+            _assert_same_scores(fast(items)[0], model(items)[0], k=3)
+    assert caplog.text.count("not right-padded") == 1
+
+
+def test_history_adds_the_learned_history_score_as_the_model_does() -> None:
+    model = _context_model(True, "last", ())
+    fast = FastModel(_context_model(True, "last", ()), "cpu")
+    items = _padded(np.random.default_rng(9), 5)
+    history = torch.cat([items, torch.randint(1, N_ITEMS + 1, (5, 3))], 1)  # (B, H): more than the window
+    with torch.inference_mode():
+        want, _ = model(items, history=history)
+        got, _ = fast(items, history=history)
+        _assert_same_scores(got, want)
+        assert not torch.allclose(got[torch.isfinite(got)], fast(items)[0][torch.isfinite(got)])
+
+
+def test_exact_trim_without_graphs() -> None:
+    fast = FastModel(_model(), "cpu", FastPathOptions(length_buckets=(2, 5)))
+    items = torch.zeros(2, WINDOW, dtype=torch.long)
+    items[0, :3] = torch.tensor([4, 5, 6])
+    assert fast.trim(items, exact=True).shape == (2, 3) and fast.trim(items).shape == (2, 5)

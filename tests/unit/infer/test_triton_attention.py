@@ -1,5 +1,7 @@
-"""The Triton attention kernel (lite_rec.infer.triton_attention) computes LeanRunner's attention: the same
-outputs as a plain torch reference of the mask's definition and as the plan's "bmm" path.
+"""The Triton attention kernels (lite_rec.infer.triton_attention) compute LeanRunner's attention: the same
+outputs as a plain torch reference of the mask's definition and as the plan's "bmm" path, the
+flash-style kernel also across key blocks (online softmax), with causal block skipping and a
+per-user bias.
 
 Checked on a CPU under Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before
 anything imports triton); a GPU compiles the same kernel source. Needs the triton package.
@@ -80,6 +82,31 @@ def test_padding_query_sees_only_itself() -> None:
     torch.testing.assert_close(got, qkv[:, 2 * heads * dk :])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("t", "causal", "per_user"), [(1, False, False), (5, True, False), (16, True, True),
+                                                       (37, False, False), (37, True, True), (37, False, True)])
+def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtype, t: int, causal: bool, per_user: bool) -> None:
+    """Blocks of 16 queries and keys: a 37-item window takes three key blocks (the last one partly
+    outside the window), the online softmax must rescale across them; a per-user bias is read per
+    user; right-padded rows of every length, an empty one too."""
+    heads, dk, batch = 2, 16, 4
+    gen = torch.Generator().manual_seed(t + 100 * causal + 1000 * per_user)
+    qkv = torch.randn(batch * t, 3 * heads * dk, generator=gen).to(dtype)
+    bias = torch.randn(batch if per_user else 1, heads, t, t, generator=gen).to(dtype)
+    lengths = torch.tensor([t, max(t // 2, 1), 1, 0])
+    pad = torch.arange(t)[None, :] >= lengths[:, None]  # (B, T) right padding
+    shared = bias if per_user else bias[0].contiguous()
+    got = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16)
+    want = _reference(qkv, bias, pad, heads, 0.3, causal, probs_dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-2}
+    assert got.shape == (batch * t, heads * dk) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, **tol)
+    if causal:  # no padding mask: a causal model's real queries never reach a right-padded key
+        unmasked = triton_attention.flash_attention(qkv, shared, None, heads, 0.3, True, block_m=16, block_n=16)
+        real = (~pad).reshape(-1)
+        torch.testing.assert_close(unmasked.float()[real], want[real], **tol)
+
+
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:
     return tiny_model(n_items=N_ITEMS, window=WINDOW, causal=causal, seed=seed, d_model=d_model, n_heads=n_heads, d_ff=96)
 
@@ -91,12 +118,16 @@ def _items(pad: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_runner_with_triton_attention_equals_bmm(causal: bool) -> None:
+@pytest.mark.parametrize("attention", ["triton", "flash", "auto"])
+def test_runner_with_triton_attention_equals_bmm(causal: bool, attention: str) -> None:
     model = _model(causal, seed=3)
-    items = _items(_pad(np.random.default_rng(7), 6, WINDOW), seed=8)  # (6, 21)
+    pad = _pad(np.random.default_rng(7), 6, WINDOW)
+    if causal:  # the plan's inputs are right-padded (the one left-padded row of _pad is for the kernel tests)
+        pad[-2] = torch.arange(WINDOW) >= WINDOW // 2
+    items = _items(pad, seed=8)  # (6, 21)
     with torch.inference_mode():
         want = LeanRunner(model, attention="bmm")(items)
-        got = LeanRunner(model, attention="triton")(items)
+        got = LeanRunner(model, attention=attention)(items)
     finite = torch.isfinite(want)
     assert torch.equal(finite, torch.isfinite(got))
     torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-3)

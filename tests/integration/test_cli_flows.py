@@ -3,6 +3,7 @@ the CLI's flags reach the flows."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,12 +62,21 @@ def test_ingest_through_prefect_honours_force_and_no_progress(tmp_path: Path, ml
     assert "written in" in runs[2].stdout  # --force redoes the data stage through the flow too
 
 
-def test_a_model_that_could_not_be_registered_is_refused_before_the_flow_starts(tmp_path: Path) -> None:
-    run = _cli(tmp_path, "train", "ml-100k", "--profile", "smoke", "--set", "model.time_gaps=true")
-    assert run.returncode == 2
-    assert "cannot be registered or served yet" in run.stderr and "--no-register" in run.stderr
-    assert "prefect" not in (run.stderr + run.stdout).lower()  # no flow, no temporary server
-    assert not (tmp_path / "raw").exists() and not (tmp_path / "processed").exists()  # nothing fetched or written
+def test_a_model_that_reads_the_input_context_trains_and_registers(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
+    """Time gaps, ratings and the query time with its floor: no longer refused before the flow
+    starts; the version registers with the request fields it reads on its tag and description."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "raw").symlink_to(ml100k_config.data_dir / "raw")
+    context = ("--set", "model.time_gaps=true", "--set", "model.ratings=true", "--set", "model.query_time=true",
+               "--set", "model.query_gap_floor=3600")
+    run = _cli(tmp_path, "train", "ml-100k", "--profile", "smoke", "--no-progress", *FAST, *context)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "registered model:  models:/lite-rec-ml100k/1 (aliases: challenger, champion)" in run.stdout, run.stdout
+    uri = run.stdout.split("MLflow store:")[1].split()[0]
+    version = MlflowClient(uri, registry_uri=uri).get_model_version("lite-rec-ml100k", "1")
+    assert json.loads(version.tags["context_fields"]) == ["ts", "rating", "request_time"]
+    assert "ts, rating, request_time" in version.description and version.tags["verified"] == "true"
 
 
 def _descendants(pid: int) -> dict[int, str]:

@@ -48,7 +48,10 @@ class EvalSet:
 
 def build_eval_set(sequences: pd.DataFrame, split: str, spec: ModelSpec | None = None) -> EvalSet:
     """Histories and targets of ``split`` from the columns of ``sequences.parquet``; also the
-    histories' context rows when ``spec`` is of a model that reads them (``model/context.py``)."""
+    histories' context rows when ``spec`` is of a model that reads them (``model/context.py``).
+    The request time after each history is the split's target timestamp, read through
+    ``context.history_contexts`` (via ``item_contexts``), the function serving reads a request's
+    ``request_time`` through: offline and online scores of one history at one time agree."""
     if split == "valid":
         seqs = list(sequences["train_seq"])
         targets = sequences["valid_item_idx"].to_numpy(np.int64, copy=True)

@@ -12,6 +12,14 @@ Four inputs, each a setting of ``ModelConfig``, each read from ``sequences.parqu
 - ``model.query_time``: the time until the item that follows it, for the last input item the
   time of the prediction itself (``next_gap_index``).
 
+Training and the offline evaluation read them from ``sequences.parquet``; serving from each
+request's events ``{"item_id", "ts", "rating"}`` and its ``request_time``
+(``lite_rec.infer.recommender.Recommender``). Both build the rows with one function,
+``history_contexts``: the evaluation with each user's target timestamp as the request time,
+serving with the request's, so the same history at the same time gets the same rows.
+``context_fields`` names what a model reads (``ts``, ``rating``, ``request_time``), which the
+bundle and the registered model record.
+
 The context of an item is one row of ``CONTEXT_COLUMNS`` int64 values: its context id (0 when
 the model reads no id), its Unix time in seconds (0 when the model reads no time) and the gap
 index to the next item or to the query time (0 when unknown or not read).

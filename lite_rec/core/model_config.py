@@ -59,7 +59,7 @@ class ModelConfig:
     history_logit: bool = False
 
     # Inputs beyond the paper: a context per input item (lite_rec/model/context.py), read from
-    # sequences.parquet's *_ts / *_rating columns; none of them can be served yet.
+    # sequences.parquet's *_ts / *_rating columns; requests carry them as events (docs/serving.md).
     time_gaps: bool = False  # each item's gap to the user's previous item, embedded and added to it
     ratings: bool = False  # the rating the user gave each item, embedded and added to it
     time_bias: bool = False  # attention biased by the time between query and key items (lean backbone only)

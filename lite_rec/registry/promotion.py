@@ -59,9 +59,10 @@ _METRIC_RE = re.compile(r"^(?:valid_)?(?P<kind>recall|ndcg)_(?P<k>[1-9][0-9]*)$"
 class HeldOut:
     """Users of one split in raw ids: what each version is scored on."""
 
-    histories: list[list[str]]  # everything before the target, oldest first
+    histories: list[list]  # everything before the target, oldest first: ids, or events {item_id, ts[, rating]}
     targets: list[str]
     source: str  # where it came from, for the decision record
+    request_times: list[int] | None = None  # the target's time per user (what a context model reads as "now")
 
     def __post_init__(self) -> None:
         if len(self.histories) != len(self.targets) or not self.targets:
@@ -109,14 +110,27 @@ def load_held_out(cfg: LiteRecConfig, split: str = "valid") -> HeldOut:
     items = pd.read_parquet(processed / "items.parquet", columns=["item_idx", "item_id"])
     id_of = np.empty(int(items["item_idx"].max()) + 1, dtype=object)  # item_idx -> item_id
     id_of[items["item_idx"].to_numpy()] = items["item_id"].astype(str).to_numpy()
-    seqs = pd.read_parquet(processed / "sequences.parquet", columns=["train_seq", "valid_item_idx", "test_item_idx"])
+    seqs = pd.read_parquet(processed / "sequences.parquet")
     if split == "valid":
         histories = [id_of[np.asarray(s, dtype=np.int64)].tolist() for s in seqs["train_seq"]]
     else:
         histories = [id_of[np.append(np.asarray(s, dtype=np.int64), v)].tolist()
                      for s, v in zip(seqs["train_seq"], seqs["valid_item_idx"])]
     targets = id_of[seqs[f"{split}_item_idx"].to_numpy(dtype=np.int64)].tolist()
-    return HeldOut(histories, targets, f"{processed / 'sequences.parquet'} ({split} split)")
+    request_times = None
+    if {"train_ts", "valid_ts", "test_ts"} <= set(seqs.columns):
+        # events (time, and rating where the file has it) and the target's time as the request time:
+        # what a model reading the input context needs, and what an ids-only model ignores
+        rated = {"train_rating", "valid_rating"} <= set(seqs.columns)
+        events = []
+        for row, history in zip(seqs.itertuples(index=False), histories, strict=True):
+            times = [*row.train_ts, *([row.valid_ts] if split == "test" else [])]
+            ratings = [*row.train_rating, *([row.valid_rating] if split == "test" else [])] if rated else None
+            events.append([{"item_id": i, "ts": int(ts), **({"rating": float(ratings[n])} if rated else {})}
+                           for n, (i, ts) in enumerate(zip(history, times, strict=True))])
+        histories = events
+        request_times = seqs[f"{split}_ts"].astype("int64").tolist()
+    return HeldOut(histories, targets, f"{processed / 'sequences.parquet'} ({split} split)", request_times)
 
 
 def score_recommender(
@@ -131,7 +145,9 @@ def score_recommender(
     k = min(k, rec.num_items)
     total = 0.0
     for lo in range(0, len(held_out.targets), batch_size):
-        recs = rec.recommend(held_out.histories[lo : lo + batch_size], k, exclude_history, ignore_unknown=True)
+        times = None if held_out.request_times is None else held_out.request_times[lo : lo + batch_size]
+        recs = rec.recommend(held_out.histories[lo : lo + batch_size], k, exclude_history, ignore_unknown=True,
+                             request_times=times)
         for r, target in zip(recs, held_out.targets[lo : lo + batch_size]):
             ids = r.item_ids
             if target in ids:

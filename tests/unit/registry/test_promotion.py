@@ -71,6 +71,22 @@ def test_unsupported_promote_metric_is_a_config_error(bad: str) -> None:
         parse_metric(bad)
 
 
+def test_held_out_carries_events_and_request_times_where_the_data_has_times(tmp_path: Path) -> None:
+    """A model reading the input context is scored on what the service would get: each history item
+    as an event with its time and rating, and the target's time as the request time."""
+    cfg = build_config("ml-100k", {"data_dir": str(tmp_path)})
+    cfg.processed_dir.mkdir(parents=True)
+    pd.DataFrame({"item_idx": [1, 2, 3, 4], "item_id": ["a", "b", "c", "d"], "title": list("abcd")}).to_parquet(
+        cfg.processed_dir / "items.parquet", index=False)
+    pd.DataFrame({"user_idx": [0], "user_id": ["u"], "train_seq": [[1, 2]], "valid_item_idx": [3], "test_item_idx": [4],
+                  "train_ts": [[100, 200]], "valid_ts": [300], "test_ts": [400],
+                  "train_rating": [[4.0, 5.0]], "valid_rating": [3.0]}).to_parquet(cfg.processed_dir / "sequences.parquet")
+    valid, test = load_held_out(cfg), load_held_out(cfg, "test")
+    assert valid.histories == [[{"item_id": "a", "ts": 100, "rating": 4.0}, {"item_id": "b", "ts": 200, "rating": 5.0}]]
+    assert (valid.targets, valid.request_times) == (["c"], [300])
+    assert test.histories[0][-1] == {"item_id": "c", "ts": 300, "rating": 3.0} and test.request_times == [400]
+
+
 def test_promoting_on_the_reported_test_split_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"'test_ndcg_10': promotion selects on the validation split \(e.g. valid_ndcg_10\)"):
         parse_metric("test_ndcg_10")

@@ -13,9 +13,12 @@ its longest history) + mask + ``topk``, as ``Recommender`` does; for ONNX Runtim
 ``session.run`` of the exported graph (same function, same padding). 1 user and 32 users per
 request, torch and ORT at 1 and 2 intra-op threads, the configurations taking turns in rounds
 (so a busy moment of the machine does not fall on one of them alone); p50 and p99 per request.
-The top-20 of both are compared on every request.
+The top-20 of both are compared on every request. Beside the wall time of each request, its CPU
+time (``time.process_time``, all threads of this process): on a machine that other jobs share,
+the CPU time of a 1-thread configuration is what the request costs a core of its own.
 
     .venv/bin/python benchmarks/bench_serve_cpu.py --out docs/runs/serve-cpu-onnx.json      # ~4 min on 2 cores
+    .venv/bin/python benchmarks/bench_serve_cpu.py --by-length --out docs/runs/serve-cpu-onnx.json  # + cost by length
     .venv/bin/python benchmarks/bench_serve_cpu.py --quick --out /tmp/cpu.json             # smoke test
 """
 
@@ -92,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--item-dim", type=int, default=384)
     p.add_argument("--window", type=int, default=200)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--single", type=int, default=120, help="1-user requests per configuration")
-    p.add_argument("--batched", type=int, default=16, help="32-user requests per configuration")
+    p.add_argument("--single", type=int, default=80, help="1-user requests per configuration")
+    p.add_argument("--batched", type=int, default=8, help="32-user requests per configuration")
     p.add_argument("--rounds", type=int, default=4, help="the configurations take turns this many times")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--by-length", type=int, nargs="*", metavar="L",
+                   help="only the cost of one user by history length (e.g. 20 50 100 150 200), 1 thread, added to --out")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         export_onnx(load_bundle(bundle_dir), Path(tmp) / "model.onnx", top_k=args.k)
         report["export_s"] = time.monotonic() - started
         fast = FastModel(model, "cpu")
+        if args.by_length is not None:
+            return by_length(args, fast, Path(tmp) / "model.onnx", ort, report)
         sessions = {}
         for n in args.threads:
             opts = ort.SessionOptions()
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         configs = {f"{engine}_t{n}": (engine, n) for engine in ("torch", "onnxruntime") for n in args.threads}
         times: dict[tuple[str, int], list[float]] = {(c, u): [] for c in configs for u in (1, 32)}
+        cpu: dict[tuple[str, int], list[float]] = {(c, u): [] for c in configs for u in (1, 32)}
         agree: dict[int, list[bool]] = {1: [], 32: []}
         for name, (engine, n) in configs.items():  # warm-up: first calls allocate
             torch.set_num_threads(n)
@@ -142,18 +150,22 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(n)
                 for users in (1, 32):
                     for items in work[users][rnd * per[users] : (rnd + 1) * per[users]]:
-                        t = time.perf_counter()
+                        t, c = time.perf_counter(), time.process_time()
                         got = torch_step(items) if engine == "torch" else sessions[n].run(["top_items"], {"items": items})[0]
                         times[(name, users)].append((time.perf_counter() - t) * 1000)
+                        cpu[(name, users)].append((time.process_time() - c) * 1000)
                         if engine == "onnxruntime" and n == args.threads[0]:
                             agree[users].append(bool(np.array_equal(got, torch_step(items))))
             print(f"round {rnd + 1}/{args.rounds} done, load {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for (name, users), ms in times.items():
+        spent = cpu[(name, users)]
         rows.append({"config": name, "users": users, "requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
                      "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(np.mean(ms)), "min_ms": float(np.min(ms)),
-                     "ms_per_user": float(np.percentile(ms, 50)) / users})
-        print(f"{name:>16} {users:>2} user(s): p50 {rows[-1]['p50_ms']:8.1f} ms  p99 {rows[-1]['p99_ms']:8.1f} ms", flush=True)
+                     "ms_per_user": float(np.percentile(ms, 50)) / users,
+                     "cpu_p50_ms": float(np.percentile(spent, 50)), "cpu_p99_ms": float(np.percentile(spent, 99))})
+        print(f"{name:>16} {users:>2} user(s): p50 {rows[-1]['p50_ms']:8.1f} ms  p99 {rows[-1]['p99_ms']:8.1f} ms  "
+              f"(CPU time p50 {rows[-1]['cpu_p50_ms']:8.1f} ms)", flush=True)
     report["results"] = rows
     report["topk_identical_share"] = {str(u): float(np.mean(a)) if a else None for u, a in agree.items()}
     best = min((r for r in rows if r["users"] == 1), key=lambda r: r["p50_ms"])
@@ -163,6 +175,43 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report["verdict"]), f"top-20 identical: {report['topk_identical_share']}")
+    return 0
+
+
+def by_length(args: argparse.Namespace, fast: FastModel, onnx_path: Path, ort: object, report: dict) -> int:
+    """One user at fixed history lengths, torch and ONNX Runtime at 1 thread, taking turns: p50 and
+    min of wall and CPU time (the min: the closest this shared machine came to an idle core)."""
+    torch.set_num_threads(1)
+    opts = ort.SessionOptions()  # type: ignore[attr-defined]
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    rng = np.random.default_rng(4)
+    rows = []
+    for length in args.by_length or [20, 50, 100, 150, 200]:
+        items = rng.choice(np.arange(1, args.items + 1), (1, min(length, args.window)), replace=False)
+        x = torch.from_numpy(items)
+        steps = {"torch_t1": lambda: torch.topk(fast(x)[0].scatter(1, x, float("-inf")), args.k, dim=1),
+                 "onnxruntime_t1": lambda: session.run(["top_items"], {"items": items})}
+        wall: dict[str, list[float]] = {k: [] for k in steps}
+        spent: dict[str, list[float]] = {k: [] for k in steps}
+        with torch.inference_mode():
+            for name, step in steps.items():
+                step()
+            for _ in range(args.single // 4 or 2):
+                for name, step in steps.items():
+                    t, c = time.perf_counter(), time.process_time()
+                    step()
+                    wall[name].append((time.perf_counter() - t) * 1000)
+                    spent[name].append((time.process_time() - c) * 1000)
+        for name in steps:
+            rows.append({"config": name, "length": length, "p50_ms": float(np.median(wall[name])), "min_ms": float(min(wall[name])),
+                         "cpu_p50_ms": float(np.median(spent[name])), "cpu_min_ms": float(min(spent[name])), "reps": len(wall[name])})
+            print(f"L={length:<4} {name:>15}: p50 {rows[-1]['p50_ms']:7.1f} ms, min {rows[-1]['min_ms']:7.1f} ms, "
+                  f"CPU p50 {rows[-1]['cpu_p50_ms']:7.1f} ms", flush=True)
+    saved = json.loads(args.out.read_text()) if args.out.exists() else {}
+    saved["by_length"] = {"machine": {**report["machine"], "load_average_at_end": os.getloadavg()}, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(saved, indent=2))
     return 0
 
 

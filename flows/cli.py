@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with _flow_server(cfg):
         summary = train_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
-                             register_model=not args.no_register, progress=not args.no_progress)
+                             register_model=not args.no_register, progress=not args.no_progress,
+                             nproc_per_node=args.nproc_per_node)
     metrics = summary["metrics"]
     print("\nmetrics (test)      masked  unmasked   (masked: the user's history removed from the ranking)")
     for name in ("recall_10", "recall_20", "ndcg_10", "ndcg_20"):
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--users", nargs="+", help="only these raw user ids")
         if name == "train":
             p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
+            p.add_argument("--nproc-per-node", type=int, metavar="N",
+                           help="data-parallel training in N torchrun processes (one per GPU; gloo on CPU); "
+                                "train.batch_size stays the global batch (docs/scaling.md)")
     sub.add_parser("serve", help=SERVE_HELP, add_help=False)
     ex = sub.add_parser("export", help="write a model's scoring step as ONNX (for ONNX Runtime / Triton Inference Server)",
                         description=cmd_export.__doc__)

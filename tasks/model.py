@@ -17,9 +17,10 @@ def embed_task(cfg: LiteRecConfig, progress: bool = True):
 
 
 @task(name="train-evaluate")
-def train_task(cfg: LiteRecConfig, item_vectors, progress: bool = True):
-    """Train with early stopping, resume from checkpoints, evaluate valid and test."""
-    return offline.train(cfg, item_vectors, progress=progress)
+def train_task(cfg: LiteRecConfig, item_vectors, progress: bool = True, nproc_per_node: int = 1):
+    """Train with early stopping, resume from checkpoints, evaluate valid and test; with
+    ``nproc_per_node`` > 1 as that many torchrun ranks (DDP) whose rank 0 writes the run folder."""
+    return offline.train(cfg, item_vectors, progress=progress, nproc_per_node=nproc_per_node)
 
 
 def _registry_unreachable(task, task_run, state) -> bool:

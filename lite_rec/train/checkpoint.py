@@ -37,8 +37,8 @@ RESUME_SUMMARY = "resume.json"
 BEST_WEIGHTS = "best.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
-
-
+# what resume.json says about a run (for humans, tests, and the launcher of a multi-process run)
+SUMMARY_KEYS = ("stage", "epoch", "step", "global_step", "done", "stopped_early", "budget_exhausted", "world_size")
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -82,26 +82,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def capture_rng() -> dict[str, Any]:
-    """Python, numpy (global), torch CPU and CUDA generator states, as weights_only-safe values."""
+def capture_rng(all_devices: bool = True) -> dict[str, Any]:
+    """Python, numpy (global), torch CPU and CUDA generator states, as weights_only-safe values.
+
+    ``all_devices=False`` (a DDP rank) keeps the current CUDA device's state only: reading every
+    device's would create a CUDA context on each GPU of the host from every rank."""
     py = random.getstate()
     name, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = (torch.cuda.get_rng_state_all() if all_devices else [torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
     return {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [name, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], all_devices: bool = True) -> None:
+    """Put back a :func:`capture_rng` state; ``all_devices=False`` sets the current CUDA device's from its first entry."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if all_devices:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"][0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +120,7 @@ def save_resume(ckpt_dir: Path, state: dict[str, Any]) -> None:
     """Write the resume checkpoint, then its summary (both atomic)."""
     ckpt_dir = Path(ckpt_dir)
     atomic_write(ckpt_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
-    summary = {k: state[k] for k in ("stage", "epoch", "step", "global_step", "done") if k in state}
+    summary = {k: state[k] for k in SUMMARY_KEYS if k in state}
     write_json(ckpt_dir / RESUME_SUMMARY, summary)
 
 

@@ -13,6 +13,14 @@ itself, its two stages, early stopping and checkpoints live in ``trainer.py``.
 Re-running the same command with the same ``--out`` resumes an interrupted run from its last
 checkpoint and reaches the same result (exact on CPU in fp32; tolerance 1e-5 documented); a
 finished run is reloaded and re-evaluated, not retrained.
+
+Data-parallel on N GPUs of one host (NCCL; gloo for N CPU processes), ``train.batch_size`` being
+the global batch (``distributed.py`` says what N changes):
+
+    torchrun --nproc-per-node 4 -m lite_rec.train.run --processed-dir data/processed/ml-1m \
+        --item-vectors ... --out data/runs/ml-1m/models/text-onepass --profile gpu
+
+Rank 0 validates, writes checkpoints and the model folder and prints the summary.
 """
 
 from __future__ import annotations
@@ -28,14 +36,18 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from lite_rec.core.errors import DataError, LiteRecError
+from lite_rec.core.errors import CacheMismatch, DataError, LiteRecError
 from lite_rec.data.sequences import check_sequences, read_sequences
 from lite_rec.eval.evaluate import build_eval_set, evaluate_model
 from lite_rec.model.rec_llm import LiteRecModel, build_model
+from lite_rec.train import distributed
 from lite_rec.train.checkpoint import (
     BEST_WEIGHTS,
+    MODEL_META,
     RESUME_FILE,
+    RESUME_SUMMARY,
     check_fingerprint,
+    load_model,
     load_resume,
     load_weights,
     save_model,
@@ -79,12 +91,17 @@ def train_model(
     ``model.safetensors`` + ``model.json`` (best weights, spec with the model's settings, the rest
     of the config, backbone init),
     ``metrics.json``, ``history.json`` and ``checkpoints/``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this; the process group is joined
+    here (``distributed.setup``; leave it with ``distributed.teardown()``). Only rank 0 evaluates
+    and writes; the other ranks return a result without metrics.
     """
     tc, out_dir = cfg.train, Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     n_items = n_items_of(sequences, item_vectors)
     check_sequences(sequences, n_items)
-    device = resolve_device(tc.device)
+    ranks, device = distributed.setup(resolve_device(tc.device))
+    distributed.rank_batch(tc.batch_size, ranks)  # a global batch that N processes cannot split fails now
     threads = torch.get_num_threads()
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -94,20 +111,29 @@ def train_model(
         seed_everything(tc.seed)
         model, backbone_init = build_model(cfg.model, n_items, item_vectors, causal=tc.strategy == "onepass")
         model.to(device)
-        trainer = Trainer(cfg, model, sequences, device, ckpt_dir, progress, step_sleep)
+        if ranks.rank:  # same initial weights on every rank, its own dropout masks
+            torch.manual_seed(distributed.rank_seed(tc.seed, ranks.rank))
+        trainer = Trainer(cfg, model, sequences, device, ckpt_dir, progress, step_sleep, ranks)
         fingerprint = run_fingerprint(cfg, sequences, item_vectors)
         saved = load_resume(ckpt_dir)
+        _check_same_checkpoint(saved, ckpt_dir, ranks)
         if saved is not None:
             check_fingerprint(saved["state"]["fingerprint"], fingerprint, ckpt_dir / RESUME_FILE, fingerprint_defaults(cfg))
             trainer.restore(saved)
             backbone_init = trainer.s["backbone_init"]
             where = "finished; reloading its best weights" if saved["done"] else (
                 f"stage {saved['stage']}, epoch {saved['epoch'] + 1}, step {saved['step']} (global step {saved['global_step']})")
-            log.info("resuming %s from its checkpoint: %s", out_dir, where)
+            if ranks.main:
+                log.info("resuming %s from its checkpoint: %s", out_dir, where)
         else:
             trainer.fresh(fingerprint, backbone_init)
             trainer.checkpoint()
         trainer.run()
+        s = trainer.s
+        if not ranks.main:  # rank 0 evaluates and writes the model folder
+            return TrainResult(model=model.eval(), metrics={}, history=list(s["history"]), backbone_init=backbone_init,
+                               stopped_early=bool(s["stopped_early"]), budget_exhausted=bool(s["budget_exhausted"]),
+                               resumed=saved is not None, out_dir=out_dir)
 
         load_weights(model, ckpt_dir / BEST_WEIGHTS)
         ev = cfg.eval
@@ -117,7 +143,6 @@ def train_model(
             metrics.update(evaluate_model(model, eval_set, ks=ev.ks, batch_size=ev.batch_size,
                                           exclude_history=ev.exclude_history, device=device, bf16=trainer.bf16,
                                           progress=progress))
-        s = trainer.s
         metrics.update(best_stage=float(s["best"]["stage"]), best_epoch=float(s["best"]["epoch"]),
                        epochs_run=float(len(s["history"])), train_seconds=sum(h["seconds"] for h in s["history"]))
         if model.spec.config.history_logit:  # what the model learned about coming back to items (model.history_logit)
@@ -136,6 +161,29 @@ def train_model(
                            budget_exhausted=bool(s.get("budget_exhausted", False)), resumed=saved is not None, out_dir=out_dir)
     finally:
         torch.set_num_threads(threads)
+
+
+def _check_same_checkpoint(saved: dict[str, Any] | None, ckpt_dir: Path, ranks: distributed.Ranks) -> None:
+    """Every rank must resume from the same position (the run folder on storage they all see)."""
+    seen = distributed.gathered(None if saved is None else saved["global_step"], ranks)
+    if len(set(seen)) > 1:
+        raise CacheMismatch(f"{ckpt_dir}: the ranks see different checkpoints (global steps by rank: {seen}); the run "
+                            "folder must be on storage that every rank sees")
+
+
+def load_result(out_dir: Path | str, *, resumed: bool) -> TrainResult:
+    """The :class:`TrainResult` of a finished run folder, read back from what rank 0 wrote (how the
+    pipeline collects a run that ``torchrun`` trained in other processes)."""
+    out_dir = Path(out_dir)
+    missing = [n for n in ("metrics.json", "history.json", MODEL_META) if not (out_dir / n).is_file()]
+    if missing:
+        raise DataError(f"{out_dir}: the training run left no {', '.join(missing)}; it did not finish")
+    model, meta = load_model(out_dir)
+    summary = json.loads((out_dir / "checkpoints" / RESUME_SUMMARY).read_text(encoding="utf-8"))
+    return TrainResult(model=model, metrics=json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")),
+                       history=json.loads((out_dir / "history.json").read_text(encoding="utf-8")),
+                       backbone_init=meta["backbone_init"], stopped_early=bool(summary.get("stopped_early")),
+                       budget_exhausted=bool(summary.get("budget_exhausted")), resumed=resumed, out_dir=out_dir)
 
 
 def read_item_vectors(path: Path | str) -> torch.Tensor:
@@ -185,9 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         sequences = read_sequences(args.processed_dir / "sequences.parquet")
         vectors = read_item_vectors(args.item_vectors) if args.item_vectors is not None else None
         result = train_model(cfg, sequences, vectors, args.out, progress=not args.no_progress, step_sleep=args.step_sleep)
-    except (LiteRecError, ConfigError) as exc:
+    except (LiteRecError, ConfigError) as exc:  # under torchrun: this rank exits, torchrun stops the others
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    distributed.teardown()
+    if not result.metrics:  # not rank 0
+        return 0
     summary = {k: result.metrics[k] for k in HEADLINE if k in result.metrics}
     print(json.dumps({"out_dir": str(result.out_dir), "backbone_init": result.backbone_init,
                       "resumed": result.resumed, **summary}, indent=2))

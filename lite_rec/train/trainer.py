@@ -26,6 +26,10 @@ Resume: every ``checkpoint_every_steps`` optimizer steps and at each epoch end t
 (model, optimizer, scheduler, RNGs, stage/epoch/step, early-stopping state, history) is written
 atomically. The batches of (stage, epoch) depend only on the seed and the RNGs are restored, so
 a restart continues exactly where the interrupted run was.
+
+Several processes (``torchrun``, ``distributed.py``): each rank trains on its part of every global
+batch through DistributedDataParallel; validation, early stopping, best weights, checkpoints and the
+EMA are rank 0's, which broadcasts the run's state after each epoch.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from lite_rec.eval.evaluate import build_eval_set, evaluate_model
 from lite_rec.model.context import item_contexts
 from lite_rec.model.rec_llm import LiteRecModel
 from lite_rec.model.scoring import IGNORE_INDEX
+from lite_rec.train import distributed
 from lite_rec.train.batches import BatchMaker, epoch_plan, plan_onepass
 from lite_rec.train.checkpoint import BEST_WEIGHTS, capture_rng, load_weights, restore_rng, save_resume, save_weights
 from lite_rec.train.distill import (
@@ -60,6 +65,7 @@ from lite_rec.train.distill import (
     teacher_fingerprint,
     teacher_soft_targets,
 )
+from lite_rec.train.distributed import SINGLE, Ranks
 from lite_rec.train.ema import WeightEMA
 
 if TYPE_CHECKING:
@@ -102,19 +108,21 @@ def train_step(
     forward: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     items: torch.Tensor, targets: torch.Tensor, *, grad_clip: float, bf16: bool, seen: torch.Tensor | None = None,
     contexts: torch.Tensor | None = None, soft: tuple[torch.Tensor, torch.Tensor] | None = None,
-    soft_weight: float = 0.0, soft_temperature: float = 1.0,
+    soft_weight: float = 0.0, soft_temperature: float = 1.0, loss_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the detached loss (no host sync). ``seen``: the
     (B, N+1) items before each input window, for a model with a history logit;
     ``contexts``: the (B, L, C) context rows of the items, for a model that reads them (model/context.py);
     ``soft``: the teachers' (B, L, K) items and probabilities (``distill.SoftTargets.batch``), whose
-    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``."""
+    cross-entropy (at ``soft_temperature``) gets weight ``soft_weight`` and the hard targets' ``1 - soft_weight``;
+    ``loss_weight``: a factor on the loss that is differentiated, not on the one returned (a DDP rank's
+    share of the global batch's targets, ``distributed.loss_weight``)."""
     with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits, loss = forward(items, targets, seen=seen, contexts=contexts)
     if soft is not None:
         loss = (1.0 - soft_weight) * loss + soft_weight * soft_cross_entropy(logits, *soft, soft_temperature)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if loss_weight is None else loss * loss_weight).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
@@ -169,16 +177,17 @@ class Trainer:
     """The loop of both stages over a mutable, checkpointable state ``self.s``."""
 
     def __init__(self, cfg: "LiteRecConfig", model: LiteRecModel, sequences: pd.DataFrame, device: torch.device,
-                 ckpt_dir: Path, progress: bool, step_sleep: float) -> None:
-        self.cfg, self.tc, self.model, self.device = cfg, cfg.train, model, device
-        self.ckpt_dir, self.progress, self.step_sleep = ckpt_dir, progress, step_sleep
+                 ckpt_dir: Path, progress: bool, step_sleep: float, ranks: Ranks = SINGLE) -> None:
+        self.cfg, self.tc, self.model, self.device, self.ranks = cfg, cfg.train, model, device, ranks
+        self.ckpt_dir, self.progress, self.step_sleep = ckpt_dir, progress and ranks.main, step_sleep
+        self.rank_batch = distributed.rank_batch(self.tc.batch_size, ranks)  # this process's part of a step's batch
         self.store = build_sequence_store(sequences["train_seq"])
         spec = model.spec
         contexts = item_contexts(sequences, **spec.config.context_features)  # (I, C) or None
         self.batches = BatchMaker(self.store, spec.config.max_seq_len, device, contexts=contexts)
         self.valid_set = build_eval_set(sequences, "valid", spec)
         self.bf16 = self.tc.bf16 and device.type == "cuda"
-        self.forward = torch.compile(model) if self.tc.compile else model
+        self.forward = None if ranks.active else torch.compile(model) if self.tc.compile else model  # DDP: _build_optim
         # what the user had before the window: the history logit scores it (as evaluation and serving
         # do, over the whole history)
         self.needs_seen = spec.config.history_logit
@@ -195,7 +204,7 @@ class Trainer:
         same dropout masks as an uninterrupted one.
         """
         if self.soft is None:
-            rng = capture_rng()
+            rng = capture_rng(all_devices=not self.ranks.active)
             tc = self.tc
             teachers = load_teachers(tc.distill_from, n_items=self.model.spec.n_items, dataset=self.cfg.dataset.name,
                                      device=self.device)
@@ -205,7 +214,7 @@ class Trainer:
                 contexts_of=lambda t: item_contexts(self.sequences, **t.spec.config.context_features),
                 top_k=tc.distill_top_k, batch_size=tc.batch_size, device=self.device, bf16=self.bf16,
                 progress=self.progress, temperature=tc.distill_temperature)
-            restore_rng(rng)
+            restore_rng(rng, all_devices=not self.ranks.active)
         return self.soft
 
     def _steps_per_epoch(self, stage: int) -> int:
@@ -221,8 +230,28 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, lr, self.tc.weight_decay, self.tc.adam_eps, self.device)
         total = self._stage_epochs(stage) * self._steps_per_epoch(stage)
         self.scheduler = make_scheduler(self.optimizer, total, self.tc.warmup_ratio if stage == 1 else 0.0)
-        # a stage's average starts at its first weights, over the parameters it trains
-        self.ema = WeightEMA(self.model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
+        # a stage's average starts at its first weights, over the parameters it trains (rank 0's: it validates)
+        self.ema = WeightEMA(self.model, self.tc.ema_decay) if self.tc.ema_decay > 0 and self.ranks.main else None
+        if self.ranks.active:  # DDP registers the parameters that train now (stage 2 adds the item vectors)
+            self.forward = self._ddp()
+
+    def _ddp(self) -> Any:
+        """The model inside DistributedDataParallel, which copies rank 0's weights to every rank.
+
+        ``static_graph``: every step uses the same parameters, and some are never used (an HF
+        encoder's token table: items come in as ``inputs_embeds``); DDP learns that once instead of
+        searching the graph each step. Buffers are constants here: no broadcast before each forward.
+        """
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # torch >= 2.13 names the forward buffer sync `forward_sync_buffers` (and warns on the old name)
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        buffers = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        wrapped = DistributedDataParallel(self.model, device_ids=ids, static_graph=True, **buffers)
+        return torch.compile(wrapped) if self.tc.compile else wrapped
 
     def _averaged(self) -> Any:
         """The weights that are validated and kept: the EMA when configured, else the live ones."""
@@ -245,14 +274,25 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
-        restore_rng(saved["rng"])
+        rank, rngs = self.ranks.rank, saved.get("rank_rngs") or [saved["rng"]]
+        if rank < len(rngs) and len(rngs) == self.ranks.world_size:
+            restore_rng(rngs[rank], all_devices=not self.ranks.active)
+        elif rank == 0:
+            restore_rng(saved["rng"], all_devices=not self.ranks.active)
+        else:  # resumed with more processes than wrote the checkpoint: fresh masks for this rank
+            torch.manual_seed(distributed.rank_seed(self.tc.seed + self.s["global_step"], rank))
 
     def checkpoint(self) -> None:
+        """Every rank calls it at the same points; rank 0 writes the state with every rank's random state."""
+        rngs = distributed.gathered(capture_rng(all_devices=not self.ranks.active), self.ranks)
+        if not self.ranks.main:
+            return
         save_resume(self.ckpt_dir, {
             "state": self.s, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": capture_rng(),
+            "scheduler": self.scheduler.state_dict(), "rng": rngs[0], "world_size": self.ranks.world_size,
+            **({"rank_rngs": rngs} if self.ranks.active else {}),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-            **{k: self.s[k] for k in ("stage", "epoch", "step", "global_step", "done")},
+            **{k: self.s[k] for k in ("stage", "epoch", "step", "global_step", "done", "stopped_early", "budget_exhausted")},
         })
 
     def run(self) -> None:
@@ -277,26 +317,32 @@ class Trainer:
         stage, epoch = s["stage"], s["epoch"]
         plan, order = epoch_plan(tc.strategy, self.store, self.cfg.model.max_seq_len, seed=tc.seed, stage=stage,
                                  epoch=epoch)
-        self.batches.set_plan(plan, order)
-        n_batches = self.batches.n_batches(tc.batch_size)
+        shard = distributed.shard_order(order, tc.batch_size, self.ranks)  # the whole order with one process
+        self.batches.set_plan(plan, shard)
+        batch = self.rank_batch
+        n_batches = -(-len(shard) // batch)  # = ceil(len(plan) / train.batch_size): the same on every rank
         soft = self._soft_targets() if tc.distill_from else None
         self.model.train()
         t0 = time.perf_counter()
-        loss_sum = torch.tensor(s["loss_sum"], dtype=torch.float64, device=self.device)
-        n_targets: Any = s["n_targets"]
+        # this rank's sums; a resumed epoch's saved partial sums (over every rank) count once, on rank 0
+        main = self.ranks.main
+        loss_sum = torch.tensor(s["loss_sum"] if main else 0.0, dtype=torch.float64, device=self.device)
+        n_targets: Any = s["n_targets"] if main else 0
         bar = tqdm(range(s["step"], n_batches), initial=s["step"], total=n_batches, disable=not self.progress,
                    desc=f"stage {stage} epoch {epoch + 1}/{self._stage_epochs(stage)}", leave=False)
         for step in bar:
-            items, targets = self.batches.batch(step, tc.batch_size)
-            seen = self.batches.seen_before(step, tc.batch_size, self.model.spec.n_items) if self.needs_seen else None
-            contexts = self.batches.batch_contexts(step, tc.batch_size) if self.model.spec.config.uses_context else None
-            batch_soft = soft.batch(self.batches.batch_windows(step, tc.batch_size), targets) if soft is not None else None
+            items, targets = self.batches.batch(step, batch)
+            seen = self.batches.seen_before(step, batch, self.model.spec.n_items) if self.needs_seen else None
+            contexts = self.batches.batch_contexts(step, batch) if self.model.spec.config.uses_context else None
+            batch_soft = soft.batch(self.batches.batch_windows(step, batch), targets) if soft is not None else None
+            count = (targets != IGNORE_INDEX).sum() if targets.dim() == 2 else targets.numel()
+            weight = distributed.loss_weight(torch.as_tensor(count, device=self.device), self.ranks) if self.ranks.active else None
             loss = train_step(self.forward, self.model, self.optimizer, self.scheduler, items, targets,
                               grad_clip=tc.grad_clip, bf16=self.bf16, seen=seen, contexts=contexts,
-                              soft=batch_soft, soft_weight=tc.distill_weight, soft_temperature=tc.distill_temperature)
+                              soft=batch_soft, soft_weight=tc.distill_weight, soft_temperature=tc.distill_temperature,
+                              loss_weight=weight)
             if self.ema is not None:
                 self.ema.update()
-            count = (targets != IGNORE_INDEX).sum() if targets.dim() == 2 else targets.numel()
             loss_sum += loss.double() * count
             n_targets = n_targets + count
             s["global_step"] += 1
@@ -304,21 +350,32 @@ class Trainer:
             if self.progress and step % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             if s["global_step"] % tc.checkpoint_every_steps == 0 and step + 1 < n_batches:
-                s.update(loss_sum=float(loss_sum), n_targets=int(n_targets),
+                total_loss, total_targets = distributed.summed(self.ranks, loss_sum, n_targets)
+                s.update(loss_sum=total_loss, n_targets=int(total_targets),
                          epoch_seconds=s["epoch_seconds"] + time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 self.checkpoint()
             if self.step_sleep:
                 time.sleep(self.step_sleep)
         bar.close()
+        total_loss, total_targets = distributed.summed(self.ranks, loss_sum, n_targets)
         seconds = s["epoch_seconds"] + time.perf_counter() - t0
         entry: dict[str, Any] = {
-            "stage": stage, "epoch": epoch + 1, "loss": float(loss_sum) / max(int(n_targets), 1),
+            "stage": stage, "epoch": epoch + 1, "loss": total_loss / max(int(total_targets), 1),
             "lr": float(self.scheduler.get_last_lr()[0]), "seconds": seconds, "steps": n_batches,
             "samples_per_s": plan.n_targets / max(seconds, 1e-9),
         }
-        last = epoch + 1 >= self._stage_epochs(stage)
-        if (epoch + 1) % tc.eval_every == 0 or last:
+        if main:  # validation and every decision that follows from it are rank 0's
+            self._end_epoch(entry)
+        self.s = s = distributed.broadcast(s, self.ranks)
+        s.update(epoch=epoch + 1, step=0, loss_sum=0.0, n_targets=0, epoch_seconds=0.0)
+        self.checkpoint()
+
+    def _end_epoch(self, entry: dict[str, Any]) -> None:
+        """Validate when due, record the epoch, and end stage 1 when its wall budget is spent."""
+        s, tc = self.s, self.tc
+        stage, epoch = s["stage"], s["epoch"]
+        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 >= self._stage_epochs(stage):
             self._evaluate(entry)
         s["history"].append(entry)
         log.info("%s", epoch_line(entry, s["best"], self._stage_epochs(stage)))
@@ -326,8 +383,6 @@ class Trainer:
             spent = sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in s["history"] if h["stage"] == 1)
             if spent >= 60.0 * tc.max_stage1_minutes and epoch + 1 < self._stage_epochs(1):
                 s["stage_done"] = s["budget_exhausted"] = True
-        s.update(epoch=epoch + 1, step=0, loss_sum=0.0, n_targets=0, epoch_seconds=0.0)
-        self.checkpoint()
 
     def _evaluate(self, entry: dict[str, Any]) -> None:
         s, ev = self.s, self.cfg.eval

@@ -219,7 +219,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     with _flow_server(cfg):
         result = score_flow(dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg), model=args.model,
-                            out=args.out, k=args.k, user_ids=args.users)
+                            out=args.out, k=args.k, user_ids=args.users, engine=args.engine, address=args.address)
     print(result)
     return 0
 
@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="Parquet path (default under the data dir)")
             p.add_argument("-k", type=int, default=20, help="items per user")
             p.add_argument("--users", nargs="+", help="only these raw user ids")
+            p.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess",
+                           help="inprocess (one file) or ray: Ray Data over an actor pool (a folder of Parquet parts)")
+            p.add_argument("--address", help="with --engine ray: a running Ray cluster (host:6379 or ray://host:10001); "
+                                             "default a local Ray")
         if name == "train":
             p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
             p.add_argument("--nproc-per-node", type=int, metavar="N",

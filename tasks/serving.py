@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from lite_rec.core.config import LiteRecConfig
 from lite_rec.infer.bundle import Bundle
 from lite_rec.infer.fast_path import FastPathOptions
+from lite_rec.serve.ray_scoring import score_users_ray
 from lite_rec.serve.scoring import ScoreResult, resolve_model, score_users
 
 
@@ -23,10 +24,15 @@ def fetch_model_task(cfg: LiteRecConfig, model: str | None = None) -> tuple[Bund
 
 @task(name="score-users", cache_policy=NO_CACHE)
 def score_users_task(
-    cfg: LiteRecConfig, model: tuple[Bundle, str], out_path: Path, k: int, user_ids: Sequence[str] | None = None
+    cfg: LiteRecConfig, model: tuple[Bundle, str], out_path: Path, k: int, user_ids: Sequence[str] | None = None,
+    engine: str = "inprocess", address: str | None = None,
 ) -> ScoreResult:
-    """Top-k of every user (or `user_ids`) of the processed data -> Parquet at `out_path`."""
+    """Top-k of every user (or `user_ids`) of the processed data -> Parquet at `out_path`: in this
+    process (a file), or on Ray (``engine="ray"``, a folder; `address` a running cluster, None a local Ray)."""
     s = cfg.serve
     options = FastPathOptions(bf16=s.bf16, cuda_graphs=s.cuda_graphs, batch_buckets=s.batch_buckets, length_buckets=s.length_buckets)
-    return score_users(model[0], cfg, out_path, k=k, user_ids=user_ids, exclude_history=cfg.eval.exclude_history,
-                       device=s.device, batch_size=s.score_batch_size, options=options)
+    common = {"k": k, "user_ids": user_ids, "exclude_history": cfg.eval.exclude_history, "device": s.device,
+              "batch_size": s.score_batch_size, "options": options}
+    if engine == "ray":
+        return score_users_ray(model[0], cfg, out_path, address=address, **common)
+    return score_users(model[0], cfg, out_path, **common)

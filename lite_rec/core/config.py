@@ -206,7 +206,7 @@ class ServeConfig(_Section):
     cuda_graphs: bool = True  # CUDA only: capture one CUDA graph per (batch, length) bucket
     cuda_attention: Literal["auto", "bmm", "sdpa", "triton"] = "auto"  # CUDA only: attention of the lean plan (auto: the fused Triton kernel where it can run, else bmm)
     batch_buckets: tuple[int, ...] = (1, 8, 32, 128)  # CUDA graph batch sizes; requests are padded up to one
-    length_buckets: tuple[int, ...] = (5, 10, 20)  # history lengths (items); trailing padding is cut to the next one
+    length_buckets: tuple[int, ...] = (8, 16, 32, 64, 128)  # history lengths (items); trailing padding is cut to the next one (the window is always one)
     score_batch_size: int = Field(512, ge=1)  # users per forward pass in batch scoring
     cache_dir: Path | None = None  # where registry bundles are downloaded; None = a temp dir, removed after loading
 

@@ -59,13 +59,21 @@ def _copy_environment(dst: Path) -> None:
         shutil.copytree(src, dst, symlinks=True)
 
 
+_TOP_LEVEL_OUTPUTS = {".git", ".venv", "data", "build", ".pytest_cache", ".carry", ".whl", "mlruns", "mlflow.db"}
+
+
+def _not_source(directory: str, names: list[str]) -> set[str]:
+    """Names copytree skips: run outputs at the checkout's top only (lite_rec/data is source), caches anywhere."""
+    top = Path(directory).resolve() == REPO_ROOT.resolve()
+    return {n for n in names if (top and n in _TOP_LEVEL_OUTPUTS) or n == "__pycache__" or n.endswith(".egg-info")}
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the environment in which lite-rec is the wheel, not the checkout; returns its python."""
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"  # a copy: building in place would leave build/ and *.egg-info in the checkout
-    shutil.copytree(REPO_ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "data", "build", "*.egg-info", "__pycache__",
-                                                                 ".pytest_cache", ".carry", ".whl", "mlruns", "mlflow.db"))
+    shutil.copytree(REPO_ROOT, src, ignore=_not_source)
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)])
     (wheel,) = (root / "dist").glob("lite_rec-*.whl")
     env_dir = root / "env"

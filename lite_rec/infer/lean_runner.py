@@ -148,7 +148,7 @@ class LeanRunner(nn.Module):
                                 w(blk.wi.weight), w(blk.wo.weight)])
         self.final_norm = w(encoder.final_norm.weight)
         self.register_buffer("ff_zero_bias", torch.zeros(spec.backbone.d_ff, device=device, dtype=dtype))  # for the fused epilogue
-        self.head_weight = nn.Parameter(model.head.weight.detach().float(), requires_grad=False)  # (N+1, D) fp32 W_proj
+        self.head_weight = nn.Parameter(model.head_weight().detach().float(), requires_grad=False)  # (N+1, D) fp32 W_proj
         self._position: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- position bias and masks -------------------------------------------------------------

@@ -201,6 +201,12 @@ class LiteRecModel(nn.Module):
         running = hidden.float().masked_fill(~real[..., None], 0.0).cumsum(1)  # (B, T, D)
         return running / real.long().cumsum(1).clamp(min=1)[..., None]
 
+    def head_weight(self) -> torch.Tensor:
+        """(N+1, D) output vector of every item_idx (row 0 is padding): the rows Eq. 5 scores the user
+        vector against. Losses and serving read item output vectors only through here, so the head's
+        design can change without them."""
+        return self.head.weight
+
     def item_logits(self, user: torch.Tensor) -> torch.Tensor:
         """Eq. 5: (..., D) -> (..., N + 1) scores of all items; padding can never be recommended.
 
@@ -209,7 +215,7 @@ class LiteRecModel(nn.Module):
         share of the step's compute.
         """
         with torch.autocast(user.device.type, enabled=False):
-            logits = F.linear(self.dropout(user.float()), self.head.weight.float())  # (..., N+1)
+            logits = F.linear(self.dropout(user.float()), self.head_weight().float())  # (..., N+1)
         logits[..., 0] = float("-inf")
         return logits
 

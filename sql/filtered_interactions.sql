@@ -1,4 +1,4 @@
--- Raw interactions -> the interactions that count (DESIGN.md, data protocol), on integer keys.
+-- Raw interactions -> the interactions that count (docs/design.md, the data protocol), on integer keys.
 -- 1. optional rating threshold: $min_rating NULL keeps every rating;
 -- 2. one row per (user, item): the first by timestamp, ties by original row order.
 -- The threshold applies first, so a pair's first *qualifying* interaction is the one kept.

@@ -1,6 +1,6 @@
--- Leave-one-out split per user (DESIGN.md): last item = test, second-to-last = validation,
+-- Leave-one-out split per user (docs/design.md): last item = test, second-to-last = validation,
 -- the rest = training. DuckDB lists are 1-based and slices include both ends. The *_ts and *_rating
--- columns hold each item's timestamp and rating, aligned with the item columns (lite_rec/item_context.py).
+-- columns hold each item's timestamp and rating, aligned with the item columns (lite_rec/model/context.py).
 create or replace table sequences as
 with histories as (
     select

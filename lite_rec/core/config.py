@@ -151,12 +151,32 @@ class TrainConfig(_Section):
     # T of Hinton et al.: teachers' softmax(logits / T), the student's distillation term on its logits / T, times T^2;
     # T > 1 flattens the teachers (more of their ranking below the top item); ranking always uses T = 1
     distill_temperature: float = Field(1.0, gt=0, le=20)
+    # the training loss (lite_rec/train/losses.py): "full" = cross-entropy over the whole catalog (Eq. 6 of the paper);
+    # "sampled" = softmax over in-batch and sampled negatives with the logQ correction, which never builds the
+    # (positions, N+1) logits: for catalogs of 10^5-10^7 items, where those logits no longer fit
+    loss: Literal["full", "sampled"] = "full"
+    num_negatives: int = Field(1024, ge=0)  # sampled loss: negatives drawn per step, shared by every position of the batch
+    negative_sampler: Literal["uniform", "popularity"] = "uniform"  # their distribution: uniform, or by training frequency + 1
+    in_batch_negatives: bool = True  # sampled loss: the batch's other targets are negatives too
 
     @model_validator(mode="after")
     def _distill_needs_fixed_windows(self) -> "TrainConfig":
         if self.distill_from and self.strategy != "onepass":
             raise ValueError(f"train.distill_from needs train.strategy=onepass (got {self.strategy}): teachers score "
                              "the one-pass windows once, and only those are the same in every epoch")
+        return self
+
+    @model_validator(mode="after")
+    def _sampled_loss_settings(self) -> "TrainConfig":
+        if self.loss != "sampled":
+            return self
+        if self.distill_from:
+            raise ValueError("train.loss=sampled cannot be combined with train.distill_from: distillation compares the "
+                             "teachers' distribution with the student's full logits over the catalog, which the "
+                             "sampled loss never builds; use train.loss=full to distill")
+        if self.num_negatives == 0 and not self.in_batch_negatives:
+            raise ValueError("train.loss=sampled needs negatives: set train.num_negatives > 0 or "
+                             "train.in_batch_negatives=true")
         return self
 
 
@@ -184,6 +204,9 @@ class TrackingConfig(_Section):
     registered_model: str | None = None  # default: "lite-rec-<dataset without dashes>"
     promote_metric: str = "valid_ndcg_10"  # promotion scores the validation split, never the reported test split
     promote_margin: float = 0.0
+    # a catalog update (lite-rec add-items) replaces the champion it extends unless it scores more than this below
+    # it on promote_metric: its new items are no held-out target, so they can only take top-k places (promotion.py)
+    catalog_max_drop: float = Field(0.01, ge=0, le=1)
 
 
 class ServeConfig(_Section):
@@ -230,6 +253,22 @@ class LiteRecConfig(_Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _sampled_loss_without_history_logit(self) -> "LiteRecConfig":
+        if self.train.loss == "sampled" and self.model.history_logit:
+            raise ValueError("train.loss=sampled cannot train model.history_logit: the learned history score needs, for "
+                             "every candidate item, whether it is in each prefix's history, which the sampled loss "
+                             "does not track; set model.history_logit=false or train.loss=full")
+        return self
+
+    @model_validator(mode="after")
+    def _inductive_head_reads_the_cached_vectors(self) -> "LiteRecConfig":
+        if self.model.head == "inductive" and self.train.finetune_epochs:
+            raise ValueError(f"model.head=inductive cannot be combined with train.finetune_epochs={self.train.finetune_epochs}: "
+                             "stage 2 trains the item vectors away from the item LLM's, and items added later enter with "
+                             "the item LLM's vectors only; set train.finetune_epochs=0")
+        return self
 
     @property
     def raw_dir(self) -> Path:

@@ -67,6 +67,7 @@ from lite_rec.train.distill import (
 )
 from lite_rec.train.distributed import SINGLE, Ranks
 from lite_rec.train.ema import WeightEMA
+from lite_rec.train.losses import sampled_forward
 
 if TYPE_CHECKING:
     from lite_rec.core.config import LiteRecConfig
@@ -188,6 +189,8 @@ class Trainer:
         self.valid_set = build_eval_set(sequences, "valid", spec)
         self.bf16 = self.tc.bf16 and device.type == "cuda"
         self.forward = None if ranks.active else torch.compile(model) if self.tc.compile else model  # DDP: _build_optim
+        if self.tc.loss == "sampled":  # same call, no (positions, N+1) logits (losses.py)
+            self.forward = sampled_forward(model, self.store, self.tc, device, distributed=ranks.active)
         # what the user had before the window: the history logit scores it (as evaluation and serving
         # do, over the whole history)
         self.needs_seen = spec.config.history_logit

@@ -224,6 +224,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_items(args: argparse.Namespace) -> int:
+    """New or changed items into a new version of the registered model, without retraining (the Prefect `add-items` flow)."""
+    cfg = _config_from(args)
+    _quiet_weight_loading()
+    from lite_rec_flows.catalog import add_items_flow
+
+    with _flow_server(cfg):
+        out = add_items_flow(items=args.items, dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
+                             model=args.model, progress=not args.no_progress)
+    print(f"new version:       {out['model_uri']} (extends version {out['extends']})")
+    print(f"items:             {len(out['added'])} added, {len(out['updated'])} updated; {out['encoded']} texts encoded")
+    print(f"champion:          version {out['champion']} ({'the new version' if out['promoted'] else 'unchanged'}: {out['reason']})")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """The scoring step of a bundle or registered model as ONNX, with its sidecar JSON (lite_rec/infer/onnx_export.py)."""
     from lite_rec.infer.onnx_export import export_onnx, sidecar_path
@@ -258,6 +273,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "promote": (cmd_promote, "challenger vs champion on held-out data; move champion if better"),
     "rollback": (cmd_rollback, "move champion back to the previous champion version"),
     "score": (cmd_score, "batch scoring: top-k for every user to Parquet (Prefect `score` flow)"),
+    "add-items": (cmd_add_items, "add or update items of a registered model without retraining (model.head=inductive)"),
     "config": (cmd_config, "print the fully resolved config as JSON"),
 }
 
@@ -285,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="inprocess (one file) or ray: Ray Data over an actor pool (a folder of Parquet parts)")
             p.add_argument("--address", help="with --engine ray: a running Ray cluster (host:6379 or ray://host:10001); "
                                              "default a local Ray")
+        if name == "add-items":
+            p.add_argument("--items", required=True, help="CSV or Parquet file: item_id, title, and the columns the "
+                                                         "dataset's item text reads (docs/serving.md)")
+            p.add_argument("--model", help="the version to extend: models:/<name>@<alias> or models:/<name>/<version> "
+                                           "(default: the registered model's champion)")
         if name == "train":
             p.add_argument("--no-register", action="store_true", help="train and evaluate, do not log to MLflow")
             p.add_argument("--nproc-per-node", type=int, metavar="N",

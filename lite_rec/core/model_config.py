@@ -20,7 +20,8 @@ __all__ = ["ModelConfig"]
 
 ItemRepr = Literal["text", "id", "text+id"]
 Pooling = Literal["mean", "last"]
-CHOICES: dict[str, tuple[str, ...]] = {"item_repr": get_args(ItemRepr), "pooling": get_args(Pooling)}
+Head = Literal["linear", "inductive"]
+CHOICES: dict[str, tuple[str, ...]] = {"item_repr": get_args(ItemRepr), "pooling": get_args(Pooling), "head": get_args(Head)}
 # field: (lowest allowed, highest allowed or None, whether the highest is excluded)
 RANGES: dict[str, tuple[float, float | None, bool]] = {
     "d_model": (8, None, False),
@@ -31,6 +32,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "backbone_dropout": (0.0, 1.0, True),
     "max_seq_len": (1, None, False),
     "query_gap_floor": (0, None, False),
+    "head_id_dropout": (0.0, 1.0, True),
 }
 INTEGERS = ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "query_gap_floor")
 
@@ -57,6 +59,13 @@ class ModelConfig:
     # one learned score added to every item the user already has (scoring.add_history_logit): the model
     # learns from the data whether users come back to items
     history_logit: bool = False
+    # the item output vectors Eq. 5 scores against: "linear" = the paper's W_proj, one learned row per training item;
+    # "inductive" = a learned projection of the item's cached text vector plus a learned id part for items seen in
+    # training, so an item known only by its text gets a vector (lite-rec add-items; needs "text" in item_repr)
+    head: Head = "linear"
+    # inductive head: share of items whose id part is left out of each training step, so the text part alone must
+    # score them well (as it will for new items, which have no id part)
+    head_id_dropout: float = 0.5
 
     # Inputs beyond the paper: a context per input item (lite_rec/model/context.py), read from
     # sequences.parquet's *_ts / *_rating columns; requests carry them as events (docs/serving.md).
@@ -79,6 +88,9 @@ class ModelConfig:
             if value < low or (high is not None and (value >= high if open_high else value > high)):
                 bound = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
                 raise ValueError(f"model.{name} must be {bound} (got {value!r})")
+        if self.head == "inductive" and "text" not in self.item_repr:
+            raise ValueError(f"model.head=inductive computes item vectors from their text; model.item_repr={self.item_repr!r} "
+                             "has none (use text or text+id)")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.time_bias and self.backbone != "lean":

@@ -47,7 +47,7 @@ from lite_rec.items.text import render_item_texts
 if TYPE_CHECKING:
     from lite_rec.core.config import ItemEncoderConfig, LiteRecConfig
 
-__all__ = ["ItemVectors", "cache_dir_for", "encoder_slug", "load_item_vectors", "load_or_encode_items"]
+__all__ = ["ItemVectors", "cache_dir_for", "encoder_slug", "load_item_vectors", "load_or_encode_items", "vectors_for_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ VECTORS = "vectors.safetensors"
 FORMAT = "lite-rec/item-vectors/v1"
 POOLING = "mean"  # the paper's Eq. 3
 _IDENTITY_KEYS = ("encoder_id", "weights_sha256", "pooling", "max_tokens")
+ADDED = "added"  # sub-folder of a cache: texts encoded for catalog updates (vectors_for_texts), keyed by text sha256
 
 
 @dataclass(frozen=True)
@@ -272,3 +273,45 @@ def load_or_encode_items(cfg: "LiteRecConfig", *, progress: bool = True) -> Item
     }
     manifest = _write_atomically(cache_dir, vectors, manifest)
     return ItemVectors(vectors=vectors, manifest=manifest, encoded=len(todo))
+
+
+def vectors_for_texts(cfg: "LiteRecConfig", texts: list[str], *, progress: bool = True) -> tuple[torch.Tensor, int]:
+    """(M, D) item-LLM vectors of `texts` and how many had to be encoded: the catalog update's
+    way through the cache (``lite-rec add-items``).
+
+    A text whose sha256 is in the dataset's cache or in its ``added/`` store (texts encoded by
+    earlier updates) is read from there, so an item whose text is already known, or a file sent
+    twice, encodes nothing; only the rest go through the encoder, and are appended to ``added/``
+    (written atomically like the cache itself). Both stores are used only when they were made
+    with the current encoder (id, weights, pooling, max_tokens).
+    """
+    enc = cfg.item_encoder
+    encoder: ItemEncoder | None = None
+    fingerprint = weights_fingerprint(enc.model)
+    if fingerprint is None:  # a hub model not downloaded yet
+        encoder = ItemEncoder(enc)
+        fingerprint = encoder.fingerprint
+    identity = _identity(enc, fingerprint or "unknown")
+    main_dir = cache_dir_for(cfg)
+    stores = [old for old, _ in (_previous(main_dir, identity), _previous(main_dir / ADDED, identity)) if old is not None]
+    known: dict[str, torch.Tensor] = {}
+    for store in stores:
+        for row, sha in enumerate(store.manifest["text_sha256"]):
+            known.setdefault(sha, store.vectors[row + 1])
+    shas = [_sha256_text(t) for t in texts]
+    todo = list(dict.fromkeys(sha for sha in shas if sha not in known))  # each new text once
+    if todo:
+        encoder = encoder or ItemEncoder(enc)
+        first = {sha: texts[shas.index(sha)] for sha in todo}
+        fresh = encoder.encode([first[sha] for sha in todo], progress=progress)  # (n_todo, D)
+        known.update(zip(todo, fresh))
+        added = next((s for s in stores if s.manifest.get("store") == ADDED), None)
+        old_shas = list(added.manifest["text_sha256"]) if added is not None else []
+        rows = [added.vectors[1:]] if added is not None else []
+        vectors = torch.cat([torch.zeros(1, fresh.shape[1]), *rows, fresh])  # (1 + old + new, D), row 0 padding
+        all_shas = old_shas + todo
+        manifest = {"format": FORMAT, "store": ADDED, "encoder": enc.model, **identity, "dim": int(fresh.shape[1]),
+                    "count": len(all_shas), "dtype": "float32", "item_ids": all_shas, "text_sha256": all_shas}
+        _write_atomically(main_dir / ADDED, vectors.float(), manifest)
+    log.info("item vectors for %d texts: %d from the cache, %d encoded", len(texts), len(texts) - len(todo), len(todo))
+    return torch.stack([known[sha] for sha in shas]).float(), len(todo)

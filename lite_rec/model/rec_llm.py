@@ -44,10 +44,14 @@ from lite_rec.model.context import (
 from lite_rec.model.scoring import IGNORE_INDEX, add_history_logit
 from lite_rec.model.spec import ModelConfig, ModelSpec
 
-__all__ = ["HISTORY_LOGIT_SCALE", "LiteRecModel", "bucket_bias", "build_model", "model_from_spec"]
+__all__ = ["HISTORY_LOGIT_SCALE", "ITEM_ROWS", "LiteRecModel", "bucket_bias", "build_model", "model_from_spec"]
 
 # logits per unit of the history-logit parameter; see LiteRecModel.history_logit
 HISTORY_LOGIT_SCALE = 16.0
+# state-dict tensors with one row per item_idx (N+1 rows) that an item added after training can get a row of without
+# training: its cached text vector, and zeros for the learned id parts (the input's and the inductive head's). The
+# linear head's "head.weight" is not among them: its rows exist only for the items it was trained on.
+ITEM_ROWS = ("item_vectors", "item_embedding.weight", "head_id.weight")
 
 
 class LiteRecModel(nn.Module):
@@ -89,7 +93,13 @@ class LiteRecModel(nn.Module):
             with torch.no_grad():
                 self.context_embedding.weight[PAD_CONTEXT].zero_()
         self.dropout = nn.Dropout(cfg.dropout)  # on the item inputs and on the user vector
-        self.head = nn.Linear(d, spec.n_items + 1, bias=False)  # W_proj of Eq. 5
+        if cfg.head == "linear":
+            self.head = nn.Linear(d, spec.n_items + 1, bias=False)  # W_proj of Eq. 5
+        else:  # inductive: W_text v_i + e_i (head_weight)
+            self.head_text = nn.Linear(spec.item_dim, d, bias=False)  # the text part: projects a cached text vector
+            self.head_id = nn.Embedding(spec.n_items + 1, d)  # the id part; zeros: an item starts as its text alone
+            nn.init.zeros_(self.head_id.weight)
+        self._head_cache: tuple[tuple, torch.Tensor] | None = None  # inference: (inputs' identity, head_weight())
 
     @property
     def item_vectors_trainable(self) -> bool:
@@ -204,8 +214,35 @@ class LiteRecModel(nn.Module):
     def head_weight(self) -> torch.Tensor:
         """(N+1, D) output vector of every item_idx (row 0 is padding): the rows Eq. 5 scores the user
         vector against. Losses and serving read item output vectors only through here, so the head's
-        design can change without them."""
-        return self.head.weight
+        design can change without them.
+
+        ``model.head=linear``: the paper's W_proj, one free row per item. ``inductive``: row i is
+        ``W_text v_i + e_i``, the projected cached text vector v_i (``item_vectors``) plus a learned id
+        part e_i. An item added after training (``lite-rec add-items``) has e_i = 0, so its row is its
+        text's projection alone; that is why training leaves out the id part of a random
+        ``head_id_dropout`` share of the items at every step (without rescaling the rest): the text
+        part must score an item well on its own. At inference (no grad, eval mode) the rows are
+        computed once and reused until a weight changes.
+        """
+        if self.spec.config.head == "linear":
+            return self.head.weight
+        inference = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key: tuple = ()
+        if inference:
+            sources = (self.item_vectors, self.head_text.weight, self.head_id.weight)
+            key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+            if self._head_cache is not None and self._head_cache[0] == key:
+                return self._head_cache[1]
+        text = self.head_text(self.item_vectors.to(self.head_text.weight.dtype))  # (N+1, D)
+        ids = self.head_id.weight  # (N+1, D)
+        p = self.spec.config.head_id_dropout
+        if self.training and p > 0:
+            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= p  # (N+1, 1): items whose id part counts this step
+            ids = ids * keep
+        weight = text + ids  # (N+1, D)
+        if inference:
+            self._head_cache = (key, weight)
+        return weight
 
     def item_logits(self, user: torch.Tensor) -> torch.Tensor:
         """Eq. 5: (..., D) -> (..., N + 1) scores of all items; padding can never be recommended.

@@ -50,7 +50,8 @@ from lite_rec.registry.versions import (
     set_champion,
 )
 
-__all__ = ["HeldOut", "PromotionDecision", "load_held_out", "parse_metric", "promote", "rollback", "score_recommender"]
+__all__ = ["HeldOut", "PromotionDecision", "load_held_out", "parse_metric", "promote", "promote_catalog", "rollback",
+           "score_recommender"]
 
 _METRIC_RE = re.compile(r"^(?:valid_)?(?P<kind>recall|ndcg)_(?P<k>[1-9][0-9]*)$")
 
@@ -213,6 +214,50 @@ def promote(cfg: LiteRecConfig, held_out: HeldOut | None = None, *, client: Mlfl
     if promoted:
         set_champion(client, name, ch)
     decision = PromotionDecision(name, metric, margin, ch, cv, ch_score, cv_score, promoted, reason, ch if promoted else cv)
+    _record(client, decision)
+    return decision
+
+
+def promote_catalog(cfg: LiteRecConfig, version: str, extends: str, held_out: HeldOut | None = None, *,
+                    client: MlflowClient | None = None) -> PromotionDecision:
+    """Move ``champion`` to a catalog update `version` of the model version `extends` when that one
+    is the champion and the update scores at most ``tracking.catalog_max_drop`` below it.
+
+    Why not :func:`promote`'s rule (beat the champion by more than the margin): the update has
+    the champion's weights, and its new items are in no held-out history or target (they are
+    new), so on held-out data it can only tie the champion or lose a little, where a new item
+    takes a top-k place from a target. The comparison stays (same users, same code path, same
+    metric, both scores on the version tags) and catches what it is for: new items that crowd
+    out the items users actually pick. An update of a version that no longer serves never moves
+    ``champion``: it would silently undo a promotion or a rollback (``lite-rec promote`` can still
+    compare it as the challenger).
+    """
+    client = client or make_client(cfg)
+    name, metric, drop = registered_model_name(cfg), cfg.tracking.promote_metric, cfg.tracking.catalog_max_drop
+    parse_metric(metric)
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
+        set_champion(client, name, version)
+        decision = PromotionDecision(name, metric, -drop, version, None, None, None, True, "no champion: the update serves", version)
+        _record(client, decision)
+        return decision
+    cv = str(champion.version)
+    if cv != str(extends):
+        reason = f"v{version} extends v{extends}, but v{cv} is champion: a catalog update replaces only the version it extends"
+        decision = PromotionDecision(name, metric, -drop, version, cv, None, None, False, reason, cv)
+        _record(client, decision)
+        return decision
+    held_out = held_out or load_held_out(cfg)
+    exclude = cfg.eval.exclude_history
+    ch_score = _score_version(client, name, version, held_out, metric, exclude)
+    cv_score = _score_version(client, name, cv, held_out, metric, exclude)
+    promoted = ch_score >= cv_score - drop
+    reason = (f"catalog update v{version} {metric}={ch_score:.6f} vs the champion it extends, v{cv}, {cv_score:.6f} on "
+              f"{len(held_out.targets)} users ({held_out.source}); {'within' if promoted else 'more than'} "
+              f"tracking.catalog_max_drop={drop} {'of' if promoted else 'below'} it")
+    if promoted:
+        set_champion(client, name, version)
+    decision = PromotionDecision(name, metric, -drop, version, cv, ch_score, cv_score, promoted, reason, version if promoted else cv)
     _record(client, decision)
     return decision
 

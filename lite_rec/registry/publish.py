@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RegisteredVersion",
+    "log_pyfunc",
     "log_training_run",
     "model_signature",
     "register_verified",
@@ -257,18 +258,7 @@ def _log_and_register(client: MlflowClient, cfg: LiteRecConfig, result: "TrainRe
                       name: str, run_id: str, *, commit: str | None, item_vectors_manifest: Path | None) -> RegisteredVersion:
     """Inside the open run: its contents, the pyfunc, then the verified version (``register_verified``)."""
     tags = log_run_contents(client, run_id, cfg, result, bundle, commit=commit, item_vectors_manifest=item_vectors_manifest)
-    with tempfile.TemporaryDirectory(prefix="lite-rec-stage-") as tmp:
-        code, staged = _stage(Path(tmp), bundle_dir)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(PYFUNC_FILE),
-            artifacts={"bundle": str(staged)},
-            code_paths=[str(code)],
-            signature=model_signature(),
-            input_example=input_example(bundle),
-            pip_requirements=_pip_requirements(),
-            metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint, "context_fields": bundle.context_fields},
-        )
+    info = log_pyfunc(cfg, bundle, bundle_dir)
     metric = cfg.tracking.promote_metric
     version_tags: dict[str, Any] = {
         key: tags[key]
@@ -279,6 +269,23 @@ def _log_and_register(client: MlflowClient, cfg: LiteRecConfig, result: "TrainRe
     registered = register_verified(client, name, info.model_uri, getattr(info, "model_id", None), run_id, bundle, version_tags)
     client.set_tag(run_id, "registered_model_version", f"{name}/{registered.version}")
     return registered
+
+
+def log_pyfunc(cfg: LiteRecConfig, bundle: Bundle, bundle_dir: Path) -> Any:
+    """Log the pyfunc of `bundle` into the active run (models from code: ``pyfunc_model.py``, the
+    bundle as the ``bundle`` artifact, a copy of ``lite_rec`` as ``code_paths``); MLflow's model info."""
+    with tempfile.TemporaryDirectory(prefix="lite-rec-stage-") as tmp:
+        code, staged = _stage(Path(tmp), bundle_dir)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PYFUNC_FILE),
+            artifacts={"bundle": str(staged)},
+            code_paths=[str(code)],
+            signature=model_signature(),
+            input_example=input_example(bundle),
+            pip_requirements=_pip_requirements(),
+            metadata={"dataset": cfg.dataset.name, "bundle_sha256": bundle.fingerprint, "context_fields": bundle.context_fields},
+        )
 
 
 def _delete_run(client: MlflowClient, run_id: str) -> None:

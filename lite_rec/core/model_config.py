@@ -32,7 +32,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "backbone_dropout": (0.0, 1.0, True),
     "max_seq_len": (1, None, False),
     "query_gap_floor": (0, None, False),
-    "head_id_dropout": (0.0, 1.0, True),
+    "head_id_dropout": (0.0, 1.0, False),
 }
 INTEGERS = ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "query_gap_floor")
 
@@ -64,7 +64,7 @@ class ModelConfig:
     # training, so an item known only by its text gets a vector (lite-rec add-items; needs "text" in item_repr)
     head: Head = "linear"
     # inductive head: share of items whose id part is left out of each training step, so the text part alone must
-    # score them well (as it will for new items, which have no id part)
+    # score them well (as it will for new items, which have no id part); 1.0 = no id part (the text part only)
     head_id_dropout: float = 0.5
 
     # Inputs beyond the paper: a context per input item (lite_rec/model/context.py), read from

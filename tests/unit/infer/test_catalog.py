@@ -110,3 +110,21 @@ def test_vectors_of_the_wrong_width_or_no_change_write_nothing(tmp_path: Path) -
     with pytest.raises(CatalogError, match="already in the catalog with the same title and text"):
         extend_bundle(old, same, vectors[2:3], tmp_path / "v2")
     assert not (tmp_path / "v2").exists() and [p.name for p in tmp_path.iterdir()] == ["v1"]
+
+
+def test_an_extended_inductive_bundle_exports_to_onnx_with_the_same_scores(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from lite_rec.infer.onnx_export import export_onnx
+
+    model, _ = _model()
+    old = load_bundle(_bundle(tmp_path / "v1", model))
+    path, _ = extend_bundle(old, pd.DataFrame({"item_id": ["new-a"], "title": ["A New Film"]}), torch.randn(1, DIM) * 3,
+                            tmp_path / "v2")
+    sidecar = export_onnx(load_bundle(path), tmp_path / "m.onnx")
+    assert sidecar["n_items"] == N + 1 and sidecar["item_ids"][-1] == "new-a"
+    items = np.array([[N + 1, 2, 3], [4, 0, 0]], dtype=np.int64)  # (2, 3) right-padded, a new item in a history
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"items": items})[0]  # (2, N+2)
+    with torch.no_grad():
+        want = Recommender(load_bundle(path)).model(torch.from_numpy(items))[0].numpy()
+    assert np.allclose(got[:, 1:], want[:, 1:], atol=1e-4)

@@ -234,7 +234,7 @@ def cmd_add_items(args: argparse.Namespace) -> int:
         out = add_items_flow(items=args.items, dataset=args.dataset, profile=args.profile, overrides=_overrides_dict(cfg),
                              model=args.model, progress=not args.no_progress)
     print(f"new version:       {out['model_uri']} (extends version {out['extends']})")
-    print(f"items:             {len(out['added'])} added, {len(out['updated'])} updated; {out['encoded']} texts encoded")
+    print(f"items:             {len(out['added'])} added, {len(out['updated'])} updated; {out['encoded']} texts encoded (the others from the item-vector cache)")
     print(f"champion:          version {out['champion']} ({'the new version' if out['promoted'] else 'unchanged'}: {out['reason']})")
     return 0
 

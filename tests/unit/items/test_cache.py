@@ -216,3 +216,23 @@ def test_gpu_worker_path_imports_without_pydantic_duckdb_prefect_or_mlflow() -> 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3])
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_catalog_texts_encode_only_what_no_cache_holds(tmp_path: Path, bert: Path, counted: list[str]) -> None:
+    """``vectors_for_texts`` (lite-rec add-items): a text the dataset's cache has is read from it, a
+    new one is encoded once and kept in ``added/``, so sending the same file again encodes nothing."""
+    from lite_rec.items.cache import ADDED, vectors_for_texts
+
+    cfg = _cfg(tmp_path, bert)
+    _write_items(cfg, MOVIES)
+    cached = load_or_encode_items(cfg, progress=False)
+    counted.clear()
+    known = "Title: Heat (1995). Genres: Action, Crime."  # m2's text
+    texts = [known, "Title: A New Film (2026). Genres: Drama.", "Title: A New Film (2026). Genres: Drama."]
+    vectors, encoded = vectors_for_texts(cfg, texts, progress=False)  # (3, D)
+    assert encoded == 1 and counted == [texts[1]]  # the repeated new text once, the known one not at all
+    assert torch.equal(vectors[0], cached.vectors[2]) and torch.equal(vectors[1], vectors[2])
+    again, encoded = vectors_for_texts(cfg, texts[1:2], progress=False)
+    assert encoded == 0 and counted == [texts[1]] and torch.equal(again[0], vectors[1])
+    assert (cache_dir_for(cfg) / ADDED / "manifest.json").is_file()
+    assert load_item_vectors(cache_dir_for(cfg)).manifest == cached.manifest  # the dataset's cache is left as it was

@@ -227,6 +227,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_add_items(args: argparse.Namespace) -> int:
     """New or changed items into a new version of the registered model, without retraining (the Prefect `add-items` flow)."""
     cfg = _config_from(args)
+    from lite_rec.items.catalog_file import read_item_file
+
+    read_item_file(args.items, cfg.dataset)  # a bad file fails here, before any server starts (the flow checks it again)
     _quiet_weight_loading()
     from lite_rec_flows.catalog import add_items_flow
 

@@ -1,7 +1,8 @@
 """The training loop of both stages over one checkpointable state (used by ``run.py``).
 
 Stage 1 trains the recommendation LLM and the head on frozen item vectors with the configured
-strategy (``batches.py``), cross-entropy over all items (Eq. 6 of the paper), AdamW (decay on
+strategy (``batches.py``), cross-entropy over all items (Eq. 6 of the paper; or, with
+``train.loss=sampled``, over in-batch and sampled negatives: ``losses.py``), AdamW (decay on
 matrices only: not on biases, norm scales or item tables), linear warm-up then a constant lr,
 gradient clipping, bf16 autocast on CUDA. Validation Recall@10 (configured protocol) after every
 ``eval_every`` epochs (and after a stage's last epoch) decides early stopping (``patience``

@@ -11,9 +11,16 @@ import torch.nn.functional as F
 
 from lite_rec.core.config import build_config
 from lite_rec.core.errors import ConfigError
+from lite_rec.core.model_config import ModelConfig
 from lite_rec.data.sequences import build_sequence_store
+from lite_rec.model.rec_llm import build_model
 from lite_rec.model.scoring import IGNORE_INDEX
-from lite_rec.train.losses import NegativeSampler, sampled_softmax_loss, target_counts
+from lite_rec.train.losses import (
+    NegativeSampler,
+    SampledSoftmax,
+    sampled_softmax_loss,
+    target_counts,
+)
 
 
 def _full_cross_entropy(user: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -97,3 +104,39 @@ def test_target_counts_skip_each_users_first_item() -> None:
 def test_sampled_loss_refuses_what_it_cannot_train(overrides: list[str], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         build_config("ml-100k", overrides)
+
+
+@pytest.mark.parametrize("head", ["linear", "inductive"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_sampled_forward_reads_the_vectors_the_full_loss_reads(head: str, causal: bool) -> None:
+    """SampledSoftmax's user and item vectors are the model's own: with the whole catalog as the
+    negatives its loss is the model's full cross-entropy, for (B, T) and (B,) targets and either head;
+    and the gradient reaches the backbone and the head."""
+    torch.manual_seed(0)
+    n_items = 12
+    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=6,
+                      dropout=0.0, backbone_dropout=0.0, pooling="last", item_repr="text", head=head)
+    vectors = torch.randn(n_items + 1, 8)
+    vectors[0] = 0
+    model, _ = build_model(cfg, n_items, vectors, causal=causal)
+    model.eval()  # the same head rows in both calls (the inductive head drops id parts in training)
+    items = torch.tensor([[3, 5, 7, 0, 0, 0], [1, 2, 3, 4, 5, 6]])  # (B, T) right-padded
+    if causal:
+        targets = torch.tensor([[5, 7, 9, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX], [2, 3, 4, 5, 6, 7]])  # (B, T)
+        user = model.prefix_user_vectors(items).flatten(0, 1)  # (B*T, D)
+    else:
+        targets = torch.tensor([9, 8])  # (B,)
+        user = model.user_vectors(items)  # (B, D)
+    _, full = model(items, targets)
+    catalog = torch.arange(1, n_items + 1)  # every item once: expected count 1
+    sampled = sampled_softmax_loss(user, targets.flatten(), catalog, torch.zeros(n_items), model.head_weight())
+    assert torch.allclose(sampled, full, atol=1e-5)
+    model.train()
+    sampler = NegativeSampler(np.r_[0.0, np.ones(n_items)], 4, "uniform", in_batch=True)
+    _, loss = SampledSoftmax(model, sampler)(items, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.adapter.weight.grad.abs().sum() > 0  # the inputs' adapter: through the backbone
+    head_grads = [p.grad for n, p in model.named_parameters() if n.startswith("head")]  # (the id part of an
+    # inductive head may be dropped for every scored item in one step: the sum, not each part)
+    assert all(g is not None for g in head_grads) and sum(g.abs().sum() for g in head_grads) > 0

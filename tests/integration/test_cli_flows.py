@@ -9,15 +9,31 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from lite_rec.core.config import REPO_ROOT, LiteRecConfig
+from lite_rec.pipeline import stack
 
 BAR = "%|"  # what every tqdm bar prints, ours and third-party ones
 
 
-def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(data_dir / "prefect-home")}
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect server for this module's CLI runs, as a user's own server (PREFECT_API_URL): each
+    run then skips starting a temporary one (~25 s each). The temporary server's own path is
+    covered by the kill -9 test below and by the wheel test."""
+    server = stack.start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server.url
+    finally:
+        stack.stop(server)
+
+
+def _cli(data_dir: Path, *args: str, api_url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(data_dir / "prefect-home"), "PREFECT_API_URL": api_url}
     cmd = [sys.executable, "-m", "lite_rec_flows.cli", *args, "--data-dir", str(data_dir)]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -26,13 +42,14 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 FAST = ("--set", "model.item_repr=id", "--set", "train.max_epochs=1")
 
 
-def _train(data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
-    return _cli(data_dir, "train", "ml-100k", "--profile", "smoke", "--no-register", *FAST, *flags)
+def _train(data_dir: Path, *flags: str, api_url: str) -> subprocess.CompletedProcess:
+    return _cli(data_dir, "train", "ml-100k", "--profile", "smoke", "--no-register", *FAST, *flags, api_url=api_url)
 
 
-def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
+def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k_config: LiteRecConfig,
+                                                          prefect_api: str) -> None:
     (tmp_path / "raw").symlink_to(ml100k_config.data_dir / "raw")  # the downloaded dump, not the outputs
-    quiet = _train(tmp_path, "--no-progress")
+    quiet = _train(tmp_path, "--no-progress", api_url=prefect_api)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     table = quiet.stdout.split("metrics (test)")[1].split("model folder")[0].splitlines()
     assert table[0].split()[:2] == ["masked", "unmasked"] and [r.split()[0] for r in table[1:5]] == \
@@ -40,7 +57,7 @@ def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k
     assert "history score" not in quiet.stdout  # only for models with model.history_logit
     assert BAR not in quiet.stderr + quiet.stdout  # ingest, item encoding, weights loading, training, evaluation
     # the same run again with bars: the finished model is reloaded and re-evaluated, and the bars show
-    loud = _train(tmp_path)
+    loud = _train(tmp_path, api_url=prefect_api)
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert "eval test" in loud.stderr and BAR in loud.stderr
     # quiet by default: our bars and the summary, no third-party INFO lines (Great Expectations,
@@ -52,9 +69,11 @@ def test_no_progress_silences_every_bar_of_the_train_flow(tmp_path: Path, ml100k
         quiet.stdout.split("metrics (test")[1].split("model folder")[0]  # bars never change a result
 
 
-def test_ingest_through_prefect_honours_force_and_no_progress(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
+def test_ingest_through_prefect_honours_force_and_no_progress(tmp_path: Path, ml100k_config: LiteRecConfig,
+                                                             prefect_api: str) -> None:
     (tmp_path / "raw").symlink_to(ml100k_config.data_dir / "raw")
-    runs = [_cli(tmp_path, "ingest", "ml-100k", "--prefect", "--no-progress", *flags) for flags in ([], [], ["--force"])]
+    runs = [_cli(tmp_path, "ingest", "ml-100k", "--prefect", "--no-progress", *flags, api_url=prefect_api)
+            for flags in ([], [], ["--force"])]
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]
         assert BAR not in run.stderr + run.stdout
@@ -62,7 +81,8 @@ def test_ingest_through_prefect_honours_force_and_no_progress(tmp_path: Path, ml
     assert "written in" in runs[2].stdout  # --force redoes the data stage through the flow too
 
 
-def test_a_model_that_reads_the_input_context_trains_and_registers(tmp_path: Path, ml100k_config: LiteRecConfig) -> None:
+def test_a_model_that_reads_the_input_context_trains_and_registers(tmp_path: Path, ml100k_config: LiteRecConfig,
+                                                                   prefect_api: str) -> None:
     """Time gaps, ratings and the query time with its floor: no longer refused before the flow
     starts; the version registers with the request fields it reads on its tag and description."""
     from mlflow.tracking import MlflowClient
@@ -70,7 +90,7 @@ def test_a_model_that_reads_the_input_context_trains_and_registers(tmp_path: Pat
     (tmp_path / "raw").symlink_to(ml100k_config.data_dir / "raw")
     context = ("--set", "model.time_gaps=true", "--set", "model.ratings=true", "--set", "model.query_time=true",
                "--set", "model.query_gap_floor=3600")
-    run = _cli(tmp_path, "train", "ml-100k", "--profile", "smoke", "--no-progress", *FAST, *context)
+    run = _cli(tmp_path, "train", "ml-100k", "--profile", "smoke", "--no-progress", *FAST, *context, api_url=prefect_api)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "registered model:  models:/lite-rec-ml100k/1 (aliases: challenger, champion)" in run.stdout, run.stdout
     uri = run.stdout.split("MLflow store:")[1].split()[0]

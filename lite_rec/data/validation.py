@@ -28,7 +28,6 @@ and judged by :func:`validate_raw` (GX) later, so the two can be split around th
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time

@@ -18,6 +18,7 @@ from lite_rec.model.scoring import IGNORE_INDEX
 from lite_rec.train.losses import (
     NegativeSampler,
     SampledSoftmax,
+    sampled_forward,
     sampled_softmax_loss,
     target_counts,
 )
@@ -140,3 +141,14 @@ def test_sampled_forward_reads_the_vectors_the_full_loss_reads(head: str, causal
     head_grads = [p.grad for n, p in model.named_parameters() if n.startswith("head")]  # (the id part of an
     # inductive head may be dropped for every scored item in one step: the sum, not each part)
     assert all(g is not None for g in head_grads) and sum(g.abs().sum() for g in head_grads) > 0
+
+
+def test_sampled_loss_refuses_several_training_processes() -> None:
+    cfg = build_config("ml-100k", ["train.loss=sampled", "model.backbone=lean", "model.pretrained=false",
+                                   "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.d_ff=32",
+                                   "model.item_repr=id"])
+    model, _ = build_model(cfg.model, 5, None, causal=True)
+    store = build_sequence_store([[1, 2, 3], [4, 5]])
+    with pytest.raises(ConfigError, match=r"train\.loss=sampled trains in one process"):
+        sampled_forward(model, store, cfg.train, torch.device("cpu"), distributed=True)
+    assert isinstance(sampled_forward(model, store, cfg.train, torch.device("cpu"), distributed=False), SampledSoftmax)

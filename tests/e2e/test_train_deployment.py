@@ -127,7 +127,7 @@ def test_champion_pyfunc_matches_the_in_process_recommender(stack: Stack, first_
 
 
 def test_second_run_and_promote_move_aliases_by_the_rule(stack: Stack, first_run: str) -> None:
-    out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", 'overrides={"train": {"seed": 7}}',
+    out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", 'overrides={"train": {"seed": 7, "max_epochs": 1}}',
                         "--watch", "--watch-timeout", "1200")
     assert "Completed" in out, out[-3000:]
     client = _client(stack)
@@ -172,7 +172,8 @@ def test_worker_killed_mid_training_then_rerun_resumes_and_registers(stack: Stac
         if worker.name == "worker-cpu":
             local_stack.stop(worker)
     slow = stack.start_worker(LITE_REC_STEP_SLEEP="0.3")  # same results, slower pace: time to kill it mid-epoch
-    params = 'overrides={"train": {"seed": 11, "max_epochs": 4, "checkpoint_every_steps": 2}}'
+    # killed in epoch 2 (the first checkpoint past epoch 1), so the re-run has that epoch to finish
+    params = 'overrides={"train": {"seed": 11, "max_epochs": 2, "checkpoint_every_steps": 2}}'
     out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", params)
     assert "train/ml100k-smoke" in out
     run_dir = _wait_for_mid_training_checkpoint(runs, known)

@@ -155,10 +155,10 @@ def test_gpu_ids_profile_is_the_recipe_of_its_quoted_ml1m_runs() -> None:
         assert run["profile"] == "gpu" and recipe(run["overrides"]) == ["model.history_logit=true"]
     assert _mean_std(seeds, "test_masked_recall_10") == (0.3700, 0.0021)
     assert _mean_std(seeds, "test_masked_ndcg_10") == (0.2223, 0.0006)
-    alone = main["ml1m-gpu-call13:call3/alone/gpu/gpu-profile-s11-seed42"]  # the profile run exactly as shipped
+    alone = main["ml1m-gpu-13:part3/alone/gpu/gpu-profile-s11-seed42"]  # the profile run exactly as shipped
     assert alone["profile"] == "gpu" and recipe(alone["overrides"]) == [] and not alone["budget_exhausted"]
 
-    base = ablations["ml1m-gpu-call8:textid-nohist-lr2e3-ema999-e70-ft-seed42"]
+    base = ablations["ml1m-gpu-8:textid-nohist-lr2e3-ema999-e70-ft-seed42"]
     assert base["profile"] == "paper" and not base["budget_exhausted"]
     measured = build_config("ml-1m", recipe(base["overrides"]) + ["model.history_logit=true"], profile="paper")
     shipped = build_config("ml-1m", profile="gpu-ids")
@@ -185,13 +185,13 @@ def test_gpu_profile_is_the_context_recipe_of_its_quoted_ml1m_runs() -> None:
     without the time budget must exist, and the profile must build that recipe: gpu-ids plus the five
     settings, nothing else."""
     main, _, recipe = _quoted_runs()
-    seeds = [v for k, v in main.items() if k.startswith("ml1m-gpu-call18:call4/f-seed")]
+    seeds = [v for k, v in main.items() if k.startswith("ml1m-gpu-18:part4/f-seed")]
     assert len(seeds) == 3 and {r["seed"] for r in seeds} == {42, 1, 2}
     for run in seeds:
         assert run["profile"] == "gpu" and recipe(run["overrides"]) == CONTEXT_RECIPE
     assert _mean_std(seeds, "test_masked_recall_10") == (0.3876, 0.0008)
     assert _mean_std(seeds, "test_masked_ndcg_10") == (0.2350, 0.0007)
-    alone = main["ml1m-gpu-call18:call6/gpu-tgrbhlf-alone-seed42"]  # the recipe as shipped, no time budget
+    alone = main["ml1m-gpu-18:part6/gpu-tgrbhlf-alone-seed42"]  # the recipe as shipped, no time budget
     assert alone["profile"] == "gpu" and recipe(alone["overrides"]) == CONTEXT_RECIPE and not alone["budget_exhausted"]
 
     shipped = build_config("ml-1m", profile="gpu")

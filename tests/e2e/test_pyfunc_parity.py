@@ -5,12 +5,7 @@ same histories. Both read the same registry version; both run on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,8 +13,8 @@ import pytest
 from lite_rec.registry.promotion import load_held_out
 from lite_rec.registry.publish import log_training_run
 from lite_rec.registry.versions import CHAMPION
-from tests.helpers.service_process import ServiceProcess, start_service
-from tests.integration.test_registry import MODEL, N_ITEMS, Run, _free_port, _stop, run, server  # noqa: F401 - fixtures
+from tests.helpers.service_process import ServiceProcess, mlflow_pyfunc_server, start_service
+from tests.integration.test_registry import MODEL, N_ITEMS, Run, run, server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -30,37 +25,13 @@ def servers(run: Run, server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("parity")
     registered = log_training_run(run.cfg, run.result, run.bundle_dir, commit="parity")
     assert CHAMPION in registered.aliases
-    bin_dir = str(Path(sys.executable).parent)  # it runs `uvicorn` by name: the venv's must come first
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    port = _free_port()
-    cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    log_path = root / "pyfunc.log"
-    with open(log_path, "wb") as log:
-        # its own process group: it starts a uvicorn child, and _stop ends the whole group by PID
-        pyfunc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, process_group=0, env=env)
-    ours = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if pyfunc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {pyfunc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not answer /ping in 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        ours = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu"], root, env={"MLFLOW_TRACKING_URI": server})
-        yield url, ours
-    finally:
-        if ours is not None:
+    with mlflow_pyfunc_server(f"models:/{MODEL}@{CHAMPION}", root, server) as url:
+        ours = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu"], root,
+                             env={"MLFLOW_TRACKING_URI": server})
+        try:
+            yield url, ours
+        finally:
             ours.stop()
-        _stop(pyfunc)
 
 
 def test_pyfunc_server_and_service_give_the_same_top_k(run: Run, servers: tuple[str, ServiceProcess]) -> None:

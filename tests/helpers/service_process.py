@@ -12,11 +12,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from lite_rec.pipeline import stack as local_stack
 
 from tests.integration.test_registry import _free_port, _stop
 
@@ -88,3 +92,22 @@ def start_service(args: list[str], log_dir: Path, env: dict[str, str] | None = N
     except BaseException:
         svc.stop()
         raise
+
+
+@contextmanager
+def mlflow_pyfunc_server(model: str, root: Path, tracking_uri: str) -> Iterator[str]:
+    """`mlflow models serve` of `model` on 127.0.0.1, as the docs run it; yields its URL once /ping
+    answers and stops its whole process group by PID (it starts a uvicorn child)."""
+    bin_dir = str(Path(sys.executable).parent)  # it runs `uvicorn` by name: the venv's must come first
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    port = local_stack.free_port()
+    cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    pyfunc = local_stack.spawn("mlflow models serve", cmd, root / "pyfunc.log", env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        local_stack.wait_http(f"{url}/ping", 120, name=pyfunc.name, log=pyfunc.log, pid=pyfunc.pid)
+        yield url
+    finally:
+        local_stack.stop(pyfunc)

@@ -14,10 +14,8 @@ interaction log with times and ratings, ``as_of`` = the test time) give the same
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +33,8 @@ from lite_rec.infer.recommender import Recommender
 from lite_rec.registry.versions import CHAMPION, registered_model_name
 from lite_rec.train.export import build_bundle
 from lite_rec.train.run import TrainResult, train_model
-from tests.helpers.service_process import REPO, start_service
-from tests.integration.test_registry import _free_port, _stop, server  # noqa: F401 - fixture
+from tests.helpers.service_process import REPO, mlflow_pyfunc_server, start_service
+from tests.integration.test_registry import server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -133,36 +131,12 @@ def served(trained: Trained, server: str, tmp_path_factory: pytest.TempPathFacto
     assert json.loads(version.tags["context_fields"]) == ["ts", "rating", "request_time"]  # the model's MLflow page
     assert "ts, rating, request_time" in version.description
     model = f"models:/{registered_model_name(cfg)}@{CHAMPION}"
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    port = _free_port()
-    log_path = root / "pyfunc.log"
-    with open(log_path, "wb") as log:
-        pyfunc = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
-                                   "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-                                  stdout=log, stderr=subprocess.STDOUT, process_group=0, env=env)
-    ours = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if pyfunc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {pyfunc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not answer /ping in 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with mlflow_pyfunc_server(model, root, server) as url:
         ours = start_service(["--model", model, "--device", "cpu"], root, env={"MLFLOW_TRACKING_URI": server})
-        yield url, ours.url
-    finally:
-        if ours is not None:
+        try:
+            yield url, ours.url
+        finally:
             ours.stop()
-        _stop(pyfunc)
 
 
 def test_service_pyfunc_and_batch_scorer_give_the_in_process_top_k(trained: Trained, served: tuple[str, str],

@@ -72,6 +72,7 @@ def requests(split: WarmSplit) -> tuple[list[list[dict]], list[int]]:
 
 def model_ranks(rec: object, split: WarmSplit, *, batch_size: int = 1024, top: int = max(KS)) -> np.ndarray:
     """(cases,) 0-based rank of each target in the Recommender's masked top-`top` (inf = below it)."""
+    top = min(top, rec.k_limit)  # type: ignore[attr-defined]  # a tiny catalog caps k
     histories, times = requests(split)
     targets = split.cases["target_item_id"].astype(str).tolist()
     ranks: list[float] = []

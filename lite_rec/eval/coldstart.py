@@ -7,7 +7,8 @@ text, among the candidates of every test user.
 
 1. **Cold items** (:func:`cold_items`): each item's first rating time is the earliest timestamp of
    any event on it (train, validation or test, every user). Items are ordered by that time, ties by
-   item_idx; the last ``fraction`` of them (``round(fraction * N)``) are cold. The cut-off is the
+   item_idx; the last ``fraction`` of them (``round(fraction * N)``) are cold (an item without any
+   event, which the data stage's k-core leaves none of, is never cold). The cut-off is the
    first rating time of the earliest cold item: every cold item was first rated at or after it,
    every warm item at or before it.
 2. **Warm split** (:func:`write_warm_split`): a processed folder in the format
@@ -148,16 +149,12 @@ def cold_items(processed_dir: Path | str, fraction: float = 0.1) -> ColdItems:
         raise DataError(f"fraction must be between 0 and 1 (exclusive); got {fraction}")
     n_items = len(_read_items(processed))
     first = first_rating_times(_read_sequences(processed), n_items)
-    unseen = np.flatnonzero(first[1:] == np.iinfo(np.int64).max) + 1
-    if len(unseen):
-        raise DataError(f"{processed}: {len(unseen)} item(s) of items.parquet have no event (item_idx {unseen[:5].tolist()}); "
-                        "re-run the data stage")
-    m = int(math.floor(fraction * n_items + 0.5))
-    if not 1 <= m < n_items:
-        raise DataError(f"fraction {fraction} of {n_items} items is {m} cold items; choose a fraction that leaves "
+    rated = np.flatnonzero(first[1:] != np.iinfo(np.int64).max) + 1  # items with events (all, after the k-core)
+    m = int(math.floor(fraction * len(rated) + 0.5))
+    if not 1 <= m < len(rated):
+        raise DataError(f"fraction {fraction} of {len(rated)} rated items is {m} cold items; choose a fraction that leaves "
                         "at least one cold and one warm item")
-    order = np.lexsort((np.arange(1, n_items + 1), first[1:])) + 1  # by first time, then item_idx
-    chosen = order[-m:]
+    chosen = rated[np.lexsort((rated, first[rated]))][-m:]  # by first time, then item_idx
     return ColdItems(item_idx=chosen.astype(np.int64), first_ts=first[chosen], cutoff=int(first[chosen[0]]),
                      fraction=float(fraction), n_items=n_items)
 
@@ -188,18 +185,16 @@ def write_warm_split(processed_dir: Path | str, out_dir: Path | str, cold: ColdI
     n_items = len(items)
     vectors = _read_vectors(Path(item_vectors) if item_vectors is not None else processed / VECTORS_FILE, n_items)
     first = first_rating_times(seqs, n_items)
-    if not isinstance(cold, ColdItems):
-        idx = np.asarray(cold, dtype=np.int64).reshape(-1)
-        idx = idx[np.lexsort((idx, first[np.clip(idx, 0, n_items)]))]
-        cold = ColdItems(idx, first[np.clip(idx, 0, n_items)], int(first[idx[0]]) if len(idx) else 0, len(idx) / max(n_items, 1),
-                         n_items)
-    idx = cold.item_idx
-    if cold.n_items != n_items:
+    idx = np.asarray(cold.item_idx if isinstance(cold, ColdItems) else cold, dtype=np.int64).reshape(-1)
+    if isinstance(cold, ColdItems) and cold.n_items != n_items:
         raise DataError(f"the cold items were chosen among {cold.n_items} items; {processed} has {n_items}")
     if len(idx) == 0 or idx.min() < 1 or idx.max() > n_items or len(np.unique(idx)) != len(idx):
         raise DataError(f"cold items must be distinct item_idx in 1..{n_items}, at least one")
     if len(idx) >= n_items:
         raise DataError("every item would be cold: nothing is left to train on")
+    if not isinstance(cold, ColdItems):  # chosen otherwise: ordered and cut off as cold_items would
+        idx = idx[np.lexsort((idx, first[idx]))]
+        cold = ColdItems(idx, first[idx], int(first[idx].min()), len(idx) / n_items, n_items)
     is_cold = np.zeros(n_items + 1, dtype=bool)
     is_cold[idx] = True
     warm_old = np.flatnonzero(~is_cold[1:]) + 1  # (N_warm,) old item_idx, new item_idx = position + 1

@@ -45,6 +45,7 @@ from lite_rec.infer.bundle import Bundle, load_bundle
 from lite_rec.infer.requests import (
     ECHO_CHARS,
     ECHO_IDS,
+    MAX_TIME,
     ContextError,
     RecommendError,
     UnknownItems,
@@ -55,7 +56,15 @@ from lite_rec.infer.requests import (
     time_value,
     utc,
 )
-from lite_rec.model.context import CONTEXT_COLUMNS, RATING, REQUEST_TIME, TS, context_fields, history_contexts
+from lite_rec.model.context import (
+    CONTEXT_COLUMNS,
+    RATING,
+    RATING_LEVELS,
+    REQUEST_TIME,
+    TS,
+    context_fields,
+    history_contexts,
+)
 from lite_rec.model.rec_llm import LiteRecModel, model_from_spec
 from lite_rec.model.scoring import add_history_logit
 from lite_rec.model.spec import ModelSpec
@@ -275,7 +284,20 @@ class Recommender:
             raise self._error(field_name, exc.reason, f"{where}: {exc}") from None
 
     def _times(self, values: list[object], keys: list[str], where: str) -> np.ndarray:
-        """(n,) int64 Unix seconds of every entry, oldest first, or the :class:`ContextError` saying why not."""
+        """(n,) int64 Unix seconds of every entry, oldest first, or the :class:`ContextError` saying why not.
+
+        Histories of plain integer times (what clients and the batch scorer send) are read in one
+        vectorized pass: at 200 events a user, one value at a time cost more host time than the
+        GPU step of a 1,024-user batch. Anything else, and any value that fails a check, takes the
+        per-value path, which names the entry and says why."""
+        if all(type(v) is int for v in values):
+            try:
+                fast = np.fromiter(values, dtype=np.int64, count=len(values))  # (n,)
+            except OverflowError:
+                fast = None
+            if fast is not None and (not len(fast) or (fast.min() >= 0 and fast.max() <= MAX_TIME
+                                                       and not (np.diff(fast) < 0).any())):
+                return fast
         out = np.empty(len(values), dtype=np.int64)
         for i, v in enumerate(values):
             if v is None:
@@ -288,6 +310,15 @@ class Recommender:
         return out
 
     def _ratings(self, values: list[object], keys: list[str], where: str) -> np.ndarray:
+        """(n,) float64 ratings in 1..5, vectorized for plain int/float values as :meth:`_times` is."""
+        if all(type(v) is int or type(v) is float for v in values):
+            try:
+                fast = np.fromiter(values, dtype=np.float64, count=len(values))  # (n,)
+            except OverflowError:  # an int too large for a float: the per-value path says so
+                fast = None
+            if fast is not None and (not len(fast) or (np.isfinite(fast).all() and fast.min() >= 1
+                                                       and fast.max() <= RATING_LEVELS)):
+                return fast
         out = np.empty(len(values), dtype=np.float64)
         for i, v in enumerate(values):
             if v is None:

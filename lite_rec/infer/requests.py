@@ -41,6 +41,7 @@ __all__ = [
 ECHO_CHARS = 64  # an id or value quoted in an error message is cut to this many characters
 ECHO_IDS = 10  # and at most this many ids are quoted
 EVENT_KEYS = ("item_id", "ts", "rating")
+_EVENT_KEY_SET = frozenset(EVENT_KEYS)
 MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second ISO-8601 writes with four digits
 _SECONDS = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*")  # a string of Unix seconds
 
@@ -120,7 +121,12 @@ def read_history(history: Sequence[object], where: str) -> tuple[list[str], list
     times: list[object] = []
     ratings: list[object] = []
     for i, entry in enumerate(history):
-        if isinstance(entry, Mapping):
+        if type(entry) is dict and "item_id" in entry and _EVENT_KEY_SET.issuperset(entry):  # the common case, fast
+            item = entry["item_id"]
+            keys.append(item if type(item) is str and item.isascii() else item_key(item))
+            times.append(entry.get("ts"))
+            ratings.append(entry.get("rating"))
+        elif isinstance(entry, Mapping):
             other = [k for k in entry if k not in EVENT_KEYS]
             if other or "item_id" not in entry:
                 problem = f"has unknown field(s) {[echo(k) for k in other[:ECHO_IDS]]}" if other else "has no item_id"
@@ -130,7 +136,7 @@ def read_history(history: Sequence[object], where: str) -> tuple[list[str], list
             times.append(entry.get("ts"))
             ratings.append(entry.get("rating"))
         else:
-            keys.append(item_key(entry))
+            keys.append(entry if type(entry) is str and entry.isascii() else item_key(entry))
             times.append(None)
             ratings.append(None)
     return keys, times, ratings
@@ -179,7 +185,10 @@ def rating_value(value: object) -> float:
     """A ``rating`` as a float in 1..RATING_LEVELS; :class:`Unreadable` otherwise."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
         raise Unreadable("not_a_number", f"{type(value).__name__} {echo(value)} is not a number")
-    rating = float(value)
+    try:
+        rating = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise Unreadable("out_of_range", f"{echo(value)} lies outside the model's rating levels 1..{RATING_LEVELS}") from None
     if not math.isfinite(rating):
         raise Unreadable("not_finite", f"{rating!r} is not a finite number")
     if not 1 <= rating <= RATING_LEVELS:

@@ -330,6 +330,10 @@ def test_each_missing_or_unusable_context_field_has_its_own_error(ctx: Recommend
         ([ok], "soon", "request_time", "unparseable", "'soon' is not a time"),
         ([ok], float("inf"), "request_time", "unparseable", "inf is not a time"),
         ([ok], True, "request_time", "unparseable", "True is not a time"),
+        # integer histories take the vectorized reading: its refusals are the per-value path's
+        ([ok, {"item_id": "c2", "ts": 10**20, "rating": 3}], T0 + 10, "ts", "out_of_range", "outside 1970-01-01"),
+        ([ok, {"item_id": "c2", "ts": 253_402_300_800, "rating": 3}], T0 + 10, "ts", "out_of_range", "outside"),
+        ([ok, {"item_id": "c2", "ts": T0 + 5, "rating": 10**400}], T0 + 10, "rating", "out_of_range", "rating levels"),
     ]
     for history, when, field_name, reason, message in cases:
         err = _ctx_error(ctx, history, when)
@@ -339,6 +343,20 @@ def test_each_missing_or_unusable_context_field_has_its_own_error(ctx: Recommend
         assert f"model {ctx.version} reads ts, rating, request_time" in str(err)  # names the model and its fields
     batch = pytest.raises(ContextError, ctx.recommend, [[ok], [ok, "c2"]], 3, request_times=[T0 + 10] * 2)
     assert "histories[1][1] (item 'c2') has no ts" in str(batch.value)  # which user of a batch
+
+
+def test_integer_times_read_in_bulk_give_the_same_rows_as_any_other_form(ctx: Recommender) -> None:
+    from tests.helpers.context_models import T0
+
+    def events(ts_of, rating_of) -> list[dict]:  # noqa: ANN001
+        return [{"item_id": f"c{i}", "ts": ts_of(T0 + 600 * i), "rating": rating_of(1 + i % 5)} for i in range(1, 6)]
+
+    bulk = ctx.prepare([events(int, int)], request_times=[T0 + 90_000])[0]  # plain ints: the vectorized reading
+    for ts_of, rating_of in ((float, float), (str, float), (lambda t: np.int64(t), lambda r: np.float32(r))):
+        other = ctx.prepare([events(ts_of, rating_of)], request_times=[T0 + 90_000])[0]  # value by value
+        assert np.array_equal(other.indices, bulk.indices)
+        assert np.array_equal(other.contexts, bulk.contexts)
+    assert bulk.contexts[:, 0].min() > 0  # the rows hold real context ids, not padding
 
 
 def test_an_ids_only_model_takes_plain_ids_and_events_alike_and_ignores_the_fields(rec: Recommender) -> None:

@@ -1,0 +1,201 @@
+"""What request-time context costs on the serving path: the shipped ``gpu`` model (each event's time
+gap, rating and time bias, the request time) against the ids-only ``gpu-ids`` model, side by side
+in one process on one device.
+
+Both models are built from their profiles' ``model`` sections (configs/profiles/gpu.yaml and
+gpu-ids.yaml: lean encoder, d_model 512, 6 layers, 8 heads, d_ff 2048, 200-item window, text+id
+items, the history score), with random weights, 3,416 items of random 384-d item vectors, and
+served as the service serves them: a bundle, ``fast_recommender`` (bf16, CUDA graphs per
+(batch, length) bucket). Users are synthetic, each a full 200-event window (item ids, Unix times
+with gaps drawn from seconds to weeks, ratings 1-5) and a request time one hour after the last
+event.
+
+Two measures per model and batch size (B = 1, 32, 1,024 users):
+
+- ``step_ms``: the model step alone (``FastModel`` on tensors already on the device: items
+  (B, 200) and, for the context model, their context rows (B, 200, 3); history score; top-20),
+  p50 of CUDA-event times over back-to-back steps after warm-up;
+- ``recommend_ms``: ``Recommender.recommend`` end to end from the request's Python objects
+  (ids or events, parsing and checking every event, building the context rows on the host, the
+  step, ids back), p50 of wall times. The ids-only model is timed with plain ids and with the
+  same events (which it accepts and ignores).
+
+Why: context must not slow the fast path noticeably. The model-side cost is a few embedding
+gathers and an attention bias per layer; the host-side cost is reading every event.
+
+    python3 benchmarks/bench_context.py --device cuda --out context.json     # one GPU, ~1 min
+    python3 benchmarks/bench_context.py --quick --device cpu --out /tmp/c.json   # smoke test
+
+Needs torch, numpy, pandas, pyarrow, safetensors, pydantic, pyyaml (no duckdb, prefect, mlflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lite_rec.core.model_config import ModelConfig  # noqa: E402
+from lite_rec.infer.bundle import load_bundle, save_bundle  # noqa: E402
+from lite_rec.infer.fast_path import FastPathOptions, fast_recommender  # noqa: E402
+from lite_rec.infer.recommender import Recommender  # noqa: E402
+from lite_rec.model.rec_llm import build_model  # noqa: E402
+
+QUICK = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128}
+TOP_K = 20
+
+
+def profile_model(name: str, quick: bool) -> ModelConfig:
+    """The ``model`` section of configs/profiles/<name>.yaml (smaller layers with --quick)."""
+    section = yaml.safe_load((ROOT / "configs" / "profiles" / f"{name}.yaml").read_text(encoding="utf-8"))["model"]
+    return ModelConfig(**{**section, **(QUICK if quick else {})})
+
+
+def make_bundle(config: ModelConfig, vectors: torch.Tensor, out: Path) -> Path:
+    """A servable bundle of a random-weight model with `config` over len(vectors) - 1 items."""
+    n_items = vectors.shape[0] - 1
+    torch.manual_seed(0)
+    model, _ = build_model(config, n_items, vectors, causal=True)
+    items = pd.DataFrame({"item_idx": np.arange(1, n_items + 1), "item_id": [str(i) for i in range(1, n_items + 1)],
+                          "title": [f"item {i}" for i in range(1, n_items + 1)]})
+    popularity = pd.DataFrame({"item_idx": np.arange(1, n_items + 1), "count": np.arange(n_items, 0, -1)})
+    return save_bundle(out, spec=model.spec, state_dict=model.state_dict(), items=items, popularity=popularity,
+                       dataset="synthetic")
+
+
+def synthetic_users(n_users: int, window: int, n_items: int, seed: int = 0) -> tuple[list[list[dict]], list[list[str]], list[int]]:
+    """`n_users` full windows: events (item_id, ts, rating), the same as plain ids, and request times."""
+    rng = np.random.default_rng(seed)
+    events, ids, request_times = [], [], []
+    for _ in range(n_users):
+        items = rng.choice(np.arange(1, n_items + 1), size=window, replace=False)
+        gaps = np.exp(rng.uniform(0, np.log(30 * 86_400), size=window)).astype(np.int64)  # 1 s .. 30 days
+        ts = 1_000_000_000 + np.cumsum(gaps)
+        ratings = rng.integers(1, 6, size=window)
+        events.append([{"item_id": str(i), "ts": int(t), "rating": int(r)} for i, t, r in zip(items, ts, ratings, strict=True)])
+        ids.append([str(i) for i in items])
+        request_times.append(int(ts[-1]) + 3_600)
+    return events, ids, request_times
+
+
+def p50_cuda_ms(fn, device: torch.device, iters: int, warmup: int) -> float:  # noqa: ANN001
+    """p50 of per-call times: CUDA events on a GPU, the host clock on a CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def p50_wall_ms(fn, device: torch.device, iters: int, warmup: int) -> float:  # noqa: ANN001
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def step_fn(rec: Recommender, prepared: list, exclude_history: bool = True):  # noqa: ANN001, ANN201
+    """The model step on device tensors built once from `prepared` requests: items (B, L), contexts
+    (B, L, C) for a context model, history (B, L); -> top-20 (scores, item_idx)."""
+    window = rec.spec.config.max_seq_len
+    items = torch.zeros(len(prepared), window, dtype=torch.long)  # (B, L)
+    for b, p in enumerate(prepared):
+        items[b, : len(p.indices[-window:])] = torch.as_tensor(p.indices[-window:])
+    kwargs = {}
+    if rec.spec.config.uses_context:
+        rows = torch.zeros(len(prepared), window, prepared[0].contexts.shape[1], dtype=torch.long)  # (B, L, C)
+        for b, p in enumerate(prepared):
+            rows[b, : len(p.contexts[-window:])] = torch.as_tensor(p.contexts[-window:])
+        kwargs["contexts"] = rows.to(rec.device)
+    items = items.to(rec.device)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        logits, _ = rec.model(items, history=items if not exclude_history else None, **kwargs)  # (B, N+1)
+        if exclude_history:
+            logits = logits.scatter(1, items, float("-inf"))
+        return torch.topk(logits, TOP_K, dim=1)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--items", type=int, default=3416)
+    parser.add_argument("--item-dim", type=int, default=384)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 1024])
+    parser.add_argument("--quick", action="store_true", help="small layers and batches (a smoke test)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batches = [b for b in args.batches if not args.quick or b <= 32]
+    torch.manual_seed(0)
+    vectors = torch.randn(args.items + 1, args.item_dim) * 0.5
+    vectors[0] = 0
+    options = FastPathOptions(batch_buckets=tuple(sorted(set(batches))))
+    report: dict[str, object] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "items": args.items, "top_k": TOP_K, "fast_path": {"batch_buckets": options.batch_buckets,
+        "length_buckets": options.length_buckets}, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="bench-context-") as tmp:
+        recs = {}
+        for profile in ("gpu", "gpu-ids"):
+            config = profile_model(profile, args.quick)
+            bundle = load_bundle(make_bundle(config, vectors, Path(tmp) / profile))
+            recs[profile] = (fast_recommender(bundle, device, options), Recommender(bundle, device))
+        window = recs["gpu"][0].spec.config.max_seq_len
+        events, ids, request_times = synthetic_users(max(batches), window, args.items)
+        for b in batches:
+            ev, pl, rt = events[:b], ids[:b], request_times[:b]
+            iters, warmup = (20, 3) if b >= 512 else (100, 10)
+            for profile, history, label in (("gpu", ev, "events"), ("gpu-ids", pl, "ids"), ("gpu-ids", ev, "events")):
+                fast, eager = recs[profile]
+                prepared = fast.prepare(history, request_times=rt)
+                row: dict[str, object] = {"profile": profile, "context_fields": fast.context_fields, "input": label,
+                                          "batch": b, "window": window}
+                if not (profile == "gpu-ids" and label == "events"):  # one step per model: events change no tensor of gpu-ids
+                    row["step_ms"] = round(p50_cuda_ms(step_fn(fast, prepared), device, iters, warmup), 4)
+                row["recommend_ms"] = round(p50_wall_ms(lambda h=history: fast.recommend(h, TOP_K, request_times=rt),
+                                                        device, max(3, iters // 5), 2), 3)
+                got = fast.recommend(history, TOP_K, request_times=rt)
+                want = eager.recommend(history, TOP_K, request_times=rt)
+                row["top20_overlap_vs_fp32_eager"] = round(statistics.mean(
+                    len(set(g.item_ids) & set(w.item_ids)) / TOP_K for g, w in zip(got, want, strict=True)), 4)
+                report["rows"].append(row)  # type: ignore[union-attr]
+                print(json.dumps(row), flush=True)
+                args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

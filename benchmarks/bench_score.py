@@ -1,6 +1,7 @@
 """Batch scoring throughput (users/s): the in-process engine and the Ray engine, on this machine or one GPU.
 
-Models (``--models``), random weights, no input context (the context inputs cannot be served yet):
+Models (``--models``), random weights, ids only (as the ``gpu-ids`` profile; what the context inputs
+add is benchmarks/bench_context.py's measure):
 ``recipe`` is the shipped GPU recipe's size: lean encoder, d_model 512, 6 layers, 8 heads, d_ff
 2048, a 200-item window, 384-d item vectors plus id embeddings, the history logit; ``tiny`` is the
 same with d_model 32, 1 layer, d_ff 64, so its rate is what everything but the model costs per

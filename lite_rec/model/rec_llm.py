@@ -101,6 +101,13 @@ class LiteRecModel(nn.Module):
             nn.init.zeros_(self.head_id.weight)
         self._head_cache: tuple[tuple, torch.Tensor] | None = None  # inference: (inputs' identity, head_weight())
 
+    def train(self, mode: bool = True) -> "LiteRecModel":
+        # drop head_weight's inference cache: its key (version counters) misses writes that do not bump them, a
+        # fused AdamW step (the trainer's optimizer on CUDA) or an EMA swap through .data; every evaluation switches
+        # to eval mode first, so each one computes the rows of the weights it scores
+        self._head_cache = None
+        return super().train(mode)
+
     @property
     def item_vectors_trainable(self) -> bool:
         return isinstance(getattr(self, "item_vectors", None), nn.Parameter)

@@ -229,3 +229,30 @@ def test_the_whole_chain_with_a_tiny_model(warm: Path, tmp_path: Path) -> None:
     model = report["results"]["model"]
     assert model == slice_metrics(ranks, split.target_cold)
     assert report["results"]["popularity"]["cold"]["recall_10"] == 1.0  # 6 items: every rank < 10
+
+
+def test_validation_during_training_sees_the_weights_a_fused_optimizer_wrote() -> None:
+    """The inductive head caches its item rows at inference, keyed on the weights' version counters;
+    a fused AdamW step (the trainer's optimizer on CUDA) writes the weights without bumping them, so
+    the per-epoch validation scored every epoch with the first validation's rows. Switching the
+    model to eval mode (every evaluation does) must drop the cache."""
+    from lite_rec.core.config import build_config
+    from lite_rec.model.rec_llm import build_model
+
+    cfg = build_config("ml-1m", ["model.backbone=lean", "model.pretrained=false", "model.item_repr=text+id",
+                                 "model.head=inductive", "model.d_model=8", "model.n_layers=1", "model.n_heads=2",
+                                 "model.d_ff=16", "model.max_seq_len=4"])
+    model, _ = build_model(cfg.model, 6, VECTORS, causal=True)
+    model.eval()
+    with torch.no_grad():
+        before = model.head_weight().clone()
+    model.train()
+    optimizer = torch.optim.AdamW([model.head_text.weight, model.head_id.weight], lr=0.1, fused=True)
+    for p in (model.head_text.weight, model.head_id.weight):
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.head_weight()
+        fresh = model.head_text(model.item_vectors) + model.head_id.weight
+    assert not torch.allclose(after, before) and torch.allclose(after, fresh)

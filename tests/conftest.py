@@ -16,3 +16,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # triton decides interpreted-or-compiled for its own library functions (tl.max, ...) when it is
 # first imported, and torch or transformers may import it long before that test module runs.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# pytest-xdist workers (pyproject.toml addopts: -n) share the cores: each worker's torch, and what it
+# starts, gets its share of them for intra-op threads, not one thread per core in every worker
+# (which oversubscribes the CPU and spins). A value already set wins.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+

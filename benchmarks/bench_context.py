@@ -61,7 +61,7 @@ TOP_K = 20
 def profile_model(name: str, quick: bool) -> ModelConfig:
     """The ``model`` section of configs/profiles/<name>.yaml (smaller layers with --quick)."""
     section = yaml.safe_load((ROOT / "configs" / "profiles" / f"{name}.yaml").read_text(encoding="utf-8"))["model"]
-    return ModelConfig(**{**section, **(QUICK if quick else {})})
+    return ModelConfig(**{**section, "pretrained": False, **(QUICK if quick else {})})  # random weights: no download
 
 
 def make_bundle(config: ModelConfig, vectors: torch.Tensor, out: Path) -> Path:

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -226,15 +229,42 @@ def _drop_token_embeddings(hf_model: nn.Module) -> None:
         hf_model.set_input_embeddings(nn.Embedding(1, emb.weight.shape[1]))
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached now (``HF_HUB_OFFLINE`` set, or no TCP connection to
+    ``HF_ENDPOINT``'s host within `timeout` seconds), or None when it answers.
+
+    Why: on a machine without internet the hub client retries every file with back-off before it
+    gives up (minutes at the start of a training run on an air-gapped GPU worker); one short
+    connection attempt says the same at once."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} not reachable ({type(exc).__name__})"
+    return None
+
+
 def _try_pretrained_t5(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """t5-small's encoder weights from the local cache, else from the hub when it answers; else None
+    and why (the model then starts from random weights and records that)."""
     sizes = {"d_model": spec.d_model, "n_layers": spec.n_layers, "n_heads": spec.n_heads, "d_ff": spec.d_ff}
     if sizes != T5_SMALL_SIZES:
         return None, f"random init (sizes {sizes} differ from t5-small's {T5_SMALL_SIZES})"
-    try:
-        from transformers import T5EncoderModel
+    from transformers import T5EncoderModel
 
+    try:
+        return T5EncoderModel.from_pretrained(T5_HUB_NAME, local_files_only=True).state_dict(), f"pretrained {T5_HUB_NAME}"
+    except (OSError, ValueError):  # not in the local cache
+        pass
+    why = hub_unreachable()
+    if why is not None:
+        return None, f"random init ({T5_HUB_NAME} not cached and the hub unreachable: {why})"
+    try:
         state = T5EncoderModel.from_pretrained(T5_HUB_NAME).state_dict()
-    except (OSError, ValueError) as exc:  # offline, not cached, or the hub refused
+    except (OSError, ValueError) as exc:  # the hub refused or the download failed
         return None, f"random init ({T5_HUB_NAME} weights not reachable: {type(exc).__name__})"
     return state, f"pretrained {T5_HUB_NAME}"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from lite_rec.model.backbone import (
     attention_allowed,
     build_backbone,
     build_from_spec,
+    hub_unreachable,
     load_t5_weights_into_lean,
     relative_position_bucket,
 )
@@ -74,7 +77,29 @@ def test_unreachable_t5_weights_fall_back_to_random_init() -> None:
     # HF_HUB_OFFLINE=1 (tests/conftest.py): the hub cannot be reached from the tests
     module, spec, note = build_backbone("lean", 512, 6, 8, 2048, 0.1, pretrained=True)
     assert isinstance(module, LeanEncoder) and spec.kind == "lean"
-    assert note == "random init (google-t5/t5-small weights not reachable: OSError)"
+    assert note == "random init (google-t5/t5-small not cached and the hub unreachable: HF_HUB_OFFLINE is set)"
+
+
+def test_a_hub_that_does_not_answer_is_given_up_at_once_not_after_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_unreachable() == f"127.0.0.1:{port} not reachable (ConnectionRefusedError)"
+    started = time.monotonic()
+    _, _, note = build_backbone("lean", 512, 6, 8, 2048, 0.1, pretrained=True)
+    assert time.monotonic() - started < 30  # the hub client's own retries take minutes
+    assert note == f"random init (google-t5/t5-small not cached and the hub unreachable: 127.0.0.1:{port} not reachable (ConnectionRefusedError))"
+
+
+def test_a_listening_hub_is_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable() is None
 
 
 def test_any_hf_encoder_by_path_is_fed_inputs_embeds(tmp_path: Path) -> None:

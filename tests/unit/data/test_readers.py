@@ -249,7 +249,7 @@ def test_python_literal_metadata_with_a_broken_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, problem", [(b"", "the file is empty (0 bytes)"),
-                                              (gzip.compress(b""), "no data rows (the file holds no records)")])
+                                              (gzip.compress(b"", mtime=0), "no data rows (the file holds no records)")])
 def test_empty_files(tmp_path: Path, content: bytes, problem: str) -> None:
     inter, meta = rf.write_amazon_2018(tmp_path)
     inter.write_bytes(content)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,7 @@ class Recommender:
         self.history_logit: float | None = float(model.history_logit().detach()) if self.spec.config.history_logit else None
         self.item_ids: np.ndarray = bundle.items["item_id"].to_numpy(dtype=object)  # row r = item_idx r + 1
         self.titles: np.ndarray = bundle.items["title"].to_numpy(dtype=object)
-        self._index = pd.Index(self.item_ids)  # item_id -> row (item_idx - 1), vectorised lookups
+        self._row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.item_ids)}  # item_id -> item_idx - 1
         pop = bundle.popularity
         total = max(int(pop["count"].sum()), 1)
         self._pop_idx = pop["item_idx"].to_numpy(dtype=np.int64)  # most popular first
@@ -193,7 +194,7 @@ class Recommender:
         """Per user: item_idx of the known entries, the mask of known entries, the unknown ids."""
         lengths = np.array([len(k) for k in keys], dtype=np.int64)
         flat = [i for k in keys for i in k]
-        rows = self._index.get_indexer(flat) if flat else np.zeros(0, dtype=np.int64)  # -1 = unknown
+        rows = np.fromiter(map(self._row_of.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))  # -1 = unknown
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         out, known, unknown = [], [], []
         for u in range(len(keys)):

@@ -117,6 +117,12 @@ def read_history(history: Sequence[object], where: str) -> tuple[list[str], list
     """A history's entries as (item keys, raw ``ts`` values, raw ``rating`` values), None where an
     entry has none (a plain id has neither). An event is a mapping with ``item_id`` and at most
     ``ts`` and ``rating``; `where` names the history in errors (``history``, ``histories[3]``)."""
+    try:  # plain ASCII ids (the ids-only request): nothing to check, one pass in C
+        plain = isinstance(history, list) and "".join(history).isascii()  # type: ignore[arg-type]
+    except TypeError:  # an entry that is no string
+        plain = False
+    if plain:
+        return list(history), [None] * len(history), [None] * len(history)  # type: ignore[arg-type]
     keys: list[str] = []
     times: list[object] = []
     ratings: list[object] = []

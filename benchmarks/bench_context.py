@@ -24,7 +24,7 @@ Why: context must not slow the fast path noticeably. The model-side cost is a fe
 gathers and an attention bias per layer; the host-side cost is reading every event.
 
     python3 benchmarks/bench_context.py --device cuda --out context.json     # one GPU, ~1 min
-    python3 benchmarks/bench_context.py --quick --device cpu --out /tmp/c.json   # smoke test
+    python3 benchmarks/bench_context.py --quick --device cpu --out /tmp/c.json   # smoke test (tests/unit/infer)
 
 Needs torch, numpy, pandas, pyarrow, safetensors, pydantic, pyyaml (no duckdb, prefect, mlflow).
 """
@@ -91,13 +91,16 @@ def synthetic_users(n_users: int, window: int, n_items: int, seed: int = 0) -> t
     return events, ids, request_times
 
 
-def p50_cuda_ms(fn, device: torch.device, iters: int, warmup: int) -> float:  # noqa: ANN001
-    """p50 of per-call times: CUDA events on a GPU, the host clock on a CPU."""
+def p50_ms(fn, device: torch.device, iters: int, warmup: int, events: bool) -> float:  # noqa: ANN001
+    """p50 of per-call times in ms after `warmup` calls: CUDA events around the call on a GPU when
+    `events` (device time of the step), else the host clock (wall time of the whole call)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
         if device.type == "cuda":
+            torch.cuda.synchronize()
+        if events and device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -108,19 +111,6 @@ def p50_cuda_ms(fn, device: torch.device, iters: int, warmup: int) -> float:  # 
             t0 = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def p50_wall_ms(fn, device: torch.device, iters: int, warmup: int) -> float:  # noqa: ANN001
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 
@@ -154,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=3416)
     parser.add_argument("--item-dim", type=int, default=384)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 1024])
-    parser.add_argument("--quick", action="store_true", help="small layers and batches (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="small layers, batches of 1 and 4, few repeats (a smoke test)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    batches = [b for b in args.batches if not args.quick or b <= 32]
+    batches = [1, 4] if args.quick else args.batches
     torch.manual_seed(0)
     vectors = torch.randn(args.items + 1, args.item_dim) * 0.5
     vectors[0] = 0
@@ -177,16 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         events, ids, request_times = synthetic_users(max(batches), window, args.items)
         for b in batches:
             ev, pl, rt = events[:b], ids[:b], request_times[:b]
-            iters, warmup = (20, 3) if b >= 512 else (100, 10)
+            iters, warmup = (5, 1) if args.quick else (20, 3) if b >= 512 else (100, 10)
             for profile, history, label in (("gpu", ev, "events"), ("gpu-ids", pl, "ids"), ("gpu-ids", ev, "events")):
                 fast, eager = recs[profile]
                 prepared = fast.prepare(history, request_times=rt)
                 row: dict[str, object] = {"profile": profile, "context_fields": fast.context_fields, "input": label,
                                           "batch": b, "window": window}
                 if not (profile == "gpu-ids" and label == "events"):  # one step per model: events change no tensor of gpu-ids
-                    row["step_ms"] = round(p50_cuda_ms(step_fn(fast, prepared), device, iters, warmup), 4)
-                row["recommend_ms"] = round(p50_wall_ms(lambda h=history: fast.recommend(h, TOP_K, request_times=rt),
-                                                        device, max(3, iters // 5), 2), 3)
+                    row["step_ms"] = round(p50_ms(step_fn(fast, prepared), device, iters, warmup, events=True), 4)
+                row["recommend_ms"] = round(p50_ms(lambda h=history: fast.recommend(h, TOP_K, request_times=rt),
+                                                   device, max(3, iters // 5), 2, events=False), 3)
                 got = fast.recommend(history, TOP_K, request_times=rt)
                 want = eager.recommend(history, TOP_K, request_times=rt)
                 row["top20_overlap_vs_fp32_eager"] = round(statistics.mean(

@@ -1,5 +1,5 @@
 """The serving benchmarks run where they will be run for real: their --quick mode on a CPU writes the
-JSON the docs quote (benchmarks/bench_serve_suite.py, benchmarks/bench_generative.py)."""
+JSON the docs quote (benchmarks/bench_serve_suite.py, benchmarks/bench_generative.py, benchmarks/bench_context.py)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,13 @@ def test_serving_suite_quick_mode(tmp_path: Path) -> None:
     assert report["profile"]["b4"]["top"] and report["profile"]["b4"]["kernel_ms_per_step"] > 0
     assert report["generative"]["runs"]["vocab_128"]["rows"] and report["generative"]["ratios"]
     assert {r["target"] for r in report["verdict"]} >= {"all_users_s", "generative_ratio"}
+
+
+def test_context_benchmark_quick_mode(tmp_path: Path) -> None:
+    report = _run("bench_context.py", tmp_path / "context.json")
+    rows = {(r["profile"], r["input"], r["batch"]): r for r in report["rows"]}
+    assert set(rows) == {(p, i, b) for p, i in (("gpu", "events"), ("gpu-ids", "ids"), ("gpu-ids", "events")) for b in (1, 4)}
+    assert all(r["context_fields"] == ["ts", "rating", "request_time"] for (p, _, _), r in rows.items() if p == "gpu")
+    assert all(r["context_fields"] == [] for (p, _, _), r in rows.items() if p == "gpu-ids")
+    assert all(r["top20_overlap_vs_fp32_eager"] == 1.0 and r["recommend_ms"] > 0 for r in rows.values())  # fp32 on a CPU
+    assert all(("step_ms" in r) == (key[:2] != ("gpu-ids", "events")) for key, r in rows.items())

@@ -26,7 +26,9 @@ computes at inference, re-planned for speed:
 - the item inputs ``adapter(item_vectors) (+ item_embedding)`` do not depend on the user, so
   they become one precomputed table and the input is one gather; the per-item contexts
   (``model.time_gaps`` / ``ratings`` / ``query_time``: embeddings added to the input;
-  ``time_bias``: a per-user attention bias) are read as the model reads them;
+  ``time_bias``: a per-user attention bias) are read as the model reads them; the flash kernel
+  computes the time bias inside its tiles from each user's (T,) times, the top layer for its one
+  row, so no (B, H, T, T) tensor is built (the SDPA and bmm plans still build it);
 - RMSNorm runs as one fused kernel in the activations' dtype, the residual additions ride on
   the output projections (``addmm_`` into the residual stream, no copy), and optionally the ReLU
   on the FFN's GEMM (``fused_relu``).
@@ -225,14 +227,18 @@ class LeanRunner(nn.Module):
         h = self._embed(items, contexts)  # (B*T, D)
         mode = self._mode(t)
         bias, shared, last_rows = self.position_bias(t)
-        if self.time_bias:
+        times = contexts[..., CONTEXT_TIME].contiguous() if self.time_bias else None  # (B, T) Unix seconds
+        kernel = mode in ("triton", "flash")  # with the time bias always "flash", which computes it in the tile
+        per_user = self.time_bias and not kernel
+        if per_user:
             bias = bias + self._time_bias(contexts)  # (B, H, T, T) fp32
-        one_mask = self.causal and not self.time_bias and not self.previous  # right padding: no query sees a padding key
-        if mode in ("triton", "flash"):
+        one_mask = self.causal and not per_user and not self.previous  # right padding: no query sees a padding key
+        if kernel:
             # the kernels mask it themselves (the future's -inf of a causal model changes nothing there);
-            # the time bias is per user (B, H, T, T), which only the flash kernel reads ("auto" picks it)
-            mask = bias.to(self.dtype).contiguous() if self.time_bias else shared[0]  # (B, H, T, T) or (H, T, T)
+            # with the time bias the fp32 position bias, so that the sum is rounded once, as the model does
+            mask = bias[0] if self.time_bias else shared[0]  # (H, T, T)
             key_pad = None if one_mask and mode == "flash" else pad
+            timed = {"times": times, "time_table": self.time_bias_table} if self.time_bias else {}
         else:
             mask = shared if one_mask else self._masked_bias(bias, pad)  # (1, H, T, T) or (B, H, T, T)
         params = list(self.layers)
@@ -241,11 +247,14 @@ class LeanRunner(nn.Module):
             attn_norm, qkv, out, ff_norm, wi, wo = params[6 * i : 6 * i + 6]
             x = F.rms_norm(h, (d,), attn_norm, self.eps)
             if self.last_only and i == n_layers - 1:  # the top layer: the last position's query alone
-                h = self._last_layer(h, x, (qkv, out), last, rows, b, t, bias if self.time_bias else last_rows)
+                top_mask = self._last_bias(bias, last_rows, None if per_user else times, last, rows)  # (B, H, 1, T)
+                h = self._last_layer(h, x, (qkv, out), last, rows, b, t, top_mask)
             else:
-                if mode in ("triton", "flash"):
-                    kernel = self._flash_attention if mode == "flash" else self._triton_attention
-                    a = kernel(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal)  # (B*T, D)
+                if mode == "flash":
+                    a = self._flash_attention(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal,
+                                              **timed)  # (B*T, D)
+                elif mode == "triton":
+                    a = self._triton_attention(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal)
                 else:
                     q, k, v = F.linear(x, qkv).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, dk)
                     a = self._attend(q, k, v, mask, mode).transpose(1, 2).reshape(b * t, d)
@@ -280,25 +289,35 @@ class LeanRunner(nn.Module):
             f = F.relu(F.linear(x, wi))  # (rows, d_ff)
         return self._residual(h, f, wo)
 
+    def _last_bias(self, bias: torch.Tensor, last_rows: torch.Tensor, times: torch.Tensor | None, last: torch.Tensor,
+                   rows: torch.Tensor) -> torch.Tensor:
+        """(B, H, 1, T) mask of each user's last real position over every key. With right padding the
+        keys it may see are exactly those up to itself, causal or not (bidirectional: every later key
+        is padding): the cached rows of ``position_bias``, plus the time bias of that one row.
+        ``bias``: with ``times`` the (1, H, T, T) fp32 position bias (the kernels' plan: the time bias
+        of the last row alone is added here); else (B, H, T, T) with the time bias already in it."""
+        if not self.time_bias:
+            return last_rows[last][:, :, None, :]  # (B, H, 1, T)
+        t = last_rows.shape[0]
+        if times is not None:
+            gaps = (times - times[rows, last][:, None]).abs()  # (B, T) seconds
+            row = bias[0][:, last].transpose(0, 1) + self.time_bias_table[time_bucket(gaps)].transpose(1, 2)  # (B, H, T)
+        else:
+            row = bias[rows, :, last]  # (B, H, T)
+        later = torch.arange(t, device=last.device)[None, :] > last[:, None]  # (B, T)
+        return row.masked_fill(later[:, None, :], float("-inf")).to(self.dtype)[:, :, None, :]  # (B, H, 1, T)
+
     def _last_layer(self, h: torch.Tensor, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], last: torch.Tensor,
-                    rows: torch.Tensor, b: int, t: int, bias: torch.Tensor) -> torch.Tensor:
+                    rows: torch.Tensor, b: int, t: int, mask: torch.Tensor) -> torch.Tensor:
         """The top layer's attention for the last real position of each row: keys and values at every
-        position, the query there alone. (B*T, D) residual stream and its norm -> (B, D). ``bias``:
-        the cached (T, H, T) rows of the last position's mask, or a per-user (B, H, T, T) fp32 bias."""
+        position, the query there alone. (B*T, D) residual stream and its norm -> (B, D); ``mask``:
+        that position's (B, H, 1, T) additive mask (``_last_bias``)."""
         qkv, out = weights
         d, heads = self.d_model, self.n_heads
         dk = d // heads
         at = rows * t + last  # (B,) flat row of each user's last position
         q = F.linear(x[at], qkv[:d]).view(b, heads, 1, dk)  # (B, H, 1, dk)
         k, v = F.linear(x, qkv[d:]).view(b, t, 2, heads, dk).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, dk)
-        # with right padding the keys it may see are exactly those up to itself, causal or not
-        # (bidirectional: every later key is padding)
-        if bias.dim() == 3:
-            mask = bias[last][:, :, None, :]  # (B, H, 1, T)
-        else:
-            row = bias[rows, :, last]  # (B, H, T)
-            later = torch.arange(t, device=last.device)[None, :] > last[:, None]  # (B, T)
-            mask = row.masked_fill(later[:, None, :], float("-inf")).to(self.dtype)[:, :, None, :]  # (B, H, 1, T)
         a = self._attend(q, k, v, mask, "bmm" if self.attention == "bmm" else "sdpa").reshape(b, d)  # (B, D)
         return self._residual(h[at], a, out)  # (B, D)
 

@@ -7,7 +7,8 @@ inside, the output written in the layout the output projection reads):
   fewest launches for short windows (20 items), but its registers spill past ~64 items;
 - :func:`flash_attention`: one program per (block of 64 queries, user, head) that streams key
   blocks with an online softmax (flash-style tiling), skips the key blocks a causal model never
-  reads, and reads an optional per-user bias (``model.time_bias``): the kernel for long windows.
+  reads, and adds ``model.time_bias`` from each user's item times inside the tile (the per-user
+  ``(B, H, T, T)`` bias is never built): the kernel for long windows.
 
 The rest of this docstring describes :func:`attention`; :func:`flash_attention` differs where said.
 
@@ -39,6 +40,8 @@ import functools
 import os
 
 import torch
+
+from lite_rec.model.context import TIME_BUCKETS
 
 try:
     import triton
@@ -109,10 +112,12 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
              mask=row_ok[:, None])
 
 
-def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_batch_stride, bias_head_stride,
+def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, times_ptr, table_ptr, out_ptr, qk_scale, T, bias_head_stride,
                   H: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                  USE_PAD: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32."""
+                  USE_PAD: tl.constexpr, TIME_BIAS: tl.constexpr, MAX_BUCKET: tl.constexpr, FP32_DOT: tl.constexpr):
+    """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32.
+    TIME_BIAS: each score also gets ``table[bucket(|time(q) - time(k)|), h]`` (``model.time_bias``),
+    computed here from the user's (T,) times: the per-user (B, H, T, T) bias is never built."""
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     d_model = H * DK
@@ -121,7 +126,9 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_batch_s
     row_ok = rows < T
     head = qkv_ptr + (b * T) * (3 * d_model) + h * DK
     q = tl.load(head + rows[:, None] * (3 * d_model) + dims[None, :], mask=row_ok[:, None], other=0.0)  # (BLOCK_M, DK)
-    bias_base = bias_ptr + b * bias_batch_stride + h * bias_head_stride
+    bias_base = bias_ptr + h * bias_head_stride
+    if TIME_BIAS:
+        query_times = tl.load(times_ptr + b * T + rows, mask=row_ok, other=0)  # (BLOCK_M,) int64 Unix seconds
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max
     total = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp
     acc = tl.zeros([BLOCK_M, DK], tl.float32)
@@ -140,6 +147,24 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_batch_s
         inside = row_ok[:, None] & key_ok[None, :]
         bias = tl.load(bias_base + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
         scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_M, BLOCK_N) fp32
+        if TIME_BIAS:
+            key_times = tl.load(times_ptr + b * T + keys, mask=key_ok, other=0)  # (BLOCK_N,)
+            # context.time_bucket in integer steps (exact where a float log2 rounds near powers of two):
+            # 0 for 0 s, else 1 + floor(log2(seconds)) found as the top bit by a binary search, at most MAX_BUCKET
+            seconds = tl.abs(query_times[:, None] - key_times[None, :])  # (BLOCK_M, BLOCK_N) int64
+            x = tl.minimum(seconds, 2147483647).to(tl.int32)  # 2**31 s and more: above every bucket's start
+            bit = tl.zeros_like(x)
+            high = x >= 65536
+            bit, x = bit + tl.where(high, 16, 0), tl.where(high, x >> 16, x)
+            high = x >= 256
+            bit, x = bit + tl.where(high, 8, 0), tl.where(high, x >> 8, x)
+            high = x >= 16
+            bit, x = bit + tl.where(high, 4, 0), tl.where(high, x >> 4, x)
+            high = x >= 4
+            bit, x = bit + tl.where(high, 2, 0), tl.where(high, x >> 2, x)
+            bit = bit + tl.where(x >= 2, 1, 0)
+            bucket = tl.where(seconds > 0, tl.minimum(bit + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_N)
+            scores += tl.load(table_ptr + bucket * H + h)  # the (TIME_BUCKETS, H) table stays in cache
         blocked = ~key_ok[None, :] | ((keys[None, :] > rows[:, None]) & CAUSAL)
         if USE_PAD:  # padding keys, except a query's own position
             pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0
@@ -210,32 +235,43 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads:
 
 
 def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | None, n_heads: int, qk_scale: float,
-                    causal: bool, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                    causal: bool, times: torch.Tensor | None = None, time_table: torch.Tensor | None = None,
+                    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Masked multi-head self-attention of B users, flash-style tiling (see the module docstring).
 
-    qkv:  (B*T, 3D) contiguous, columns [q | k | v], head h at columns h*dk:(h+1)*dk of each
-    bias: (H, T, T) or (B, H, T, T) contiguous additive bias, shared or per user (no mask in it)
-    pad:  (B, T) bool, True where the item is padding; None: no key is masked as padding, which is
-          exact for a causal model over right-padded rows (a real query never reaches padding)
+    qkv:   (B*T, 3D) contiguous, columns [q | k | v], head h at columns h*dk:(h+1)*dk of each
+    bias:  (H, T, T) contiguous additive bias shared by every user (no mask in it)
+    pad:   (B, T) bool, True where the item is padding; None: no key is masked as padding, which is
+           exact for a causal model over right-padded rows (a real query never reaches padding)
+    times, time_table: ``model.time_bias``, or both None: (B, T) int64 Unix seconds of each item and
+           the (TIME_BUCKETS, H) fp32 table; score [b, h, q, k] gets ``time_table[time_bucket(|times[b, q]
+           - times[b, k]|), h]``, computed inside the tile
     returns (B*T, D) in qkv's dtype, row b*T + t, columns h*dk:(h+1)*dk for head h
     """
     d = qkv.shape[1] // 3
     dk = d // n_heads
     t = bias.shape[-1]
     b = qkv.shape[0] // max(t, 1)
-    per_user = bias.dim() == 4
-    _check_inputs(qkv, bias[0] if per_user else bias, pad, n_heads, b, t, d, heads_exact=True)
-    if per_user and (bias.shape[0] != b or not bias.is_contiguous()):
-        raise ValueError(f"a per-user bias must be contiguous (B, H, T, T) with B = {b}, got {tuple(bias.shape)}")
+    _check_inputs(qkv, bias, pad, n_heads, b, t, d, heads_exact=True)
+    if (times is None) != (time_table is None):
+        raise ValueError("the time bias needs both times (B, T) and time_table (TIME_BUCKETS, H)")
+    if times is not None:
+        if times.shape != (b, t) or times.dtype != torch.int64 or not times.is_contiguous():
+            raise ValueError(f"times must be contiguous int64 (B, T) = ({b}, {t}), got {times.dtype} {tuple(times.shape)}")
+        if time_table.shape != (TIME_BUCKETS, n_heads) or time_table.dtype != torch.float32 or not time_table.is_contiguous():
+            raise ValueError(f"time_table must be contiguous fp32 ({TIME_BUCKETS}, {n_heads}), "
+                             f"got {time_table.dtype} {tuple(time_table.shape)}")
     check_supported(qkv.device, dk)
     out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
     interpret = interpreted()
     block = max(MIN_BLOCK, triton.next_power_of_2(t))
     bm, bn = min(block_m, block), min(block_n, block)
     _kernel(interpret, True)[(triton.cdiv(t, bm), b * n_heads)](
-        qkv, bias, pad if pad is not None else out, out, float(qk_scale), t, n_heads * t * t if per_user else 0, t * t,
+        qkv, bias, pad if pad is not None else out, times if times is not None else out,
+        time_table if time_table is not None else out, out, float(qk_scale), t, t * t,
         H=n_heads, DK=dk, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), USE_PAD=pad is not None,
-        FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps, num_stages=num_stages,
+        TIME_BIAS=times is not None, MAX_BUCKET=TIME_BUCKETS - 1, FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps,
+        num_stages=num_stages,
     )
     return out
 

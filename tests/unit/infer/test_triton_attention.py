@@ -1,7 +1,7 @@
 """The Triton attention kernels (lite_rec.infer.triton_attention) compute LeanRunner's attention: the same
 outputs as a plain torch reference of the mask's definition and as the plan's "bmm" path, the
-flash-style kernel also across key blocks (online softmax), with causal block skipping and a
-per-user bias.
+flash-style kernel also across key blocks (online softmax), with causal block skipping and the
+time bias it computes from each user's times.
 
 Checked on a CPU under Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before
 anything imports triton); a GPU compiles the same kernel source. Needs the triton package.
@@ -82,29 +82,64 @@ def test_padding_query_sees_only_itself() -> None:
     torch.testing.assert_close(got, qkv[:, 2 * heads * dk :])
 
 
+def _edge_times(batch: int, t: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, T) int64 Unix seconds, non-decreasing per user, whose pairwise gaps hit the edges of
+    ``context.time_bucket``: 0, 1, 2**k - 1 and 2**k seconds, and gaps past 2**31 s (the top bucket)."""
+    edges = [0, 1, 1, 2, 3, 4, 7, 8, 255, 256, 65535, 65536, 2**30 - 1, 2**30, 2**31 + 5]
+    steps = torch.tensor([edges[i % len(edges)] for i in range(batch * t)]).view(batch, t)
+    steps = steps[:, torch.randperm(t, generator=gen)]  # (B, T)
+    return 1_000_000_000 + steps.cumsum(1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("t", "causal", "per_user"), [(1, False, False), (5, True, False), (16, True, True),
-                                                       (37, False, False), (37, True, True), (37, False, True)])
-def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtype, t: int, causal: bool, per_user: bool) -> None:
+@pytest.mark.parametrize(("t", "causal", "timed"), [(1, False, False), (5, True, False), (16, True, True),
+                                                    (37, False, False), (37, True, True), (37, False, True)])
+def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtype, t: int, causal: bool, timed: bool) -> None:
     """Blocks of 16 queries and keys: a 37-item window takes three key blocks (the last one partly
-    outside the window), the online softmax must rescale across them; a per-user bias is read per
-    user; right-padded rows of every length, an empty one too."""
+    outside the window), the online softmax must rescale across them; the time bias computed in the
+    tile from each user's times equals the model's (B, H, T, T) ``time_bucket`` bias; right-padded
+    rows of every length, an empty one too."""
+    from lite_rec.model.context import TIME_BUCKETS, time_bucket
+
     heads, dk, batch = 2, 16, 4
-    gen = torch.Generator().manual_seed(t + 100 * causal + 1000 * per_user)
+    gen = torch.Generator().manual_seed(t + 100 * causal + 1000 * timed)
     qkv = torch.randn(batch * t, 3 * heads * dk, generator=gen).to(dtype)
-    bias = torch.randn(batch if per_user else 1, heads, t, t, generator=gen).to(dtype)
+    shared = torch.randn(heads, t, t, generator=gen)  # (H, T, T) fp32, as the plan passes it with the time bias
+    bias = shared[None]  # (1, H, T, T)
+    timing = {}
+    if timed:  # every bucket its own clearly different value, so a wrong bucket moves the output
+        table = (torch.arange(TIME_BUCKETS, dtype=torch.float32)[:, None] * torch.tensor([0.37, -0.29])).contiguous()
+        times = _edge_times(batch, t, gen)  # (B, T)
+        bias = bias + table[time_bucket((times[:, :, None] - times[:, None, :]).abs())].permute(0, 3, 1, 2)  # (B, H, T, T)
+        timing = {"times": times, "time_table": table}
+    else:
+        shared = shared.to(dtype)
+        bias = shared[None]
     lengths = torch.tensor([t, max(t // 2, 1), 1, 0])
     pad = torch.arange(t)[None, :] >= lengths[:, None]  # (B, T) right padding
-    shared = bias if per_user else bias[0].contiguous()
-    got = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16)
+    got = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16, **timing)
     want = _reference(qkv, bias, pad, heads, 0.3, causal, probs_dtype=dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-2}
     assert got.shape == (batch * t, heads * dk) and got.dtype == dtype
     torch.testing.assert_close(got.float(), want, **tol)
     if causal:  # no padding mask: a causal model's real queries never reach a right-padded key
-        unmasked = triton_attention.flash_attention(qkv, shared, None, heads, 0.3, True, block_m=16, block_n=16)
+        unmasked = triton_attention.flash_attention(qkv, shared, None, heads, 0.3, True, block_m=16, block_n=16, **timing)
         real = (~pad).reshape(-1)
         torch.testing.assert_close(unmasked.float()[real], want[real], **tol)
+    if timed:  # the same scores without the times are not the same: the test sees the time bias
+        plain = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16)
+        assert not torch.allclose(plain.float(), want, **tol)
+
+
+def test_flash_kernel_refuses_half_a_time_bias() -> None:
+    qkv, shared = torch.zeros(2 * 3, 3 * 32), torch.zeros(2, 3, 3)  # B = 2, T = 3, 2 heads of 16
+    with pytest.raises(ValueError, match="needs both times"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"times must be contiguous int64 \(B, T\) = \(2, 3\)"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3), time_table=torch.zeros(32, 2))
+    with pytest.raises(ValueError, match=r"time_table must be contiguous fp32 \(32, 2\)"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3, dtype=torch.long),
+                                         time_table=torch.zeros(31, 2))
 
 
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:
@@ -161,3 +196,41 @@ def test_unsupported_uses_are_refused_with_a_reason(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA"):
         LeanRunner(_model(False, seed=5), attention="triton")
+
+
+@pytest.mark.parametrize(("causal", "pooling"), [(True, "last"), (False, "last"), (True, "mean")])
+def test_runner_computes_the_time_bias_in_the_kernel_as_the_model_does(causal: bool, pooling: str) -> None:
+    """``model.time_bias`` through the flash kernel (the bias from each user's times inside the tile,
+    the top layer's one row apart) gives the model's scores: a 37-item window, gaps at every bucket
+    edge, right-padded rows of every length and an empty one."""
+    from lite_rec.core.model_config import ModelConfig
+    from lite_rec.model.context import CONTEXT_COLUMNS, CONTEXT_TIME
+    from lite_rec.model.rec_llm import build_model
+
+    t, batch = 37, 5
+    torch.manual_seed(5 + causal)
+    cfg = ModelConfig(backbone="lean", pretrained=False, d_model=32, n_layers=2, n_heads=2, d_ff=48, dropout=0.0,
+                      max_seq_len=t, item_repr="text+id", pooling=pooling, time_bias=True)
+    vectors = torch.randn(N_ITEMS + 1, 6)
+    vectors[0] = 0
+    model, _ = build_model(cfg, N_ITEMS, vectors, causal=causal)
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)
+        model.time_bias.weight.normal_(0.0, 2.0)  # training starts it at zero
+    model.eval()
+    lengths = torch.tensor([t, 20, 16, 1, 0])
+    pad = torch.arange(t)[None, :] >= lengths[:, None]  # (B, T) right padding, an empty row too
+    items = _items(pad, seed=11)
+    contexts = torch.zeros(batch, t, CONTEXT_COLUMNS, dtype=torch.long)
+    contexts[..., CONTEXT_TIME] = _edge_times(batch, t, torch.Generator().manual_seed(3)).masked_fill(pad, 0)
+    with torch.inference_mode():
+        want, _ = model(items, contexts=contexts)
+        flash = LeanRunner(model, attention="flash")
+        got = flash(items, contexts)
+        assert torch.equal(LeanRunner(model, attention="sdpa")(items, contexts).topk(5).indices, want.topk(5).indices)
+        untimed = flash(items, contexts.masked_fill(~pad[..., None], 7))  # every gap 0: bucket 0 throughout
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got))
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-3)
+    assert torch.equal(got.topk(5).indices, want.topk(5).indices)
+    assert not torch.allclose(untimed[finite], want[finite], rtol=1e-4, atol=1e-3)

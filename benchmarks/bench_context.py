@@ -24,6 +24,7 @@ Why: context must not slow the fast path noticeably. The model-side cost is a fe
 gathers and an attention bias per layer; the host-side cost is reading every event.
 
     python3 benchmarks/bench_context.py --device cuda --out context.json     # one GPU, ~1 min
+    python3 benchmarks/bench_context.py --device cuda --profile --out context.json   # + kernel profile, attention alone
     python3 benchmarks/bench_context.py --quick --device cpu --out /tmp/c.json   # smoke test (tests/unit/infer)
 
 Needs torch, numpy, pandas, pyarrow, safetensors, pydantic, pyyaml (no duckdb, prefect, mlflow).
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +71,13 @@ def make_bundle(config: ModelConfig, vectors: torch.Tensor, out: Path) -> Path:
     n_items = vectors.shape[0] - 1
     torch.manual_seed(0)
     model, _ = build_model(config, n_items, vectors, causal=True)
+    with torch.no_grad():  # training starts the context tables at zero: drawn here, so the overlap sees them
+        for name in ("time_bias", "query_gap_embedding", "context_embedding"):
+            table = getattr(model, name, None)
+            if table is not None:
+                table.weight.normal_(0.0, 0.5)
+                if table.padding_idx is not None:
+                    table.weight[table.padding_idx] = 0.0
     items = pd.DataFrame({"item_idx": np.arange(1, n_items + 1), "item_id": [str(i) for i in range(1, n_items + 1)],
                           "title": [f"item {i}" for i in range(1, n_items + 1)]})
     popularity = pd.DataFrame({"item_idx": np.arange(1, n_items + 1), "count": np.arange(n_items, 0, -1)})
@@ -138,6 +147,94 @@ def step_fn(rec: Recommender, prepared: list, exclude_history: bool = True):  # 
     return run
 
 
+def profile_steps(recs: dict, users: dict, batches: list[int], device: torch.device, steps: int = 10) -> dict:
+    """torch.profiler of each model's plan (the runner the graphs capture, run eagerly): GPU time per
+    step by kernel, the top 12, and per kind (GEMMs, attention, norms, the rest)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out: dict = {}
+    for profile_name, (fast, _) in recs.items():
+        runner = fast.model.runner
+        for b in batches:
+            items, contexts = users[profile_name](b)
+            with torch.inference_mode():
+                for _ in range(3):
+                    runner(items, contexts)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(steps):
+                        runner(items, contexts)
+                    torch.cuda.synchronize()
+            kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+            total = sum(e.self_device_time_total for e in kernels) / steps / 1000
+            kinds: dict[str, float] = {}
+            for e in kernels:
+                kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / steps / 1000
+            top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+            out[f"{profile_name}/b{b}"] = {
+                "kernel_ms_per_step": round(total, 4), "kernels_per_step": sum(e.count for e in kernels) / steps,
+                "by_kind_ms": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                "top": [{"name": e.key[:100], "ms_per_step": round(e.self_device_time_total / steps / 1000, 4),
+                         "calls_per_step": e.count / steps} for e in top]}
+            print(f"profile {profile_name} B={b}: {total:.3f} ms of kernels; {out[f'{profile_name}/b{b}']['by_kind_ms']}", flush=True)
+    return out
+
+
+def kernel_kind(name: str) -> str:
+    """A CUDA kernel's name -> what it does, for the profile's split."""
+    low = name.lower()
+    if any(k in low for k in ("gemm", "sm90_xmma", "cutlass", "nvjet", "cublas")):
+        return "gemm"
+    if any(k in low for k in ("flash", "attention", "fmha", "cudnn", "_attention_kernel")):
+        return "attention"
+    if "norm" in low:
+        return "rms_norm"
+    if any(k in low for k in ("topk", "sort", "radix", "select")):
+        return "top_k"
+    if any(k in low for k in ("gather", "index", "embedding")):
+        return "gather"
+    return "other"
+
+
+def attention_alone(device: torch.device, batches: list[int], window: int, heads: int = 8, head_dim: int = 64) -> list[dict]:
+    """One layer's attention timed alone at the shipped sizes: cuDNN/SDPA with one causal (1, H, T, T)
+    bias for the batch (the ids-only plan), the flash-style kernel without and with the time bias
+    computed in its tiles, at a few tilings (the default first)."""
+    from lite_rec.infer import triton_attention
+    from lite_rec.model.context import TIME_BUCKETS
+
+    rows = []
+    for b in batches:
+        gen = torch.Generator(device=device).manual_seed(b)
+        qkv = torch.randn(b * window, 3 * heads * head_dim, device=device, generator=gen, dtype=torch.bfloat16)
+        bias = torch.randn(heads, window, window, device=device, generator=gen)  # (H, T, T) fp32
+        future = torch.ones(window, window, dtype=torch.bool, device=device).triu(1)
+        causal = bias.masked_fill(future, float("-inf")).to(torch.bfloat16)[None]  # (1, H, T, T)
+        gaps = torch.randint(1, 30 * 86_400, (b, window), device=device, generator=gen)
+        times = (1_000_000_000 + gaps.cumsum(1)).contiguous()  # (B, T) int64
+        table = torch.randn(TIME_BUCKETS, heads, device=device, generator=gen)
+        q, k, v = qkv.view(b, window, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        variants = {"sdpa_shared_bias": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=causal)}
+        for bm, bn, warps, stages in ((64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 8, 3), (32, 64, 4, 2),
+                                      (64, 64, 8, 3), (128, 128, 8, 2)):
+            tiling = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
+            for timed in (False, True):
+                extra = {"times": times, "time_table": table} if timed else {}
+                name = f"flash_{'time' if timed else 'plain'}_m{bm}_n{bn}_w{warps}_s{stages}"
+                variants[name] = lambda e=extra, t=tiling: triton_attention.flash_attention(
+                    qkv, bias, None, heads, 0.125, True, **e, **t)
+        for name, fn in variants.items():
+            try:
+                ms = p50_ms(fn, device, 50 if b < 512 else 20, 5, events=True)
+                rows.append({"batch": b, "window": window, "variant": name, "ms": round(ms, 4)})
+            except Exception as exc:  # a tiling that does not fit the GPU's shared memory
+                rows.append({"batch": b, "window": window, "variant": name, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+        best = min((r for r in rows if r["batch"] == b and "ms" in r), key=lambda r: r["ms"])
+        print(f"attention alone B={b}: " + "; ".join(f"{r['variant']} {r.get('ms')}" for r in rows if r["batch"] == b)
+              + f" | best {best['variant']}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -145,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--item-dim", type=int, default=384)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 1024])
     parser.add_argument("--quick", action="store_true", help="small layers, batches of 1 and 4, few repeats (a smoke test)")
+    parser.add_argument("--profile", action="store_true", help="CUDA: also profile both plans and time the attention alone")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -184,6 +282,22 @@ def main(argv: list[str] | None = None) -> int:
                 report["rows"].append(row)  # type: ignore[union-attr]
                 print(json.dumps(row), flush=True)
                 args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if args.profile and device.type == "cuda":
+            def device_users(profile: str):  # noqa: ANN202
+                def make(b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    fast = recs[profile][0]
+                    prepared = fast.prepare(events[:b], request_times=request_times[:b])
+                    items = torch.stack([torch.as_tensor(p.indices[-window:]) for p in prepared]).to(device)  # (B, L)
+                    if not fast.spec.config.uses_context:
+                        return items, None
+                    return items, torch.stack([torch.as_tensor(p.contexts[-window:]) for p in prepared]).to(device)  # (B, L, C)
+                return make
+
+            report["profile"] = profile_steps(recs, {p: device_users(p) for p in recs}, [b for b in batches if b > 1] or batches,
+                                              device)
+            args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            report["attention_alone"] = attention_alone(device, [b for b in batches if b > 1] or batches, window)
+            args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

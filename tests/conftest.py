@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 # Set before any test module imports prefect, mlflow or transformers.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,3 +55,28 @@ SLOW_MODULES_FIRST = [
 def pytest_collection_modifyitems(items: list) -> None:
     rank = {path: n for n, path in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep their order
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers shared by the whole run (every xdist worker): tests/helpers/shared_servers.py
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the run's one ``mlflow server`` on 127.0.0.1 (sqlite, proxied artifacts). A module that
+    registers models there uses its own registered-model and experiment names (the registry
+    tests keep the defaults), so it never sees another module's versions or aliases."""
+    from tests.helpers.shared_servers import shared_server, start_mlflow_server
+
+    with shared_server(tmp_path_factory, "mlflow", start_mlflow_server) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """API URL of the run's one Prefect server on 127.0.0.1, as a user's own server
+    (``PREFECT_API_URL``): CLI runs and in-process flows given it start no temporary server of their own."""
+    from tests.helpers.shared_servers import shared_server, start_prefect_server
+
+    with shared_server(tmp_path_factory, "prefect", start_prefect_server) as server:
+        yield server.url

@@ -24,9 +24,11 @@ from mlflow.tracking import MlflowClient
 from lite_rec.registry.publish import log_training_run
 from lite_rec.registry.versions import CHAMPION, set_champion
 from tests.helpers.service_process import start_service
-from tests.integration.test_registry import MODEL, VALID_TARGET, Run, _variant, run, server  # noqa: F401 - fixtures
+from tests.integration.test_registry import VALID_TARGET, Run, _variant, run  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
+
+MODEL = "lite-rec-e2e-load"  # `run` registers under it, in its own experiment, on the run's shared MLflow server
 
 CLIENTS = 6  # threads, one keep-alive connection each
 DURATION_S = 10.0  # whole run
@@ -66,15 +68,15 @@ def _client_loop(url: str, seed: int, stop_at: float, budget: threading.Semaphor
                 out.append(Outcome(started, time.monotonic(), -1, None, None, f"{type(exc).__name__}: {exc}"))
 
 
-def test_concurrent_clients_see_no_failure_while_champion_moves(run: Run, server: str, tmp_path: Path) -> None:
-    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
+def test_concurrent_clients_see_no_failure_while_champion_moves(run: Run, mlflow_server: str, tmp_path: Path) -> None:
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # never the process-wide registry URI another module set
     v1 = log_training_run(run.cfg, run.result, run.bundle_dir, commit="load")
     v2 = log_training_run(run.cfg, run.result, _variant(run, "bundle-load-better", 1.0), commit="load")
     seqs = pd.read_parquet(run.cfg.processed_dir / "sequences.parquet")
     histories = [[f"i{i}" for i in seq] for seq in seqs["train_seq"]]
     assert (v1.version, v2.version, v2.aliases) == ("1", "2", ("challenger",))
     svc = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu", "--poll-interval", "0.5"],
-                        tmp_path, env={"MLFLOW_TRACKING_URI": server})
+                        tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server})
     try:
         assert svc.ready()["model_version"] == "1"
         outcomes: list[Outcome] = []  # list.append is atomic under the GIL

@@ -14,20 +14,22 @@ from lite_rec.registry.promotion import load_held_out
 from lite_rec.registry.publish import log_training_run
 from lite_rec.registry.versions import CHAMPION
 from tests.helpers.service_process import ServiceProcess, mlflow_pyfunc_server, start_service
-from tests.integration.test_registry import MODEL, N_ITEMS, Run, run, server  # noqa: F401 - fixtures
+from tests.integration.test_registry import N_ITEMS, Run, run  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
+MODEL = "lite-rec-e2e-parity"  # `run` registers under it, in its own experiment, on the run's shared MLflow server
+
 
 @pytest.fixture(scope="module")
-def servers(run: Run, server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServiceProcess]]:
+def servers(run: Run, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServiceProcess]]:
     """(pyfunc server URL, our service), both on models:/<MODEL>@champion."""
     root = tmp_path_factory.mktemp("parity")
     registered = log_training_run(run.cfg, run.result, run.bundle_dir, commit="parity")
     assert CHAMPION in registered.aliases
-    with mlflow_pyfunc_server(f"models:/{MODEL}@{CHAMPION}", root, server) as url:
+    with mlflow_pyfunc_server(f"models:/{MODEL}@{CHAMPION}", root, mlflow_server) as url:
         ours = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu"], root,
-                             env={"MLFLOW_TRACKING_URI": server})
+                             env={"MLFLOW_TRACKING_URI": mlflow_server})
         try:
             yield url, ours
         finally:

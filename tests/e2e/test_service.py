@@ -31,10 +31,11 @@ from lite_rec.model.rec_llm import build_model
 from lite_rec.pipeline import stack
 from lite_rec.registry.client import mlflow_uris
 from lite_rec.registry.publish import PYFUNC_FILE, log_training_run
+from lite_rec.registry.tracking import experiment_name
 from lite_rec.registry.versions import CHAMPION, set_champion
 from lite_rec.serve.app import ERROR_BODY_MAX_BYTES
 from tests.helpers.service_process import ServiceProcess, start_service
-from tests.integration.test_registry import MODEL, VALID_TARGET, Run, _variant, run, server  # noqa: F401 - fixtures
+from tests.integration.test_registry import VALID_TARGET, Run, _variant, run  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +44,7 @@ WINDOW = 5
 TARGET = f"i{VALID_TARGET}"  # a version-2 bundle (_variant) ranks it first for every user's own history
 IDS = [f"movie-{i}" for i in range(1, ITEMS + 1)]
 BODY_LIMIT = 4096
+MODEL = "lite-rec-e2e-service"  # `run` registers under it, in its own experiment, on the run's shared MLflow server
 
 
 def _bundle(path: Path) -> Path:
@@ -271,7 +273,7 @@ def _register_broken(run: Run, server: str, tmp: Path) -> str:
     with open(broken / "items.parquet", "ab") as fh:
         fh.write(b"tampered")
     client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
-    exp = client.get_experiment_by_name("lite-rec-ml-100k")
+    exp = client.get_experiment_by_name(experiment_name(run.cfg))
     with mlflow_uris(client), mlflow.start_run(experiment_id=exp.experiment_id) as r:
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_FILE), artifacts={"bundle": str(broken)},
                                        pip_requirements=["mlflow"])
@@ -279,10 +281,10 @@ def _register_broken(run: Run, server: str, tmp: Path) -> str:
     return str(mv.version)
 
 
-def test_service_follows_champion_and_survives_a_broken_version(run: Run, server: str, tmp_path: Path) -> None:
-    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
+def test_service_follows_champion_and_survives_a_broken_version(run: Run, mlflow_server: str, tmp_path: Path) -> None:
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # never the process-wide registry URI another module set
     v1 = log_training_run(run.cfg, run.result, run.bundle_dir, commit="e2e")
-    env = {"MLFLOW_TRACKING_URI": server}
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
     missing = start_service(["--model", "models:/lite-rec-nothing@champion", "--device", "cpu", "--poll-interval", "0.5"],
                             tmp_path / "missing", env=env, wait_ready=False)
     svc = None
@@ -310,7 +312,7 @@ def test_service_follows_champion_and_survives_a_broken_version(run: Run, server
         text = httpx.get(svc.url + "/metrics").text
         assert "lite_rec_model_version 2" in text and "lite_rec_model_swaps_total 1" in text
 
-        v3 = _register_broken(run, server, tmp_path)
+        v3 = _register_broken(run, mlflow_server, tmp_path)
         set_champion(client, MODEL, v3)
         status = svc.wait_for(lambda s: (s.get("last_error") or {}).get("version") == v3, 60, "the broken version to be reported")
         assert status["model_version"] == "2" and status["ready"] is True

@@ -22,7 +22,7 @@ import httpx
 
 from lite_rec.pipeline import stack as local_stack
 
-from tests.integration.test_registry import _free_port, _stop
+from tests.helpers.shared_servers import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,13 +61,13 @@ class ServiceProcess:
     def stop(self) -> None:
         """Stop the process group by PID (idempotent: a reaped PID is never signalled again)."""
         if self.proc.returncode is None:
-            _stop(self.proc)
+            stop_process(self.proc)
 
 
 def start_service(args: list[str], log_dir: Path, env: dict[str, str] | None = None, wait_ready: bool = True,
                   timeout: float = 120.0) -> ServiceProcess:
     """``python -m lite_rec.serve.app <args> --host 127.0.0.1 --port <free>``; waits for /ready (or /health)."""
-    port = _free_port()
+    port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "lite_rec.serve.app", *args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]

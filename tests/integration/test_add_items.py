@@ -39,12 +39,11 @@ from lite_rec.registry.versions import CHAMPION, alias_version
 from lite_rec.train.export import build_bundle
 from lite_rec.train.run import train_model
 from tests.helpers.service_process import ServiceProcess, start_service
-from tests.integration.test_registry import server  # noqa: F401 - fixture
 from tests.unit.items.test_encoder import save_tiny_bert
 
 pytestmark = pytest.mark.integration
 
-MODEL = "lite-rec-ml100k"
+MODEL = "lite-rec-add-items"  # its own model and experiment on the run's shared MLflow server
 K = 10
 
 
@@ -57,14 +56,15 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(ml100k_config: LiteRecConfig, server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: F811
+def served(ml100k_config: LiteRecConfig, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("add-items")
     (root / "data" / "processed").mkdir(parents=True)
     (root / "data" / "processed" / "ml-100k").symlink_to(ml100k_config.processed_dir)  # the data; caches stay here
     (root / "data" / "raw").symlink_to(ml100k_config.data_dir / "raw")
     encoder = save_tiny_bert(root / "tiny-bert")
     settings = [f"data_dir={root / 'data'}", f"item_encoder.model={encoder}", "item_encoder.max_tokens=24",
-                "item_encoder.device=cpu", f"tracking.tracking_uri={server}"]
+                "item_encoder.device=cpu", f"tracking.tracking_uri={mlflow_server}",
+                f"tracking.registered_model={MODEL}", f"tracking.experiment={MODEL}"]
     cfg = build_config("ml-100k", [
         *settings, "model.backbone=lean", "model.pretrained=false", "model.d_model=32", "model.n_layers=1",
         "model.n_heads=2", "model.d_ff=64", "model.dropout=0.1", "model.item_repr=text+id", "model.pooling=last",
@@ -76,10 +76,10 @@ def served(ml100k_config: LiteRecConfig, server: str, tmp_path_factory: pytest.T
     v1 = log_training_run(cfg, result, build_bundle(cfg, result.out_dir, root / "bundle"), commit="add-items")
     assert CHAMPION in v1.aliases and v1.version == "1"
     svc = start_service(["--model", f"models:/{MODEL}@{CHAMPION}", "--device", "cpu", "--poll-interval", "0.5"],
-                        root / "service", env={"MLFLOW_TRACKING_URI": server})
+                        root / "service", env={"MLFLOW_TRACKING_URI": mlflow_server})
     try:
         flags = [a for s in settings for a in ("--set", s) if not s.startswith("data_dir=")]
-        yield Served(cfg, svc, MlflowClient(server, registry_uri=server), ["--data-dir", str(root / "data"), *flags])
+        yield Served(cfg, svc, MlflowClient(mlflow_server, registry_uri=mlflow_server), ["--data-dir", str(root / "data"), *flags])
     finally:
         svc.stop()
 

@@ -34,7 +34,6 @@ from lite_rec.registry.versions import CHAMPION, registered_model_name
 from lite_rec.train.export import build_bundle
 from lite_rec.train.run import TrainResult, train_model
 from tests.helpers.service_process import REPO, mlflow_pyfunc_server, start_service
-from tests.integration.test_registry import server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +41,7 @@ CONTEXT = ["model.time_gaps=true", "model.ratings=true", "model.time_bias=true",
            "model.query_gap_floor=3600"]
 METRICS = [f"test_{m}_{k}_{n}" for m in ("masked", "unmasked") for k in ("recall", "ndcg") for n in (10, 20)]
 K = 10
+MODEL = "lite-rec-context-serving"  # its own model and experiment on the run's shared MLflow server
 
 
 @dataclass(frozen=True)
@@ -117,22 +117,23 @@ def _sample(trained: Trained) -> tuple[list[str], list[list[dict]], list[int]]:
 
 
 @pytest.fixture(scope="module")
-def served(trained: Trained, server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:  # noqa: F811
+def served(trained: Trained, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(pyfunc server URL, our service URL), both on models:/<model>@champion of a real mlflow server."""
     from lite_rec.registry.publish import log_training_run
 
     root = tmp_path_factory.mktemp("context-served")
-    cfg = trained.cfg.model_copy(update={"tracking": trained.cfg.tracking.model_copy(update={"tracking_uri": server})})
+    tracking = {"tracking_uri": mlflow_server, "registered_model": MODEL, "experiment": MODEL}
+    cfg = trained.cfg.model_copy(update={"tracking": trained.cfg.tracking.model_copy(update=tracking)})
     registered = log_training_run(cfg, trained.result, trained.bundle_dir, commit="context-serving")
     assert CHAMPION in registered.aliases
     from mlflow.tracking import MlflowClient
 
-    version = MlflowClient(server, registry_uri=server).get_model_version(registered.name, registered.version)
+    version = MlflowClient(mlflow_server, registry_uri=mlflow_server).get_model_version(registered.name, registered.version)
     assert json.loads(version.tags["context_fields"]) == ["ts", "rating", "request_time"]  # the model's MLflow page
     assert "ts, rating, request_time" in version.description
     model = f"models:/{registered_model_name(cfg)}@{CHAMPION}"
-    with mlflow_pyfunc_server(model, root, server) as url:
-        ours = start_service(["--model", model, "--device", "cpu"], root, env={"MLFLOW_TRACKING_URI": server})
+    with mlflow_pyfunc_server(model, root, mlflow_server) as url:
+        ours = start_service(["--model", model, "--device", "cpu"], root, env={"MLFLOW_TRACKING_URI": mlflow_server})
         try:
             yield url, ours.url
         finally:

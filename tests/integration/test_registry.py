@@ -1,18 +1,15 @@
 """Registry end to end against a real ``mlflow server`` on 127.0.0.1 (sqlite backend, proxied
 artifacts): log a model trained for one epoch, register it, check aliases and pyfunc parity,
-then promote (better -> moves, worse -> stays), roll back, and fail a registration midway."""
+then promote (better -> moves, worse -> stays), roll back, and fail a registration midway.
+
+The server is the run's shared one (tests/conftest.py ``mlflow_server``). These tests keep the
+default registered-model and experiment names; the other modules that use ``run`` (and so the
+same server) name their own ``MODEL``, and ``run`` registers under that name in an experiment of
+the same name, so no module sees another's versions or aliases."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,6 @@ import mlflow
 from lite_rec.core.config import LiteRecConfig, build_config
 from lite_rec.infer.bundle import load_bundle, save_bundle
 from lite_rec.infer.recommender import Recommender
-from lite_rec.pipeline import stack as local_stack
 from lite_rec.registry.client import mlflow_uris
 from lite_rec.registry.promotion import load_held_out, promote, rollback, score_recommender
 from lite_rec.registry.publish import log_training_run, register_verified, remove_unverified_versions
@@ -38,67 +34,6 @@ pytestmark = pytest.mark.integration
 N_ITEMS = 20
 VALID_TARGET = N_ITEMS - 1  # every user's validation item: what promotion scores
 MODEL = "lite-rec-ml100k"
-
-
-# ---------------------------------------------------------------------------------------------
-# A real MLflow server, stopped by PID (its whole process group) also on failure
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    pids = [proc.pid, *local_stack.descendants(proc.pid)]
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # start_new_session: the group id is the server's PID
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-        "--workers", "1",
-    ]
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health in 90 s:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        _stop(proc)
-        log.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,14 +69,18 @@ def _write_dataset(cfg: LiteRecConfig) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def run(server: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Run:
     root = tmp_path_factory.mktemp("run")
+    tracking = {"tracking_uri": mlflow_server, "promote_metric": "valid_ndcg_10", "promote_margin": 0.01}
+    model = getattr(request.module, "MODEL", MODEL)
+    if model != MODEL:  # another module on the shared server: its own registered model and experiment
+        tracking |= {"registered_model": model, "experiment": model}
     cfg = build_config("ml-100k", {
         "data_dir": str(root / "data"),
         "model": {"backbone": "lean", "pretrained": False, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
                   "dropout": 0.0, "max_seq_len": 5},
         "train": {"strategy": "sampling", "max_epochs": 1, "batch_size": 8, "device": "cpu"},
-        "tracking": {"tracking_uri": server, "promote_metric": "valid_ndcg_10", "promote_margin": 0.01},
+        "tracking": tracking,
     })
     sequences = _write_dataset(cfg)
     torch.manual_seed(0)
@@ -184,8 +123,8 @@ def v1(run: Run):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_first_version_is_challenger_and_champion_with_full_run_record(run: Run, v1, server: str) -> None:
-    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
+def test_first_version_is_challenger_and_champion_with_full_run_record(run: Run, v1, mlflow_server: str) -> None:
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # never the process-wide registry URI another module set
     assert (v1.name, v1.version, v1.aliases) == (MODEL, "1", (CHALLENGER, CHAMPION))
     assert alias_version(client, MODEL, CHAMPION).version == "1"
     assert champion_history(client, MODEL) == ["1"]
@@ -211,14 +150,14 @@ def test_first_version_is_challenger_and_champion_with_full_run_record(run: Run,
     plots = {a.path for a in client.list_artifacts(v1.run_id, "plots")}
     assert plots == {"plots/training_curves.png", "plots/validation_metrics.png"}
     local = Path(mlflow.artifacts.download_artifacts(run_id=v1.run_id, artifact_path="plots/training_curves.png",
-                                                     tracking_uri=server))
+                                                     tracking_uri=mlflow_server))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {a.path for a in client.list_artifacts(v1.run_id, "data/validation")} == {"data/validation/interactions.json"}
     assert {a.path for a in client.list_artifacts(v1.run_id, "item_vectors")} == {"item_vectors/vectors_manifest.json"}
 
 
-def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, server: str) -> None:
-    with mlflow_uris(MlflowClient(server, registry_uri=server)):
+def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, mlflow_server: str) -> None:
+    with mlflow_uris(MlflowClient(mlflow_server, registry_uri=mlflow_server)):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION}")
     rec = Recommender.from_path(run.bundle_dir)
     held = load_held_out(run.cfg)
@@ -237,8 +176,8 @@ def test_champion_pyfunc_gives_the_in_process_top_k(run: Run, v1, server: str) -
     assert len(out["item_ids"].iloc[0]) == 10
 
 
-def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: Run, v1, server: str) -> None:
-    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
+def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: Run, v1, mlflow_server: str) -> None:
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # never the process-wide registry URI another module set
     held = load_held_out(run.cfg)
     v1_score = score_recommender(Recommender.from_path(run.bundle_dir), held, "valid_ndcg_10")
     assert v1_score < 0.99  # the one-epoch model never saw the target as a training target
@@ -274,9 +213,9 @@ def test_promote_moves_champion_only_for_a_better_challenger_then_rollback(run: 
     assert alias_version(client, MODEL, CHAMPION).version == "1"
 
 
-def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str) -> None:
+def test_failed_registration_leaves_no_version_behind(run: Run, v1, mlflow_server: str) -> None:
     """Verification fails midway (the stored bundle is not the one we claim): the version goes."""
-    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # never the process-wide registry URI another module set
     before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
     champion = alias_version(client, MODEL, CHAMPION).version
     wrong = load_bundle(_variant(run, "bundle-claimed", 0.5))
@@ -294,14 +233,14 @@ def test_failed_registration_leaves_no_version_behind(run: Run, v1, server: str)
 
 
 def test_a_registration_that_fails_midway_is_one_clear_error_and_keeps_no_run(
-    run: Run, v1, server: str, monkeypatch: pytest.MonkeyPatch
+    run: Run, v1, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure after the MLflow run was opened (here: the signature file cannot be read, as a wheel
     install that looked for it in the wrong folder did) leaves no FAILED run and no version."""
     from lite_rec.registry import publish
     from lite_rec.registry.tracking import experiment_name
 
-    client = MlflowClient(server, registry_uri=server)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     experiment = client.get_experiment_by_name(experiment_name(run.cfg)).experiment_id
     runs_before = sorted(r.info.run_id for r in client.search_runs([experiment]))
     versions_before = sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'"))
@@ -318,9 +257,9 @@ def test_a_registration_that_fails_midway_is_one_clear_error_and_keeps_no_run(
     assert sorted(int(m.version) for m in client.search_model_versions(f"name = '{MODEL}'")) == versions_before
 
 
-def test_sweep_removes_versions_a_killed_process_left_unverified(run: Run, v1, server: str) -> None:
+def test_sweep_removes_versions_a_killed_process_left_unverified(run: Run, v1, mlflow_server: str) -> None:
     """A process killed between creating and verifying a version leaves it untagged: swept."""
-    client = MlflowClient(server, registry_uri=server)  # never the process-wide registry URI another module set
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)  # never the process-wide registry URI another module set
     source = client.get_model_version(MODEL, "1")
     orphan = client.create_model_version(MODEL, source.source, run_id=source.run_id,
                                          model_id=source.source.removeprefix("models:/"))

@@ -58,7 +58,6 @@ from lite_rec.infer.requests import (
     utc,
 )
 from lite_rec.model.context import (
-    CONTEXT_COLUMNS,
     RATING,
     RATING_LEVELS,
     REQUEST_TIME,
@@ -190,12 +189,15 @@ class Recommender:
             if isinstance(h, str | bytes) or not isinstance(h, Sequence | np.ndarray):
                 raise RecommendError(f"each history must be a list of item ids or events, got {type(h).__name__}: {echo(h)}")
 
-    def _lookup(self, keys: list[list[str]], ignore_unknown: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]]]:
-        """Per user: item_idx of the known entries, the mask of known entries, the unknown ids."""
+    def _lookup(self, keys: list[list[str]], ignore_unknown: bool) -> tuple[list[np.ndarray], list[np.ndarray | slice], list[list[str]]]:
+        """Per user: item_idx of the known entries, which entries are known (a mask, or ``slice(None)``
+        for all), the unknown ids."""
         lengths = np.array([len(k) for k in keys], dtype=np.int64)
         flat = [i for k in keys for i in k]
         rows = np.fromiter(map(self._row_of.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))  # -1 = unknown
         bounds = np.concatenate([[0], np.cumsum(lengths)])
+        if rows.size == 0 or rows.min() >= 0:  # every id known (the usual case): one split, no per-user masks
+            return np.split(rows + 1, bounds[1:-1]), [slice(None)] * len(keys), [[] for _ in keys]
         out, known, unknown = [], [], []
         for u in range(len(keys)):
             r = rows[bounds[u] : bounds[u + 1]]
@@ -340,27 +342,17 @@ class Recommender:
         # (B, L) right-padded with 0 to the full window, exactly like the evaluation batches
         # (lite_rec.eval.evaluate.iter_eval_batches), so both paths compute bit-identical logits;
         # the contexts likewise (B, L, C), with zero rows where the evaluation's padding gathers them
-        items = torch.zeros(len(histories), L, dtype=torch.long)  # (B, L)
-        for b, h in enumerate(histories):
-            w = h[-L:]
-            items[b, : len(w)] = torch.as_tensor(w, dtype=torch.long)
+        items = torch.from_numpy(right_padded(histories, L))  # (B, L)
         extra = {}
         if self.spec.config.uses_context:
             if contexts is None:
                 raise RecommendError(f"this model reads {', '.join(self.context_fields)}: score prepared requests (prepare)")
-            rows = torch.zeros(len(histories), L, CONTEXT_COLUMNS, dtype=torch.long)  # (B, L, C)
-            for b, c in enumerate(contexts):
-                w = c[-L:]
-                rows[b, : len(w)] = torch.as_tensor(w, dtype=torch.long)
-            extra["contexts"] = rows.to(self.device)
+            extra["contexts"] = torch.from_numpy(right_padded(contexts, L)).to(self.device)  # (B, L, C)
         logits, _ = self.model(items.to(self.device), **extra)  # (B, N+1)
         logits = logits.float()
         if not exclude_history and self.history_logit is None:
             return logits
-        H = max(len(h) for h in histories)
-        seen = torch.zeros(len(histories), H, dtype=torch.long)  # (B, H), 0 = padding (already -inf)
-        for b, h in enumerate(histories):
-            seen[b, : len(h)] = torch.as_tensor(h, dtype=torch.long)
+        seen = torch.from_numpy(right_padded(histories, max(len(h) for h in histories), keep_last=False))  # (B, H), 0 = padding
         seen = seen.to(self.device)
         if exclude_history:
             return logits.scatter_(1, seen, float("-inf"))
@@ -392,9 +384,13 @@ class Recommender:
             logits = self.score_indices([prepared[u].indices for u in active], exclude_history, contexts)  # (B, N+1)
             top_scores, top_idx = torch.topk(logits, k, dim=1)  # (B, k), (B, k)
             top_scores, top_idx = top_scores.cpu().numpy(), top_idx.cpu().numpy()
+            # the whole batch's ids, titles and scores as Python objects in three calls, not three per user
+            ids, titles = self.item_ids[top_idx - 1].tolist(), self.titles[top_idx - 1].tolist()
+            scores, finite = top_scores.tolist(), np.isfinite(top_scores)
+            whole = finite.all(1)  # a catalog exhausted by the mask yields < k: -inf past its end
             for row, u in enumerate(active):
-                keep = np.isfinite(top_scores[row])  # a catalog exhausted by the mask yields < k
-                results[u] = Recommendation(self._rows(top_idx[row][keep], top_scores[row][keep].tolist()), False,
+                n = k if whole[row] else int(finite[row].sum())
+                results[u] = Recommendation(list(zip(ids[row][:n], scores[row][:n], titles[row][:n], strict=True)), False,
                                             prepared[u].unknown)
         for u, rec in enumerate(results):
             if rec is None:
@@ -405,6 +401,22 @@ class Recommender:
     def _rows(self, item_idx: np.ndarray, scores: list[float]) -> list[tuple[str, float, str]]:
         r = item_idx - 1
         return list(zip(self.item_ids[r].tolist(), [float(s) for s in scores], self.titles[r].tolist(), strict=True))
+
+
+def right_padded(rows: Sequence[np.ndarray], width: int, keep_last: bool = True) -> np.ndarray:
+    """(B, width[, C]) int64: row b holds ``rows[b]`` (n_b entries, or (n_b, C) context rows), its last
+    ``width`` entries when ``keep_last`` (else it must fit), then zeros: the evaluation's right padding,
+    filled with one scatter instead of a copy per row."""
+    windows = [r[-width:] for r in rows] if keep_last else list(rows)
+    lengths = np.fromiter(map(len, windows), dtype=np.int64, count=len(windows))
+    first = np.asarray(windows[0]) if windows else np.zeros(0)
+    out = np.zeros((len(windows), width, *first.shape[1:]), dtype=np.int64)
+    if lengths.sum():
+        flat = np.concatenate(windows)  # (sum n_b[, C])
+        row = np.repeat(np.arange(len(windows)), lengths)
+        col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[row, col] = flat
+    return out
 
 
 def _where(u: int, n: int) -> str:

@@ -151,9 +151,11 @@ def n_contexts(time_gaps: bool, ratings: bool) -> int:
 
 def time_bucket(seconds: torch.Tensor) -> torch.Tensor:
     """Integer seconds >= 0 (any shape) -> bucket 0..TIME_BUCKETS-1: 0 for 0 s, else
-    ``1 + floor(log2(seconds))`` (1 s -> 1, 2-3 s -> 2, 1 h -> 12, 1 day -> 17, 1 year -> 25)."""
-    logs = torch.log2(seconds.clamp(min=1).double()).floor().long() + 1  # exact at powers of two in float64
-    return torch.where(seconds > 0, logs, 0).clamp(max=TIME_BUCKETS - 1)
+    ``1 + floor(log2(seconds))`` (1 s -> 1, 2-3 s -> 2, 1 h -> 12, 1 day -> 17, 1 year -> 25).
+    Counted as the bucket starts 1, 2, 4, ... at or below each value: exact in integers, and a
+    third of the time of a float64 log2 over a batch's (B, T, T) gaps on a CPU."""
+    starts = torch.pow(2, torch.arange(TIME_BUCKETS - 1, device=seconds.device, dtype=torch.long))  # (31,) 2**0 .. 2**30
+    return torch.bucketize(seconds, starts, right=True)
 
 
 def context_ids(times: SequenceStore | None, ratings: SequenceStore | None) -> np.ndarray:

@@ -393,3 +393,17 @@ def test_a_frame_carries_events_and_request_times_per_row(ctx: Recommender) -> N
     bad = frame.assign(history=[histories[0], [*histories[1], "c1"], []], request_time=times[:3])
     with pytest.raises(ContextError, match=r"histories\[1\]\[\d+\] \(item 'c1'\) has no ts"):
         recommend_frame(ctx, bad)  # the frame's row, not the row within its options group
+
+
+def test_right_padding_keeps_each_rows_last_entries_then_zeros() -> None:
+    """The batch the model reads: row b = the last `width` entries of history b, then zeros; context
+    rows (n, C) likewise; an empty history is all zeros."""
+    from lite_rec.infer.recommender import right_padded
+
+    rows = [np.array([5, 6, 7, 8]), np.array([], dtype=np.int64), np.array([9])]
+    assert right_padded(rows, 3).tolist() == [[6, 7, 8], [0, 0, 0], [9, 0, 0]]
+    assert right_padded(rows, 5, keep_last=False).tolist() == [[5, 6, 7, 8, 0], [0] * 5, [9, 0, 0, 0, 0]]
+    contexts = [np.arange(6).reshape(3, 2), np.arange(10, 12).reshape(1, 2)]
+    got = right_padded(contexts, 2)
+    assert got.shape == (2, 2, 2) and got.dtype == np.int64
+    assert got.tolist() == [[[2, 3], [4, 5]], [[10, 11], [0, 0]]]

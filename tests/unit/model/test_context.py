@@ -67,6 +67,15 @@ def test_time_buckets_of_hand_computed_intervals() -> None:
     assert time_bucket(torch.tensor([[2**20 - 1, 2**20]])).tolist() == [[20, 21]]  # the edge, exactly
 
 
+def test_time_buckets_equal_one_plus_floor_log2_at_every_edge() -> None:
+    """Either side of every power of two up to 2**40 s, and random gaps: 1 + floor(log2 s) (exact
+    integer bit length), capped at the last bucket, 0 for 0 s."""
+    edges = [v for k in range(41) for v in (2**k - 1, 2**k, 2**k + 1)]
+    seconds = torch.tensor(edges + torch.randint(0, 2**40, (2000,), generator=torch.Generator().manual_seed(0)).tolist())
+    want = [min(int(v).bit_length(), TIME_BUCKETS - 1) for v in seconds.tolist()]  # bit_length = 1 + floor(log2 v); 0 for 0
+    assert time_bucket(seconds).tolist() == want
+
+
 def test_context_table_holds_the_id_and_the_time_of_each_item() -> None:
     times, ratings = build_sequence_store([[0, 0, 20]]), build_sequence_store([[1.0, 5.0, 3.0]], np.float64)
     both = context_table(times, ratings, times)

@@ -1,6 +1,7 @@
 """The way users drive lite-rec: Prefect deployments run by a worker, models in the MLflow registry.
 
-Starts a real Prefect server, a `cpu` worker and an MLflow tracking server on 127.0.0.1, deploys
+Uses the run's Prefect server (tests/conftest.py ``prefect_api``), starts a `cpu` worker and an
+MLflow tracking server on 127.0.0.1 (its own: the deployments register the default model name), deploys
 `prefect.yaml`, runs `train/ml100k-smoke` (real ml-100k, tiny model) twice and `promote/ml100k`
 once through the CLI, and checks the run record, the registry aliases, and that the champion
 loaded as an MLflow pyfunc ranks exactly as the in-process recommender. Every process started
@@ -48,20 +49,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     home, data_dir = root / "prefect", root / "data"
     started: list[local_stack.Service] = []
     try:
         mlflow_svc = local_stack.start_mlflow(root / "mlflow")
         started.append(mlflow_svc)
-        server = local_stack.start_prefect_server(home)
-        started.append(server)
         worker_env = {"LITE_REC_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": mlflow_svc.url,
                       "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
         for pool in ("cpu", "gpu"):  # deploy refers to both; only cpu gets a worker here
-            local_stack.prefect_cli(["work-pool", "create", pool, "--type", "process"], home, server.url, REPO_ROOT)
-        stack = Stack(home, server.url, mlflow_svc.url, data_dir, worker_env, started)
+            local_stack.prefect_cli(["work-pool", "create", pool, "--type", "process"], home, prefect_api, REPO_ROOT)
+        stack = Stack(home, prefect_api, mlflow_svc.url, data_dir, worker_env, started)
         stack.start_worker()
         yield stack
     finally:

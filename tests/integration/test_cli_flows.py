@@ -1,5 +1,8 @@
-"""`lite-rec train` and `lite-rec ingest --prefect` on real ml-100k (Prefect in-process, no servers):
-the CLI's flags reach the flows."""
+"""`lite-rec train` and `lite-rec ingest --prefect` on real ml-100k: the CLI's flags reach the flows.
+
+The CLI runs use the run's one Prefect server (tests/conftest.py ``prefect_api``), as a user's
+own server (``PREFECT_API_URL``): each run then skips starting a temporary one (~25 s each). The
+temporary server's own path is covered by the kill -9 test below and by the wheel test."""
 
 from __future__ import annotations
 
@@ -9,27 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lite_rec.core.config import REPO_ROOT, LiteRecConfig
-from lite_rec.pipeline import stack
 
 BAR = "%|"  # what every tqdm bar prints, ours and third-party ones
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Prefect server for this module's CLI runs, as a user's own server (PREFECT_API_URL): each
-    run then skips starting a temporary one (~25 s each). The temporary server's own path is
-    covered by the kill -9 test below and by the wheel test."""
-    server = stack.start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
-    try:
-        yield server.url
-    finally:
-        stack.stop(server)
 
 
 def _cli(data_dir: Path, *args: str, api_url: str) -> subprocess.CompletedProcess:

@@ -48,7 +48,7 @@ def local_ray() -> Iterator[str]:
 
 
 def test_score_engine_ray_writes_the_in_process_top_k(bundle: Path, ml100k_config: LiteRecConfig, tmp_path: Path,
-                                                      local_ray: str) -> None:
+                                                      local_ray: str, prefect_api: str) -> None:
     data = tmp_path / "data"
     (data / "processed").mkdir(parents=True)
     (data / "processed" / "ml-100k").symlink_to(ml100k_config.processed_dir.resolve())
@@ -56,7 +56,8 @@ def test_score_engine_ray_writes_the_in_process_top_k(bundle: Path, ml100k_confi
     want = score_users(bundle, cfg, tmp_path / "inprocess.parquet", k=10, device="cpu", progress=False)
 
     out = tmp_path / "ray-topk"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    # the run's Prefect server (a user's own server): no temporary one started for this one flow run
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_api}
     cmd = [sys.executable, "-m", "lite_rec_flows.cli", "score", "ml-100k", "--data-dir", str(data), "--model", str(bundle),
            "--engine", "ray", "--address", local_ray, "--out", str(out), "-k", "10", "--set", "serve.device=cpu",
            "--no-progress"]

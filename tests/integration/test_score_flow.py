@@ -1,5 +1,6 @@
-"""The `score` Prefect flow end to end (Prefect's test harness, an in-process server): a bundle
-and processed data in, a DuckDB-readable Parquet of everyone's top-k out."""
+"""The `score` Prefect flow end to end (run in this process against the run's Prefect server,
+tests/conftest.py ``prefect_api``): a bundle and processed data in, a DuckDB-readable Parquet of
+everyone's top-k out."""
 
 from __future__ import annotations
 
@@ -23,11 +24,33 @@ N_ITEMS = 15
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(prefect_api: str) -> Iterator[None]:
+    """This module's flows report to the shared server (what Prefect's test harness did with a
+    temporary server of its own, ~20 CPU-seconds to start)."""
+    import inspect
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:  # as the harness does: send what the flows logged while the server is set
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # no log worker started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        try:
+            yield
+        finally:
+            # otherwise they are sent at exit, after the last worker stopped the server: a minute of retries
+            run_coro_as_sync(drain())
 
 
 def test_score_flow_writes_every_users_top_k(tmp_path: Path) -> None:

@@ -137,8 +137,6 @@ class LeanRunner(nn.Module):
                          ("time_bias_table", self.time_bias)):
             source = getattr(model, "time_bias" if name == "time_bias_table" else name, None)
             self.register_buffer(name, source.weight.detach().float().clone() if on else None)
-        # the flash kernel reads the time bias head-major: one head's TIME_BUCKETS values in one cache line
-        self.register_buffer("time_bias_heads", self.time_bias_table.t().contiguous() if self.time_bias else None)
         encoder = encoder.to(device)
         self.register_buffer("rel_bias", encoder.rel_bias.weight.detach().float())  # (buckets, H)
         self.eps = encoder.final_norm.eps
@@ -240,7 +238,7 @@ class LeanRunner(nn.Module):
             # with the time bias the fp32 position bias, so that the sum is rounded once, as the model does
             mask = bias[0] if self.time_bias else shared[0]  # (H, T, T)
             key_pad = None if one_mask and mode == "flash" else pad
-            timed = {"times": times, "time_table": self.time_bias_heads} if self.time_bias else {}
+            timed = {"times": times, "time_table": self.time_bias_table} if self.time_bias else {}
         else:
             mask = shared if one_mask else self._masked_bias(bias, pad)  # (1, H, T, T) or (B, H, T, T)
         params = list(self.layers)

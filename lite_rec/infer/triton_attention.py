@@ -116,7 +116,7 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, times_ptr, table_ptr, out_ptr, qk_
                   H: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                   USE_PAD: tl.constexpr, TIME_BIAS: tl.constexpr, MAX_BUCKET: tl.constexpr, FP32_DOT: tl.constexpr):
     """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32.
-    TIME_BIAS: each score also gets ``table[h, bucket(|time(q) - time(k)|)]`` (``model.time_bias``),
+    TIME_BIAS: each score also gets ``table[bucket(|time(q) - time(k)|), h]`` (``model.time_bias``),
     computed here from the user's (T,) times: the per-user (B, H, T, T) bias is never built."""
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -148,17 +148,23 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, times_ptr, table_ptr, out_ptr, qk_
         bias = tl.load(bias_base + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
         scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_M, BLOCK_N) fp32
         if TIME_BIAS:
-            key_times = tl.load(times_ptr + b * T + keys, mask=key_ok, other=0)  # (BLOCK_N,) int64
-            # context.time_bucket exactly: 0 for 0 s, else 1 + floor(log2(seconds)), at most MAX_BUCKET
-            # (2**30 s and more: the last bucket, so int32 from here). floor(log2) is the float's exponent:
-            # exact below 2**24; above, rounding can carry a value just under 2**e up to 2**e, which the
-            # comparison takes back
-            gap = tl.abs(query_times[:, None] - key_times[None, :])  # (BLOCK_M, BLOCK_N) int64
-            seconds = tl.minimum(gap, 1 << 30).to(tl.int32)
-            exponent = ((seconds.to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 255) - 127
-            exponent = exponent - ((1 << tl.maximum(exponent, 0)) > seconds).to(tl.int32)
-            bucket = tl.where(seconds > 0, tl.minimum(exponent + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_N)
-            scores += tl.load(table_ptr + h * (MAX_BUCKET + 1) + bucket)  # head h's TIME_BUCKETS values: one cache line
+            key_times = tl.load(times_ptr + b * T + keys, mask=key_ok, other=0)  # (BLOCK_N,)
+            # context.time_bucket in integer steps (exact where a float log2 rounds near powers of two):
+            # 0 for 0 s, else 1 + floor(log2(seconds)) found as the top bit by a binary search, at most MAX_BUCKET
+            seconds = tl.abs(query_times[:, None] - key_times[None, :])  # (BLOCK_M, BLOCK_N) int64
+            x = tl.minimum(seconds, 2147483647).to(tl.int32)  # 2**31 s and more: above every bucket's start
+            bit = tl.zeros_like(x)
+            high = x >= 65536
+            bit, x = bit + tl.where(high, 16, 0), tl.where(high, x >> 16, x)
+            high = x >= 256
+            bit, x = bit + tl.where(high, 8, 0), tl.where(high, x >> 8, x)
+            high = x >= 16
+            bit, x = bit + tl.where(high, 4, 0), tl.where(high, x >> 4, x)
+            high = x >= 4
+            bit, x = bit + tl.where(high, 2, 0), tl.where(high, x >> 2, x)
+            bit = bit + tl.where(x >= 2, 1, 0)
+            bucket = tl.where(seconds > 0, tl.minimum(bit + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_N)
+            scores += tl.load(table_ptr + bucket * H + h)  # the (TIME_BUCKETS, H) table stays in cache
         blocked = ~key_ok[None, :] | ((keys[None, :] > rows[:, None]) & CAUSAL)
         if USE_PAD:  # padding keys, except a query's own position
             pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0
@@ -238,8 +244,8 @@ def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | N
     pad:   (B, T) bool, True where the item is padding; None: no key is masked as padding, which is
            exact for a causal model over right-padded rows (a real query never reaches padding)
     times, time_table: ``model.time_bias``, or both None: (B, T) int64 Unix seconds of each item and
-           the head-major (H, TIME_BUCKETS) fp32 table; score [b, h, q, k] gets ``time_table[h, time_bucket(|times[b, q] - times[b, k]|)]``,
-           computed inside the tile
+           the (TIME_BUCKETS, H) fp32 table; score [b, h, q, k] gets ``time_table[time_bucket(|times[b, q]
+           - times[b, k]|), h]``, computed inside the tile
     returns (B*T, D) in qkv's dtype, row b*T + t, columns h*dk:(h+1)*dk for head h
     """
     d = qkv.shape[1] // 3
@@ -248,12 +254,12 @@ def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | N
     b = qkv.shape[0] // max(t, 1)
     _check_inputs(qkv, bias, pad, n_heads, b, t, d, heads_exact=True)
     if (times is None) != (time_table is None):
-        raise ValueError("the time bias needs both times (B, T) and time_table (H, TIME_BUCKETS)")
+        raise ValueError("the time bias needs both times (B, T) and time_table (TIME_BUCKETS, H)")
     if times is not None:
         if times.shape != (b, t) or times.dtype != torch.int64 or not times.is_contiguous():
             raise ValueError(f"times must be contiguous int64 (B, T) = ({b}, {t}), got {times.dtype} {tuple(times.shape)}")
-        if time_table.shape != (n_heads, TIME_BUCKETS) or time_table.dtype != torch.float32 or not time_table.is_contiguous():
-            raise ValueError(f"time_table must be contiguous fp32 ({n_heads}, {TIME_BUCKETS}) (head-major), "
+        if time_table.shape != (TIME_BUCKETS, n_heads) or time_table.dtype != torch.float32 or not time_table.is_contiguous():
+            raise ValueError(f"time_table must be contiguous fp32 ({TIME_BUCKETS}, {n_heads}), "
                              f"got {time_table.dtype} {tuple(time_table.shape)}")
     check_supported(qkv.device, dk)
     out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)

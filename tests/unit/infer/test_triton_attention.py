@@ -111,7 +111,7 @@ def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtyp
         table = (torch.arange(TIME_BUCKETS, dtype=torch.float32)[:, None] * torch.tensor([0.37, -0.29])).contiguous()
         times = _edge_times(batch, t, gen)  # (B, T)
         bias = bias + table[time_bucket((times[:, :, None] - times[:, None, :]).abs())].permute(0, 3, 1, 2)  # (B, H, T, T)
-        timing = {"times": times, "time_table": table.t().contiguous()}
+        timing = {"times": times, "time_table": table}
     else:
         shared = shared.to(dtype)
         bias = shared[None]
@@ -133,13 +133,13 @@ def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtyp
 
 def test_flash_kernel_refuses_half_a_time_bias() -> None:
     qkv, shared = torch.zeros(2 * 3, 3 * 32), torch.zeros(2, 3, 3)  # B = 2, T = 3, 2 heads of 16
-    times = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="needs both times"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=times)
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"times must be contiguous int64 \(B, T\) = \(2, 3\)"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=times.int(), time_table=torch.zeros(2, 32))
-    with pytest.raises(ValueError, match=r"time_table must be contiguous fp32 \(2, 32\) \(head-major\)"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=times, time_table=torch.zeros(32, 2))
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3), time_table=torch.zeros(32, 2))
+    with pytest.raises(ValueError, match=r"time_table must be contiguous fp32 \(32, 2\)"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3, dtype=torch.long),
+                                         time_table=torch.zeros(31, 2))
 
 
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:

@@ -6,6 +6,11 @@ MLflow tracking server on 127.0.0.1 (its own: the deployments register the defau
 once through the CLI, and checks the run record, the registry aliases, and that the champion
 loaded as an MLflow pyfunc ranks exactly as the in-process recommender. Every process started
 here is stopped by its PID (process group), also when an assertion fails.
+
+Every train run gets one override, ``item_encoder.model``: a tiny random-weight BERT with the
+real MiniLM tokenizer (as in tests/unit/items/test_encoder.py), so the flow's item-encoding task
+runs the real encoder code on every item title without half a minute of MiniLM on two cores;
+the real MiniLM is loaded by tests/unit/items/test_encoder.py.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pytest
 
 from lite_rec.core.config import REPO_ROOT
 from lite_rec.pipeline import stack as local_stack
+from tests.unit.items.test_encoder import save_tiny_bert
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -37,6 +43,11 @@ class Stack:
     data_dir: Path
     worker_env: dict[str, str]
     started: list[local_stack.Service]  # stopped by the fixture, last first
+    encoder: Path  # the item LLM of every train run (the module docstring says why)
+
+    def overrides(self, **sections: dict) -> str:
+        """``--param`` value of a train run: the tiny item encoder and `sections` (``train={...}``)."""
+        return "overrides=" + json.dumps({"item_encoder": {"model": str(self.encoder)}, **sections})
 
     def prefect(self, *args: str, timeout_s: float = 900) -> str:
         proc = local_stack.prefect_cli(list(args), self.home, self.api_url, REPO_ROOT, timeout_s=timeout_s)
@@ -56,11 +67,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterato
     try:
         mlflow_svc = local_stack.start_mlflow(root / "mlflow")
         started.append(mlflow_svc)
+        # PREFECT_WORKER_QUERY_SECONDS: the worker looks for a new flow run every 2 s, not 10
         worker_env = {"LITE_REC_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": mlflow_svc.url,
-                      "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
+                      "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
+                      "PREFECT_WORKER_QUERY_SECONDS": "2"}
         for pool in ("cpu", "gpu"):  # deploy refers to both; only cpu gets a worker here
             local_stack.prefect_cli(["work-pool", "create", pool, "--type", "process"], home, prefect_api, REPO_ROOT)
-        stack = Stack(home, prefect_api, mlflow_svc.url, data_dir, worker_env, started)
+        stack = Stack(home, prefect_api, mlflow_svc.url, data_dir, worker_env, started, save_tiny_bert(root / "tiny-bert"))
         stack.start_worker()
         yield stack
     finally:
@@ -74,7 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterato
 def first_run(stack: Stack) -> str:
     out = stack.prefect("--no-prompt", "deploy", "--all")
     assert "train/ml100k-smoke" in out and "train/ml1m" in out
-    return stack.prefect("deployment", "run", "train/ml100k-smoke", "--watch", "--watch-timeout", "1200")
+    return stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", stack.overrides(), "--watch",
+                         "--watch-timeout", "1200")
 
 
 def _client(stack: Stack):
@@ -126,7 +140,7 @@ def test_champion_pyfunc_matches_the_in_process_recommender(stack: Stack, first_
 
 
 def test_second_run_and_promote_move_aliases_by_the_rule(stack: Stack, first_run: str) -> None:
-    out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", 'overrides={"train": {"seed": 7, "max_epochs": 1}}',
+    out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", stack.overrides(train={"seed": 7, "max_epochs": 1}),
                         "--watch", "--watch-timeout", "1200")
     assert "Completed" in out, out[-3000:]
     client = _client(stack)
@@ -172,7 +186,7 @@ def test_worker_killed_mid_training_then_rerun_resumes_and_registers(stack: Stac
             local_stack.stop(worker)
     slow = stack.start_worker(LITE_REC_STEP_SLEEP="0.3")  # same results, slower pace: time to kill it mid-epoch
     # killed in epoch 2 (the first checkpoint past epoch 1), so the re-run has that epoch to finish
-    params = 'overrides={"train": {"seed": 11, "max_epochs": 2, "checkpoint_every_steps": 2}}'
+    params = stack.overrides(train={"seed": 11, "max_epochs": 2, "checkpoint_every_steps": 2})
     out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", params)
     assert "train/ml100k-smoke" in out
     run_dir = _wait_for_mid_training_checkpoint(runs, known)

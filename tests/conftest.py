@@ -25,6 +25,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+# An OpenMP thread waiting for work sleeps instead of spinning (GNU libgomp, torch's CPU backend,
+# spins by default). Here every core is shared with other workers, servers and subprocesses, and a
+# process that runs 2 threads anyway (a Prefect deployment's flow run: OMP_NUM_THREADS=2 from the
+# cpu pool; it inherits this through the worker) otherwise burns the cores the others need waiting
+# for its descheduled partner thread: a smoke `lite-rec train` with both cores busy took 100
+# CPU-seconds and 204 s with spinning threads, 31 CPU-seconds and 85 s without (1 thread: 31 s, 96 s).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The slowest test modules, slowest first (pytest --durations, 2 workers). pytest-xdist
 # (pyproject.toml addopts: --dist loadfile --no-loadscope-reorder) hands each module whole to the

@@ -1,16 +1,19 @@
 """The way users drive lite-rec: Prefect deployments run by a worker, models in the MLflow registry.
 
-Uses the run's Prefect server (tests/conftest.py ``prefect_api``), starts a `cpu` worker and an
-MLflow tracking server on 127.0.0.1 (its own: the deployments register the default model name), deploys
-`prefect.yaml`, runs `train/ml100k-smoke` (real ml-100k, tiny model) twice and `promote/ml100k`
-once through the CLI, and checks the run record, the registry aliases, and that the champion
-loaded as an MLflow pyfunc ranks exactly as the in-process recommender. Every process started
-here is stopped by its PID (process group), also when an assertion fails.
+Uses the run's Prefect and MLflow servers on 127.0.0.1 (tests/conftest.py ``prefect_api``,
+``mlflow_server``), starts a `cpu` worker, deploys `prefect.yaml`, runs `train/ml100k-smoke`
+(real ml-100k, tiny model) twice and `promote/ml100k` once through the CLI, and checks the run
+record, the registry aliases, and that the champion loaded as an MLflow pyfunc ranks exactly as
+the in-process recommender. Every process started here is stopped by its PID (process group),
+also when an assertion fails.
 
-Every train run gets one override, ``item_encoder.model``: a tiny random-weight BERT with the
+Every deployment run gets the same ``overrides`` parameter (``Stack.overrides``): the module's own
+registered model and experiment (``tracking.registered_model`` / ``tracking.experiment``, as every
+module on the shared MLflow server has; the default names are checked by test_cli_flows, the
+wheel test and test_registry), and ``item_encoder.model``: a tiny random-weight BERT with the
 real MiniLM tokenizer (as in tests/unit/items/test_encoder.py), so the flow's item-encoding task
-runs the real encoder code on every item title without half a minute of MiniLM on two cores;
-the real MiniLM is loaded by tests/unit/items/test_encoder.py.
+runs the real encoder code on every item title without half a minute of MiniLM on two cores
+(the real MiniLM is loaded by tests/unit/items/test_encoder.py).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tests.unit.items.test_encoder import save_tiny_bert
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-MODEL = "lite-rec-ml100k"
+MODEL = "lite-rec-e2e-deployment"
 
 
 @dataclass
@@ -46,8 +49,10 @@ class Stack:
     encoder: Path  # the item LLM of every train run (the module docstring says why)
 
     def overrides(self, **sections: dict) -> str:
-        """``--param`` value of a train run: the tiny item encoder and `sections` (``train={...}``)."""
-        return "overrides=" + json.dumps({"item_encoder": {"model": str(self.encoder)}, **sections})
+        """``--param`` value of a deployment run: this module's model names, the tiny item encoder and
+        `sections` (``train={...}``)."""
+        return "overrides=" + json.dumps({"tracking": {"registered_model": MODEL, "experiment": MODEL},
+                                          "item_encoder": {"model": str(self.encoder)}, **sections})
 
     def prefect(self, *args: str, timeout_s: float = 900) -> str:
         proc = local_stack.prefect_cli(list(args), self.home, self.api_url, REPO_ROOT, timeout_s=timeout_s)
@@ -60,20 +65,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, mlflow_server: str) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     home, data_dir = root / "prefect", root / "data"
     started: list[local_stack.Service] = []
     try:
-        mlflow_svc = local_stack.start_mlflow(root / "mlflow")
-        started.append(mlflow_svc)
         # PREFECT_WORKER_QUERY_SECONDS: the worker looks for a new flow run every 2 s, not 10
-        worker_env = {"LITE_REC_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": mlflow_svc.url,
+        worker_env = {"LITE_REC_DATA_DIR": str(data_dir), "MLFLOW_TRACKING_URI": mlflow_server,
                       "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
                       "PREFECT_WORKER_QUERY_SECONDS": "2"}
-        for pool in ("cpu", "gpu"):  # deploy refers to both; only cpu gets a worker here
-            local_stack.prefect_cli(["work-pool", "create", pool, "--type", "process"], home, prefect_api, REPO_ROOT)
-        stack = Stack(home, prefect_api, mlflow_svc.url, data_dir, worker_env, started, save_tiny_bert(root / "tiny-bert"))
+        # deploy refers to both pools; only cpu gets a worker here (start_worker creates its pool)
+        local_stack.prefect_cli(["work-pool", "create", "gpu", "--type", "process"], home, prefect_api, REPO_ROOT)
+        stack = Stack(home, prefect_api, mlflow_server, data_dir, worker_env, started, save_tiny_bert(root / "tiny-bert"))
         stack.start_worker()
         yield stack
     finally:
@@ -146,7 +149,7 @@ def test_second_run_and_promote_move_aliases_by_the_rule(stack: Stack, first_run
     client = _client(stack)
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"  # a new version is never champion by itself
-    out = stack.prefect("deployment", "run", "promote/ml100k", "--watch", "--watch-timeout", "600")
+    out = stack.prefect("deployment", "run", "promote/ml100k", "--param", stack.overrides(), "--watch", "--watch-timeout", "600")
     assert "Completed" in out, out[-3000:]
     tags = client.get_model_version(MODEL, "2").tags
     challenger, champion = float(tags["promotion.challenger_score"]), float(tags["promotion.champion_score"])

@@ -187,7 +187,9 @@ def test_worker_killed_mid_training_then_rerun_resumes_and_registers(stack: Stac
     for worker in list(stack.started):
         if worker.name == "worker-cpu":
             local_stack.stop(worker)
-    slow = stack.start_worker(LITE_REC_STEP_SLEEP="0.3")  # same results, slower pace: time to kill it mid-epoch
+    # same results, slower pace: time to kill it mid-epoch (83 steps an epoch: epoch 2 lasts 12 s or more,
+    # and the checkpoint is looked for every 0.2 s)
+    slow = stack.start_worker(LITE_REC_STEP_SLEEP="0.15")
     # killed in epoch 2 (the first checkpoint past epoch 1), so the re-run has that epoch to finish
     params = stack.overrides(train={"seed": 11, "max_epochs": 2, "checkpoint_every_steps": 2})
     out = stack.prefect("deployment", "run", "train/ml100k-smoke", "--param", params)

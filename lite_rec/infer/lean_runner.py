@@ -27,8 +27,9 @@ computes at inference, re-planned for speed:
   they become one precomputed table and the input is one gather; the per-item contexts
   (``model.time_gaps`` / ``ratings`` / ``query_time``: embeddings added to the input;
   ``time_bias``: a per-user attention bias) are read as the model reads them; the flash kernel
-  computes the time bias inside its tiles from each user's (T,) times, the top layer for its one
-  row, so no (B, H, T, T) tensor is built (the SDPA and bmm plans still build it);
+  adds the time bias inside its tiles from each user's (T, T) time buckets (one byte a score,
+  computed once per step for every layer and head), the top layer for its one row, so no
+  (B, H, T, T) tensor is built (the SDPA and bmm plans still build it);
 - RMSNorm runs as one fused kernel in the activations' dtype, the residual additions ride on
   the output projections (``addmm_`` into the residual stream, no copy), and optionally the ReLU
   on the FFN's GEMM (``fused_relu``).
@@ -58,6 +59,8 @@ ATTENTIONS = ("sdpa", "bmm", "triton", "flash", "auto")
 # "auto" on CUDA, by the window a batch is cut to (kernels timed alone on an H100, docs/benchmarks.md): the one-tile
 # Triton kernel up to 32 items, the flash-style one up to 128, SDPA's fused kernel (cuDNN) above
 TILE_MAX_LEN, FLASH_MAX_LEN = 32, 128
+# the flash kernel's tiling with the time bias (without it, its defaults)
+TIME_BIAS_TILING = {"block_m": 32}
 
 
 def supports(model: LiteRecModel) -> bool:
@@ -90,12 +93,13 @@ def check_contexts(items: torch.Tensor, contexts: torch.Tensor | None) -> None:
 
 
 def _load_triton_attention(device: torch.device, head_dim: int) -> tuple[Callable[..., torch.Tensor], ...]:
-    """``lite_rec.infer.triton_attention``'s two kernels, imported only here: triton is needed only for these
-    options. Raises a readable error without triton, off CUDA, or for a head size it cannot tile."""
+    """``lite_rec.infer.triton_attention``'s kernels (one-tile, flash-style, time buckets), imported only here:
+    triton is needed only for these options. Raises a readable error without triton, off CUDA, or for a head
+    size it cannot tile."""
     from lite_rec.infer import triton_attention  # ImportError naming the triton pin where triton is missing
 
     triton_attention.check_supported(torch.device(device), head_dim)
-    return triton_attention.attention, triton_attention.flash_attention
+    return triton_attention.attention, triton_attention.flash_attention, triton_attention.time_buckets
 
 
 class LeanRunner(nn.Module):
@@ -118,7 +122,8 @@ class LeanRunner(nn.Module):
         encoder = lean_encoder_of(model)
         device = next(model.parameters()).device
         if attention in ("triton", "flash", "auto"):
-            self._triton_attention, self._flash_attention = _load_triton_attention(device, spec.backbone.d_model // encoder.n_heads)
+            self._triton_attention, self._flash_attention, self._time_buckets = _load_triton_attention(
+                device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
         self.num_buckets, self.max_distance = encoder.num_buckets, encoder.max_distance
@@ -130,13 +135,22 @@ class LeanRunner(nn.Module):
         self.context_ids, self.query_time, self.time_bias = cfg.uses_context_ids, cfg.query_time, cfg.time_bias
         with torch.no_grad():
             table = model.item_representation(torch.arange(spec.n_items + 1, device=device)).float()  # (N+1, D)
-        # with input contexts the sum is taken in fp32 (as the model does) and cast once
-        added = self.context_ids or self.query_time
-        self.register_buffer("table", table if added else table.to(dtype))  # row 0 (padding) as the model computes it
-        for name, on in (("context_embedding", self.context_ids), ("query_gap_embedding", self.query_time),
-                         ("time_bias_table", self.time_bias)):
-            source = getattr(model, "time_bias" if name == "time_bias_table" else name, None)
-            self.register_buffer(name, source.weight.detach().float().clone() if on else None)
+        # with input contexts the sum is taken in fp32 (as the model does) and cast once: the item table and
+        # the context embeddings stacked into one table, each input row one bag of its 2-3 rows
+        # (``F.embedding_bag``: one gather-and-sum instead of a gather and an fp32 addition per table)
+        self.input_offsets: list[int] = []  # where each context's rows start in the stacked table
+        self.input_columns: list[int] = []  # ... and which column of the contexts indexes them
+        parts = [table]
+        for name, column, on in (("context_embedding", CONTEXT_ID, self.context_ids),
+                                 ("query_gap_embedding", CONTEXT_NEXT_GAP, self.query_time)):
+            if on:
+                self.input_offsets.append(sum(len(part) for part in parts))
+                self.input_columns.append(column)
+                parts.append(getattr(model, name).weight.detach().float())
+        self.register_buffer("table", torch.cat(parts) if len(parts) > 1 else table.to(dtype))  # row 0 (padding) as the model computes it
+        self.register_buffer("time_bias_table", model.time_bias.weight.detach().float().clone() if self.time_bias else None)
+        # the flash kernel reads one head's buckets from one row: (H, TIME_BUCKETS), 128 bytes a head
+        self.register_buffer("time_bias_heads", self.time_bias_table.t().contiguous() if self.time_bias else None)
         encoder = encoder.to(device)
         self.register_buffer("rel_bias", encoder.rel_bias.weight.detach().float())  # (buckets, H)
         self.eps = encoder.final_norm.eps
@@ -201,12 +215,12 @@ class LeanRunner(nn.Module):
     def _embed(self, items: torch.Tensor, contexts: torch.Tensor | None) -> torch.Tensor:
         """(B, T) -> (B*T, D) backbone inputs in the activation dtype (``LiteRecModel.embed_items``)."""
         b, t = items.shape
-        x = self.table[items]  # (B, T, D)
-        if self.context_ids:
-            x = x + self.context_embedding[contexts[..., CONTEXT_ID]]
-        if self.query_time:
-            x = x + self.query_gap_embedding[contexts[..., CONTEXT_NEXT_GAP]]
-        return x.to(self.dtype).reshape(b * t, self.d_model)
+        if not self.input_offsets:
+            return self.table[items].reshape(b * t, self.d_model)  # (B*T, D), already in the activation dtype
+        rows = [items] + [contexts[..., column] + offset for column, offset in zip(self.input_columns, self.input_offsets,
+                                                                                   strict=True)]
+        bags = torch.stack(rows, -1).reshape(b * t, len(rows))  # (B*T, 1 + contexts) rows of the stacked table
+        return F.embedding_bag(bags, self.table, mode="sum").to(self.dtype)  # (B*T, D) summed in fp32, cast once
 
     def _mode(self, t: int) -> str:
         if self.attention != "auto":
@@ -227,9 +241,11 @@ class LeanRunner(nn.Module):
         h = self._embed(items, contexts)  # (B*T, D)
         mode = self._mode(t)
         bias, shared, last_rows = self.position_bias(t)
-        times = contexts[..., CONTEXT_TIME].contiguous() if self.time_bias else None  # (B, T) Unix seconds
-        kernel = mode in ("triton", "flash")  # with the time bias always "flash", which computes it in the tile
+        kernel = mode in ("triton", "flash")  # with the time bias always "flash", which adds it in the tile
         per_user = self.time_bias and not kernel
+        buckets = None  # the flash kernel's time bias: each user's (T, T) buckets once, read by every layer and head
+        if kernel and self.time_bias:
+            buckets = self._time_buckets(contexts[..., CONTEXT_TIME].contiguous())  # (B, T, T) uint8
         if per_user:
             bias = bias + self._time_bias(contexts)  # (B, H, T, T) fp32
         one_mask = self.causal and not per_user and not self.previous  # right padding: no query sees a padding key
@@ -238,9 +254,7 @@ class LeanRunner(nn.Module):
             # with the time bias the fp32 position bias, so that the sum is rounded once, as the model does
             mask = bias[0] if self.time_bias else shared[0]  # (H, T, T)
             key_pad = None if one_mask and mode == "flash" else pad
-            # with the time bias, blocks of 32 queries: 2.70 against 3.26 ms a layer at 64 (1,024 users x 200
-            # items, the kernel alone on an H100, docs/benchmarks.md); without it 64 stays the fastest
-            timed = {"times": times, "time_table": self.time_bias_table, "block_m": 32} if self.time_bias else {}
+            timed = {"buckets": buckets, "time_table": self.time_bias_heads, **TIME_BIAS_TILING} if self.time_bias else {}
         else:
             mask = shared if one_mask else self._masked_bias(bias, pad)  # (1, H, T, T) or (B, H, T, T)
         params = list(self.layers)
@@ -249,7 +263,7 @@ class LeanRunner(nn.Module):
             attn_norm, qkv, out, ff_norm, wi, wo = params[6 * i : 6 * i + 6]
             x = F.rms_norm(h, (d,), attn_norm, self.eps)
             if self.last_only and i == n_layers - 1:  # the top layer: the last position's query alone
-                top_mask = self._last_bias(bias, last_rows, None if per_user else times, last, rows)  # (B, H, 1, T)
+                top_mask = self._last_bias(bias, last_rows, buckets, last, rows)  # (B, H, 1, T)
                 h = self._last_layer(h, x, (qkv, out), last, rows, b, t, top_mask)
             else:
                 if mode == "flash":
@@ -291,19 +305,19 @@ class LeanRunner(nn.Module):
             f = F.relu(F.linear(x, wi))  # (rows, d_ff)
         return self._residual(h, f, wo)
 
-    def _last_bias(self, bias: torch.Tensor, last_rows: torch.Tensor, times: torch.Tensor | None, last: torch.Tensor,
+    def _last_bias(self, bias: torch.Tensor, last_rows: torch.Tensor, buckets: torch.Tensor | None, last: torch.Tensor,
                    rows: torch.Tensor) -> torch.Tensor:
         """(B, H, 1, T) mask of each user's last real position over every key. With right padding the
         keys it may see are exactly those up to itself, causal or not (bidirectional: every later key
         is padding): the cached rows of ``position_bias``, plus the time bias of that one row.
-        ``bias``: with ``times`` the (1, H, T, T) fp32 position bias (the kernels' plan: the time bias
-        of the last row alone is added here); else (B, H, T, T) with the time bias already in it."""
+        ``bias``: with ``buckets`` (B, T, T) the (1, H, T, T) fp32 position bias (the kernels' plan: the
+        time bias of the last row alone is added here); else (B, H, T, T) with the time bias already in it."""
         if not self.time_bias:
             return last_rows[last][:, :, None, :]  # (B, H, 1, T)
         t = last_rows.shape[0]
-        if times is not None:
-            gaps = (times - times[rows, last][:, None]).abs()  # (B, T) seconds
-            row = bias[0][:, last].transpose(0, 1) + self.time_bias_table[time_bucket(gaps)].transpose(1, 2)  # (B, H, T)
+        if buckets is not None:
+            row_buckets = buckets[rows, last].long()  # (B, T) the last position's bucket to every key
+            row = bias[0][:, last].transpose(0, 1) + self.time_bias_table[row_buckets].transpose(1, 2)  # (B, H, T)
         else:
             row = bias[rows, :, last]  # (B, H, T)
         later = torch.arange(t, device=last.device)[None, :] > last[:, None]  # (B, T)

@@ -7,8 +7,9 @@ inside, the output written in the layout the output projection reads):
   fewest launches for short windows (20 items), but its registers spill past ~64 items;
 - :func:`flash_attention`: one program per (block of 64 queries, user, head) that streams key
   blocks with an online softmax (flash-style tiling), skips the key blocks a causal model never
-  reads, and adds ``model.time_bias`` from each user's item times inside the tile (the per-user
-  ``(B, H, T, T)`` bias is never built): the kernel for long windows.
+  reads, and adds ``model.time_bias`` inside the tile from each user's ``(T, T)`` time buckets
+  (:func:`time_buckets`, one byte a score, computed once per step for all layers and heads; the
+  per-user ``(B, H, T, T)`` bias is never built): the kernel for long windows.
 
 The rest of this docstring describes :func:`attention`; :func:`flash_attention` differs where said.
 
@@ -50,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("attention='triton' needs the triton package (the version your torch pins, e.g. "
                       "triton==3.7.1 for torch 2.13); use attention='bmm' or 'sdpa' without it") from exc
 
-__all__ = ["attention", "check_runs", "check_supported", "flash_attention", "interpreted"]
+__all__ = ["attention", "check_runs", "check_supported", "flash_attention", "interpreted", "time_buckets"]
 
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 
@@ -61,9 +62,9 @@ def interpreted() -> bool:
 
 
 @functools.cache
-def _kernel(interpret: bool, flash: bool = False):  # noqa: ARG001 - the cache key: one decoration per mode
-    """``triton.jit`` of a kernel, decorated now, in the mode the environment asks for."""
-    return triton.jit(_flash_kernel if flash else _attention_kernel)
+def _kernel(interpret: bool, name: str = "tile"):  # noqa: ARG001 - the cache key: one decoration per mode
+    """``triton.jit`` of a kernel ("tile", "flash" or "buckets"), decorated now, in the mode the environment asks for."""
+    return triton.jit({"tile": _attention_kernel, "flash": _flash_kernel, "buckets": _bucket_kernel}[name])
 
 
 def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_head_stride,
@@ -112,23 +113,52 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
              mask=row_ok[:, None])
 
 
-def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, times_ptr, table_ptr, out_ptr, qk_scale, T, bias_head_stride,
+def _bucket_kernel(times_ptr, out_ptr, T, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, MAX_BUCKET: tl.constexpr):
+    """Rows m*BLOCK_M.. of user b: out[b, i, j] = context.time_bucket(|times[b, i] - times[b, j]|) as uint8."""
+    b = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions i
+    keys = tl.arange(0, BLOCK_T)  # key positions j
+    row_ok = rows < T
+    key_ok = keys < T
+    query_times = tl.load(times_ptr + b * T + rows, mask=row_ok, other=0)  # (BLOCK_M,) int64 Unix seconds
+    key_times = tl.load(times_ptr + b * T + keys, mask=key_ok, other=0)  # (BLOCK_T,)
+    # time_bucket in integer steps (exact where a float log2 rounds near powers of two): 0 for 0 s,
+    # else 1 + floor(log2(seconds)) found as the top bit by a binary search, at most MAX_BUCKET
+    seconds = tl.abs(query_times[:, None] - key_times[None, :])  # (BLOCK_M, BLOCK_T) int64
+    x = tl.minimum(seconds, 2147483647).to(tl.int32)  # 2**31 s and more: above every bucket's start
+    bit = tl.zeros_like(x)
+    high = x >= 65536
+    bit, x = bit + tl.where(high, 16, 0), tl.where(high, x >> 16, x)
+    high = x >= 256
+    bit, x = bit + tl.where(high, 8, 0), tl.where(high, x >> 8, x)
+    high = x >= 16
+    bit, x = bit + tl.where(high, 4, 0), tl.where(high, x >> 4, x)
+    high = x >= 4
+    bit, x = bit + tl.where(high, 2, 0), tl.where(high, x >> 2, x)
+    bit = bit + tl.where(x >= 2, 1, 0)
+    bucket = tl.where(seconds > 0, tl.minimum(bit + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_T)
+    tl.store(out_ptr + b * T * T + rows[:, None] * T + keys[None, :], bucket.to(tl.uint8),
+             mask=row_ok[:, None] & key_ok[None, :])
+
+
+def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, buckets_ptr, table_ptr, out_ptr, qk_scale, T, bias_head_stride,
                   H: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                  USE_PAD: tl.constexpr, TIME_BIAS: tl.constexpr, MAX_BUCKET: tl.constexpr, FP32_DOT: tl.constexpr):
+                  USE_PAD: tl.constexpr, TIME_BIAS: tl.constexpr, N_BUCKETS: tl.constexpr, FP32_DOT: tl.constexpr):
     """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32.
-    TIME_BIAS: each score also gets ``table[bucket(|time(q) - time(k)|), h]`` (``model.time_bias``),
-    computed here from the user's (T,) times: the per-user (B, H, T, T) bias is never built."""
+    TIME_BIAS: each score also gets ``table[h, buckets[b, q, k]]`` (``model.time_bias``): the user's
+    (T, T) uint8 time buckets, computed once per step for every layer and head, and the head's row of
+    the table (one cache line); the per-user (B, H, T, T) bias is never built."""
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     d_model = H * DK
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions i
     dims = tl.arange(0, DK)
     row_ok = rows < T
-    head = qkv_ptr + (b * T) * (3 * d_model) + h * DK
+    head = qkv_ptr + (b.to(tl.int64) * T) * (3 * d_model) + h * DK
     q = tl.load(head + rows[:, None] * (3 * d_model) + dims[None, :], mask=row_ok[:, None], other=0.0)  # (BLOCK_M, DK)
     bias_base = bias_ptr + h * bias_head_stride
-    if TIME_BIAS:
-        query_times = tl.load(times_ptr + b * T + rows, mask=row_ok, other=0)  # (BLOCK_M,) int64 Unix seconds
+    bucket_base = buckets_ptr + b.to(tl.int64) * T * T
+    table_base = table_ptr + h * N_BUCKETS
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max
     total = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp
     acc = tl.zeros([BLOCK_M, DK], tl.float32)
@@ -148,23 +178,8 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, times_ptr, table_ptr, out_ptr, qk_
         bias = tl.load(bias_base + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
         scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_M, BLOCK_N) fp32
         if TIME_BIAS:
-            key_times = tl.load(times_ptr + b * T + keys, mask=key_ok, other=0)  # (BLOCK_N,)
-            # context.time_bucket in integer steps (exact where a float log2 rounds near powers of two):
-            # 0 for 0 s, else 1 + floor(log2(seconds)) found as the top bit by a binary search, at most MAX_BUCKET
-            seconds = tl.abs(query_times[:, None] - key_times[None, :])  # (BLOCK_M, BLOCK_N) int64
-            x = tl.minimum(seconds, 2147483647).to(tl.int32)  # 2**31 s and more: above every bucket's start
-            bit = tl.zeros_like(x)
-            high = x >= 65536
-            bit, x = bit + tl.where(high, 16, 0), tl.where(high, x >> 16, x)
-            high = x >= 256
-            bit, x = bit + tl.where(high, 8, 0), tl.where(high, x >> 8, x)
-            high = x >= 16
-            bit, x = bit + tl.where(high, 4, 0), tl.where(high, x >> 4, x)
-            high = x >= 4
-            bit, x = bit + tl.where(high, 2, 0), tl.where(high, x >> 2, x)
-            bit = bit + tl.where(x >= 2, 1, 0)
-            bucket = tl.where(seconds > 0, tl.minimum(bit + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_N)
-            scores += tl.load(table_ptr + bucket * H + h)  # the (TIME_BUCKETS, H) table stays in cache
+            bucket = tl.load(bucket_base + rows[:, None] * T + keys[None, :], mask=inside, other=0)  # (BLOCK_M, BLOCK_N) uint8
+            scores += tl.load(table_base + bucket.to(tl.int32))  # the head's N_BUCKETS values stay in cache
         blocked = ~key_ok[None, :] | ((keys[None, :] > rows[:, None]) & CAUSAL)
         if USE_PAD:  # padding keys, except a query's own position
             pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0
@@ -182,8 +197,8 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, times_ptr, table_ptr, out_ptr, qk_
         acc = acc * scale[:, None] + pv
         top = new_top
     out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
-    tl.store(out_ptr + (b * T + rows[:, None]) * d_model + h * DK + dims[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None])
+    tl.store(out_ptr + (b.to(tl.int64) * T + rows[:, None]) * d_model + h * DK + dims[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 def check_supported(device: torch.device, head_dim: int) -> None:
@@ -226,7 +241,7 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads:
     check_supported(qkv.device, dk)
     out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
     interpret = interpreted()
-    _kernel(interpret)[(b * n_heads,)](
+    _kernel(interpret, "tile")[(b * n_heads,)](
         qkv, bias, pad, out, float(qk_scale), t, 0 if bias.shape[0] == 1 else t * t,
         H=n_heads, DK=dk, BLOCK_T=max(MIN_BLOCK, triton.next_power_of_2(t)), CAUSAL=bool(causal),
         FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps,
@@ -234,8 +249,26 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads:
     return out
 
 
+def time_buckets(times: torch.Tensor) -> torch.Tensor:
+    """(B, T) int64 Unix seconds -> (B, T, T) uint8 ``context.time_bucket(|times[b, i] - times[b, j]|)``.
+
+    Why once per step: the buckets depend on the user's times alone, not on the layer or the head,
+    so the flash kernel reads them (one byte a score) in every layer instead of recomputing them
+    (two int64 times and a five-step search a score, 5 layers x 8 heads over)."""
+    if times.dim() != 2 or times.dtype != torch.int64 or not times.is_contiguous():
+        raise ValueError(f"times must be contiguous int64 (B, T), got {times.dtype} {tuple(times.shape)}")
+    b, t = times.shape
+    out = torch.empty(b, t, t, device=times.device, dtype=torch.uint8)  # (B, T, T)
+    if out.numel() == 0:
+        return out
+    block_m = 16
+    _kernel(interpreted(), "buckets")[(triton.cdiv(t, block_m), b)](
+        times, out, t, BLOCK_M=block_m, BLOCK_T=max(MIN_BLOCK, triton.next_power_of_2(t)), MAX_BUCKET=TIME_BUCKETS - 1)
+    return out
+
+
 def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | None, n_heads: int, qk_scale: float,
-                    causal: bool, times: torch.Tensor | None = None, time_table: torch.Tensor | None = None,
+                    causal: bool, buckets: torch.Tensor | None = None, time_table: torch.Tensor | None = None,
                     block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Masked multi-head self-attention of B users, flash-style tiling (see the module docstring).
 
@@ -243,9 +276,9 @@ def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | N
     bias:  (H, T, T) contiguous additive bias shared by every user (no mask in it)
     pad:   (B, T) bool, True where the item is padding; None: no key is masked as padding, which is
            exact for a causal model over right-padded rows (a real query never reaches padding)
-    times, time_table: ``model.time_bias``, or both None: (B, T) int64 Unix seconds of each item and
-           the (TIME_BUCKETS, H) fp32 table; score [b, h, q, k] gets ``time_table[time_bucket(|times[b, q]
-           - times[b, k]|), h]``, computed inside the tile
+    buckets, time_table: ``model.time_bias``, or both None: (B, T, T) uint8 time buckets of each
+           user (:func:`time_buckets`) and the (H, TIME_BUCKETS) fp32 table, head-major (the model's
+           weight transposed); score [b, h, q, k] gets ``time_table[h, buckets[b, q, k]]``
     returns (B*T, D) in qkv's dtype, row b*T + t, columns h*dk:(h+1)*dk for head h
     """
     d = qkv.shape[1] // 3
@@ -253,25 +286,26 @@ def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | N
     t = bias.shape[-1]
     b = qkv.shape[0] // max(t, 1)
     _check_inputs(qkv, bias, pad, n_heads, b, t, d, heads_exact=True)
-    if (times is None) != (time_table is None):
-        raise ValueError("the time bias needs both times (B, T) and time_table (TIME_BUCKETS, H)")
-    if times is not None:
-        if times.shape != (b, t) or times.dtype != torch.int64 or not times.is_contiguous():
-            raise ValueError(f"times must be contiguous int64 (B, T) = ({b}, {t}), got {times.dtype} {tuple(times.shape)}")
-        if time_table.shape != (TIME_BUCKETS, n_heads) or time_table.dtype != torch.float32 or not time_table.is_contiguous():
-            raise ValueError(f"time_table must be contiguous fp32 ({TIME_BUCKETS}, {n_heads}), "
+    if (buckets is None) != (time_table is None):
+        raise ValueError("the time bias needs both buckets (B, T, T) and time_table (H, TIME_BUCKETS)")
+    if buckets is not None:
+        if buckets.shape != (b, t, t) or buckets.dtype != torch.uint8 or not buckets.is_contiguous():
+            raise ValueError(f"buckets must be contiguous uint8 (B, T, T) = ({b}, {t}, {t}), "
+                             f"got {buckets.dtype} {tuple(buckets.shape)}")
+        if time_table.shape != (n_heads, TIME_BUCKETS) or time_table.dtype != torch.float32 or not time_table.is_contiguous():
+            raise ValueError(f"time_table must be contiguous fp32 ({n_heads}, {TIME_BUCKETS}), head-major, "
                              f"got {time_table.dtype} {tuple(time_table.shape)}")
     check_supported(qkv.device, dk)
     out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
     interpret = interpreted()
     block = max(MIN_BLOCK, triton.next_power_of_2(t))
     bm, bn = min(block_m, block), min(block_n, block)
-    _kernel(interpret, True)[(triton.cdiv(t, bm), b * n_heads)](
-        qkv, bias, pad if pad is not None else out, times if times is not None else out,
+    _kernel(interpret, "flash")[(triton.cdiv(t, bm), b * n_heads)](
+        qkv, bias, pad if pad is not None else out, buckets if buckets is not None else out,
         time_table if time_table is not None else out, out, float(qk_scale), t, t * t,
         H=n_heads, DK=dk, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), USE_PAD=pad is not None,
-        TIME_BIAS=times is not None, MAX_BUCKET=TIME_BUCKETS - 1, FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps,
-        num_stages=num_stages,
+        TIME_BIAS=buckets is not None, N_BUCKETS=TIME_BUCKETS, FP32_DOT=qkv.dtype == torch.float32 or interpret,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out
 

@@ -111,7 +111,9 @@ def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtyp
         table = (torch.arange(TIME_BUCKETS, dtype=torch.float32)[:, None] * torch.tensor([0.37, -0.29])).contiguous()
         times = _edge_times(batch, t, gen)  # (B, T)
         bias = bias + table[time_bucket((times[:, :, None] - times[:, None, :]).abs())].permute(0, 3, 1, 2)  # (B, H, T, T)
-        timing = {"times": times, "time_table": table}
+        buckets = triton_attention.time_buckets(times)  # (B, T, T) uint8
+        assert torch.equal(buckets.long(), time_bucket((times[:, :, None] - times[:, None, :]).abs()))
+        timing = {"buckets": buckets, "time_table": table.t().contiguous()}
     else:
         shared = shared.to(dtype)
         bias = shared[None]
@@ -133,13 +135,27 @@ def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtyp
 
 def test_flash_kernel_refuses_half_a_time_bias() -> None:
     qkv, shared = torch.zeros(2 * 3, 3 * 32), torch.zeros(2, 3, 3)  # B = 2, T = 3, 2 heads of 16
-    with pytest.raises(ValueError, match="needs both times"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"times must be contiguous int64 \(B, T\) = \(2, 3\)"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3), time_table=torch.zeros(32, 2))
-    with pytest.raises(ValueError, match=r"time_table must be contiguous fp32 \(32, 2\)"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, times=torch.zeros(2, 3, dtype=torch.long),
-                                         time_table=torch.zeros(31, 2))
+    buckets = torch.zeros(2, 3, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="needs both buckets"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, buckets=buckets)
+    with pytest.raises(ValueError, match=r"buckets must be contiguous uint8 \(B, T, T\) = \(2, 3, 3\)"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, buckets=buckets.long(), time_table=torch.zeros(2, 32))
+    with pytest.raises(ValueError, match=r"time_table must be contiguous fp32 \(2, 32\), head-major"):
+        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, buckets=buckets, time_table=torch.zeros(32, 2))
+    with pytest.raises(ValueError, match=r"times must be contiguous int64 \(B, T\)"):
+        triton_attention.time_buckets(torch.zeros(2, 3))
+
+
+def test_time_buckets_are_the_models_at_every_edge_and_for_empty_batches() -> None:
+    """Every power-of-two edge, gaps past 2**31 s (the top bucket), a window longer than one block of rows."""
+    from lite_rec.model.context import TIME_BUCKETS, time_bucket
+
+    times = _edge_times(3, 45, torch.Generator().manual_seed(8))  # (B, T)
+    got = triton_attention.time_buckets(times)
+    want = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
+    assert got.dtype == torch.uint8 and torch.equal(got.long(), want)
+    assert int(want.max()) == TIME_BUCKETS - 1 and int(want.min()) == 0
+    assert triton_attention.time_buckets(torch.zeros(0, 4, dtype=torch.long)).shape == (0, 4, 4)
 
 
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:

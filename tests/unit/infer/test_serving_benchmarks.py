@@ -28,17 +28,35 @@ def test_generative_baseline_quick_mode(tmp_path: Path) -> None:
 
 
 def test_serving_suite_quick_mode(tmp_path: Path) -> None:
+    """The default profile (gpu): the model reads each event's time and rating and the request's time,
+    every plan but the HF encoder (ids only, against the ids-only twin) is fed contexts."""
     report = _run("bench_serve_suite.py", tmp_path / "suite.json")
     assert {"device", "torch", "config", "targets", "step", "all_users", "profile", "generative", "verdict"} <= set(report)
+    config = report["config"]
+    assert config["profile"] == "gpu" and config["context_fields"] == ["ts", "rating", "request_time"]
+    assert config["context_features"] == {"time_gaps": True, "ratings": True, "time_bias": True, "query_time": True,
+                                          "query_gap_floor": 3600}
+    assert config["model_settings"]["time_bias"] and config["causal"] and config["hf_eager_fp32"].startswith("ids-only encoder")
     plans = {r["plan"] for r in report["step"]}
     assert {"hf_eager_fp32", "lean_eager_fp32", "prev_triton_graph", "prev_sdpa_graph", "new_plan_graph", "fast_model"} <= plans
     assert all("error" not in r and r["topk_overlap"] == 1.0 for r in report["step"])  # fp32 on a CPU: the same top-k
+    assert all((r["model"] == "ids-only encoder" and "topk_reference" in r) if r["plan"] == "hf_eager_fp32"
+               else (r["model"] == "profile gpu" and "topk_reference" not in r) for r in report["step"])
     users = report["all_users"]
     assert users["users"] == 40 and set(users["plans"]) == {"prev_fast_model", "new_fast_model"}
     assert all(p["topk_overlap"] == 1.0 and p["p50_s"] > 0 for p in users["plans"].values())
     assert report["profile"]["b4"]["top"] and report["profile"]["b4"]["kernel_ms_per_step"] > 0
     assert report["generative"]["runs"]["vocab_128"]["rows"] and report["generative"]["ratios"]
     assert {r["target"] for r in report["verdict"]} >= {"all_users_s", "generative_ratio"}
+
+
+def test_serving_suite_ids_only_profile(tmp_path: Path) -> None:
+    """``--profile gpu-ids``: the ids-only model, the HF encoder computing the same function (the step alone)."""
+    report = _run("bench_serve_suite.py", tmp_path / "ids.json", "--profile", "gpu-ids", "--sections", "step",
+                  "--only", "hf_eager_fp32", "lean_eager_fp32", "new_plan_graph", "fast_model")
+    assert report["config"]["profile"] == "gpu-ids" and report["config"]["context_fields"] == []
+    assert {r["plan"] for r in report["step"]} == {"hf_eager_fp32", "lean_eager_fp32", "new_plan_graph", "fast_model"}
+    assert all("error" not in r and r["topk_overlap"] == 1.0 and "topk_reference" not in r for r in report["step"])
 
 
 def test_context_benchmark_quick_mode(tmp_path: Path) -> None:

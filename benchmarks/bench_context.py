@@ -198,48 +198,42 @@ def kernel_kind(name: str) -> str:
 
 def attention_alone(device: torch.device, batches: list[int], window: int, heads: int = 8, head_dim: int = 64) -> list[dict]:
     """One layer's attention timed alone at the shipped sizes: cuDNN/SDPA with one causal (1, H, T, T)
-    bias for the batch (the ids-only plan), the flash-style kernel without and with the time bias read
-    from the step's (B, T, T) time buckets, at a few tilings (the plan's first), and the bucket kernel
-    itself (run once per step, not per layer)."""
+    bias for the batch (the ids-only plan), the flash-style kernel with one (H, T, T) bias for the
+    batch and with each user's (B, H, T, T) bias (the context plan), at a few tilings (the default
+    first), and the kernel that builds the per-user bias (once per step, not per layer)."""
     from lite_rec.infer import triton_attention
-    from lite_rec.infer.lean_runner import TIME_BIAS_TILING
     from lite_rec.model.context import TIME_BUCKETS
 
     rows = []
     for b in batches:
         gen = torch.Generator(device=device).manual_seed(b)
         qkv = torch.randn(b * window, 3 * heads * head_dim, device=device, generator=gen, dtype=torch.bfloat16)
-        bias = torch.randn(heads, window, window, device=device, generator=gen)  # (H, T, T) fp32
+        position = torch.randn(heads, window, window, device=device, generator=gen)  # (H, T, T) fp32
         future = torch.ones(window, window, dtype=torch.bool, device=device).triu(1)
-        causal = bias.masked_fill(future, float("-inf")).to(torch.bfloat16)[None]  # (1, H, T, T)
+        causal = position.masked_fill(future, float("-inf")).to(torch.bfloat16)[None]  # (1, H, T, T)
         gaps = torch.randint(1, 30 * 86_400, (b, window), device=device, generator=gen)
         times = (1_000_000_000 + gaps.cumsum(1)).contiguous()  # (B, T) int64
-        buckets = triton_attention.time_buckets(times)  # (B, T, T) uint8
         table = torch.randn(heads, TIME_BUCKETS, device=device, generator=gen)  # (H, TIME_BUCKETS) head-major
+        per_user = triton_attention.user_bias(times, position, table, torch.bfloat16)  # (B, H, T, T)
+        shared = position.to(torch.bfloat16)  # (H, T, T)
         q, k, v = qkv.view(b, window, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         variants = {"sdpa_shared_bias": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=causal),
-                    "time_buckets": lambda: triton_attention.time_buckets(times)}
-        plan = (TIME_BIAS_TILING.get("block_m", 64), TIME_BIAS_TILING.get("block_n", 64), TIME_BIAS_TILING.get("num_warps", 4),
-                TIME_BIAS_TILING.get("num_stages", 2))
-        tilings = dict.fromkeys([plan, (64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 8, 3),
-                                 (32, 32, 4, 2), (128, 32, 8, 3)])
-        for bm, bn, warps, stages in tilings:
+                    "user_bias_build": lambda: triton_attention.user_bias(times, position, table, torch.bfloat16)}
+        for bm, bn, warps, stages in ((64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 8, 3)):
             tiling = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
-            for timed in (False, True):
-                extra = {"buckets": buckets, "time_table": table} if timed else {}
-                name = f"flash_{'time' if timed else 'plain'}_m{bm}_n{bn}_w{warps}_s{stages}"
-                variants[name] = lambda e=extra, t=tiling: triton_attention.flash_attention(
-                    qkv, bias, None, heads, 0.125, True, **e, **t)
+            for kind, bias in (("shared", shared), ("user", per_user)):
+                variants[f"flash_{kind}_m{bm}_n{bn}_w{warps}_s{stages}"] = lambda x=bias, t=tiling: triton_attention.flash_attention(
+                    qkv, x, None, heads, 0.125, True, **t)
         for name, fn in variants.items():
             try:
                 ms = p50_ms(fn, device, 50 if b < 512 else 20, 5, events=True)
                 rows.append({"batch": b, "window": window, "variant": name, "ms": round(ms, 4)})
             except Exception as exc:  # a tiling that does not fit the GPU's shared memory
                 rows.append({"batch": b, "window": window, "variant": name, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
-        best = min((r for r in rows if r["batch"] == b and "ms" in r and r["variant"].startswith("flash_time")),
+        best = min((r for r in rows if r["batch"] == b and "ms" in r and r["variant"].startswith("flash_user")),
                    key=lambda r: r["ms"])
         print(f"attention alone B={b}: " + "; ".join(f"{r['variant']} {r.get('ms')}" for r in rows if r["batch"] == b)
-              + f" | best with the time bias {best['variant']}", flush=True)
+              + f" | best with a per-user bias {best['variant']}", flush=True)
     return rows
 
 

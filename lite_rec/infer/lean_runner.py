@@ -26,10 +26,10 @@ computes at inference, re-planned for speed:
 - the item inputs ``adapter(item_vectors) (+ item_embedding)`` do not depend on the user, so
   they become one precomputed table and the input is one gather; the per-item contexts
   (``model.time_gaps`` / ``ratings`` / ``query_time``: embeddings added to the input;
-  ``time_bias``: a per-user attention bias) are read as the model reads them; the flash kernel
-  adds the time bias inside its tiles from each user's (T, T) time buckets (one byte a score,
-  computed once per step for every layer and head), the top layer for its one row, so no
-  (B, H, T, T) tensor is built (the SDPA and bmm plans still build it);
+  ``time_bias``: a per-user attention bias) are read as the model reads them; with the flash
+  kernel each user's whole (B, H, T, T) bias (position and time) is built once per step by one
+  Triton kernel in the activations' dtype and read by every layer (the top layer its one row); the
+  SDPA and bmm plans build it in fp32 by torch ops;
 - RMSNorm runs as one fused kernel in the activations' dtype, the residual additions ride on
   the output projections (``addmm_`` into the residual stream, no copy), and optionally the ReLU
   on the FFN's GEMM (``fused_relu``).
@@ -59,8 +59,6 @@ ATTENTIONS = ("sdpa", "bmm", "triton", "flash", "auto")
 # "auto" on CUDA, by the window a batch is cut to (kernels timed alone on an H100, docs/benchmarks.md): the one-tile
 # Triton kernel up to 32 items, the flash-style one up to 128, SDPA's fused kernel (cuDNN) above
 TILE_MAX_LEN, FLASH_MAX_LEN = 32, 128
-# the flash kernel's tiling with the time bias (without it, its defaults)
-TIME_BIAS_TILING = {"block_m": 32}
 
 
 def supports(model: LiteRecModel) -> bool:
@@ -93,13 +91,13 @@ def check_contexts(items: torch.Tensor, contexts: torch.Tensor | None) -> None:
 
 
 def _load_triton_attention(device: torch.device, head_dim: int) -> tuple[Callable[..., torch.Tensor], ...]:
-    """``lite_rec.infer.triton_attention``'s kernels (one-tile, flash-style, time buckets), imported only here:
+    """``lite_rec.infer.triton_attention``'s kernels (one-tile, flash-style, per-user bias), imported only here:
     triton is needed only for these options. Raises a readable error without triton, off CUDA, or for a head
     size it cannot tile."""
     from lite_rec.infer import triton_attention  # ImportError naming the triton pin where triton is missing
 
     triton_attention.check_supported(torch.device(device), head_dim)
-    return triton_attention.attention, triton_attention.flash_attention, triton_attention.time_buckets
+    return triton_attention.attention, triton_attention.flash_attention, triton_attention.user_bias
 
 
 class LeanRunner(nn.Module):
@@ -122,7 +120,7 @@ class LeanRunner(nn.Module):
         encoder = lean_encoder_of(model)
         device = next(model.parameters()).device
         if attention in ("triton", "flash", "auto"):
-            self._triton_attention, self._flash_attention, self._time_buckets = _load_triton_attention(
+            self._triton_attention, self._flash_attention, self._user_bias = _load_triton_attention(
                 device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
@@ -149,7 +147,7 @@ class LeanRunner(nn.Module):
                 parts.append(getattr(model, name).weight.detach().float())
         self.register_buffer("table", torch.cat(parts) if len(parts) > 1 else table.to(dtype))  # row 0 (padding) as the model computes it
         self.register_buffer("time_bias_table", model.time_bias.weight.detach().float().clone() if self.time_bias else None)
-        # the flash kernel reads one head's buckets from one row: (H, TIME_BUCKETS), 128 bytes a head
+        # the bias kernel reads one head's buckets from one row: (H, TIME_BUCKETS), 128 bytes a head
         self.register_buffer("time_bias_heads", self.time_bias_table.t().contiguous() if self.time_bias else None)
         encoder = encoder.to(device)
         self.register_buffer("rel_bias", encoder.rel_bias.weight.detach().float())  # (buckets, H)
@@ -241,20 +239,18 @@ class LeanRunner(nn.Module):
         h = self._embed(items, contexts)  # (B*T, D)
         mode = self._mode(t)
         bias, shared, last_rows = self.position_bias(t)
-        kernel = mode in ("triton", "flash")  # with the time bias always "flash", which adds it in the tile
+        kernel = mode in ("triton", "flash")  # with the time bias always "flash", which reads a bias per user
         per_user = self.time_bias and not kernel
-        buckets = None  # the flash kernel's time bias: each user's (T, T) buckets once, read by every layer and head
-        if kernel and self.time_bias:
-            buckets = self._time_buckets(contexts[..., CONTEXT_TIME].contiguous())  # (B, T, T) uint8
-        if per_user:
+        if self.time_bias and kernel:  # each user's whole bias, position + time summed in fp32 and rounded once
+            bias = self._user_bias(contexts[..., CONTEXT_TIME].contiguous(), bias[0], self.time_bias_heads,
+                                   self.dtype)  # (B, H, T, T) in the activation dtype, read by every layer
+        elif per_user:
             bias = bias + self._time_bias(contexts)  # (B, H, T, T) fp32
         one_mask = self.causal and not per_user and not self.previous  # right padding: no query sees a padding key
         if kernel:
-            # the kernels mask it themselves (the future's -inf of a causal model changes nothing there);
-            # with the time bias the fp32 position bias, so that the sum is rounded once, as the model does
-            mask = bias[0] if self.time_bias else shared[0]  # (H, T, T)
+            # the kernels mask it themselves (the future's -inf of a causal model changes nothing there)
+            mask = bias if self.time_bias else shared[0]  # (B, H, T, T) or (H, T, T)
             key_pad = None if one_mask and mode == "flash" else pad
-            timed = {"buckets": buckets, "time_table": self.time_bias_heads, **TIME_BIAS_TILING} if self.time_bias else {}
         else:
             mask = shared if one_mask else self._masked_bias(bias, pad)  # (1, H, T, T) or (B, H, T, T)
         params = list(self.layers)
@@ -263,12 +259,11 @@ class LeanRunner(nn.Module):
             attn_norm, qkv, out, ff_norm, wi, wo = params[6 * i : 6 * i + 6]
             x = F.rms_norm(h, (d,), attn_norm, self.eps)
             if self.last_only and i == n_layers - 1:  # the top layer: the last position's query alone
-                top_mask = self._last_bias(bias, last_rows, buckets, last, rows)  # (B, H, 1, T)
+                top_mask = self._last_bias(bias, last_rows, last, rows)  # (B, H, 1, T)
                 h = self._last_layer(h, x, (qkv, out), last, rows, b, t, top_mask)
             else:
                 if mode == "flash":
-                    a = self._flash_attention(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal,
-                                              **timed)  # (B*T, D)
+                    a = self._flash_attention(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal)  # (B*T, D)
                 elif mode == "triton":
                     a = self._triton_attention(F.linear(x, qkv), mask, key_pad, heads, self.qk_scale, self.causal)
                 else:
@@ -305,21 +300,15 @@ class LeanRunner(nn.Module):
             f = F.relu(F.linear(x, wi))  # (rows, d_ff)
         return self._residual(h, f, wo)
 
-    def _last_bias(self, bias: torch.Tensor, last_rows: torch.Tensor, buckets: torch.Tensor | None, last: torch.Tensor,
-                   rows: torch.Tensor) -> torch.Tensor:
+    def _last_bias(self, bias: torch.Tensor, last_rows: torch.Tensor, last: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B, H, 1, T) mask of each user's last real position over every key. With right padding the
         keys it may see are exactly those up to itself, causal or not (bidirectional: every later key
-        is padding): the cached rows of ``position_bias``, plus the time bias of that one row.
-        ``bias``: with ``buckets`` (B, T, T) the (1, H, T, T) fp32 position bias (the kernels' plan: the
-        time bias of the last row alone is added here); else (B, H, T, T) with the time bias already in it."""
+        is padding): the cached rows of ``position_bias``, with the time bias that position's row of
+        the per-user (B, H, T, T) ``bias`` (position and time bias together)."""
         if not self.time_bias:
             return last_rows[last][:, :, None, :]  # (B, H, 1, T)
         t = last_rows.shape[0]
-        if buckets is not None:
-            row_buckets = buckets[rows, last].long()  # (B, T) the last position's bucket to every key
-            row = bias[0][:, last].transpose(0, 1) + self.time_bias_table[row_buckets].transpose(1, 2)  # (B, H, T)
-        else:
-            row = bias[rows, :, last]  # (B, H, T)
+        row = bias[rows, :, last]  # (B, H, T)
         later = torch.arange(t, device=last.device)[None, :] > last[:, None]  # (B, T)
         return row.masked_fill(later[:, None, :], float("-inf")).to(self.dtype)[:, :, None, :]  # (B, H, 1, T)
 

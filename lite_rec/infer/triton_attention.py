@@ -1,15 +1,17 @@
 """Triton kernels for the whole self-attention of one encoder layer of :class:`~lite_rec.infer.lean_runner.LeanRunner`.
 
-Two kernels, one contract (inputs read in place from the QKV GEMM's output, the mask applied
-inside, the output written in the layout the output projection reads):
+Two attention kernels, one contract (inputs read in place from the QKV GEMM's output, the mask
+applied inside, the output written in the layout the output projection reads), and the kernel
+that builds ``model.time_bias``'s per-user bias for them:
 
 - :func:`attention`: one program per (user, head) holding the whole ``T x T`` score tile: the
   fewest launches for short windows (20 items), but its registers spill past ~64 items;
 - :func:`flash_attention`: one program per (block of 64 queries, user, head) that streams key
-  blocks with an online softmax (flash-style tiling), skips the key blocks a causal model never
-  reads, and adds ``model.time_bias`` inside the tile from each user's ``(T, T)`` time buckets
-  (:func:`time_buckets`, one byte a score, computed once per step for all layers and heads; the
-  per-user ``(B, H, T, T)`` bias is never built): the kernel for long windows.
+  blocks with an online softmax (flash-style tiling) and skips the key blocks a causal model never
+  reads: the kernel for long windows. It reads one ``(H, T, T)`` bias for all users or, for
+  ``model.time_bias``, one per user;
+- :func:`user_bias`: each user's ``(B, H, T, T)`` bias, the position bias plus the time bias of
+  every pair of items, in the activations' dtype, built once per step and read by every layer.
 
 The rest of this docstring describes :func:`attention`; :func:`flash_attention` differs where said.
 
@@ -51,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("attention='triton' needs the triton package (the version your torch pins, e.g. "
                       "triton==3.7.1 for torch 2.13); use attention='bmm' or 'sdpa' without it") from exc
 
-__all__ = ["attention", "check_runs", "check_supported", "flash_attention", "interpreted", "time_buckets"]
+__all__ = ["attention", "check_runs", "check_supported", "flash_attention", "interpreted", "user_bias"]
 
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 
@@ -63,8 +65,8 @@ def interpreted() -> bool:
 
 @functools.cache
 def _kernel(interpret: bool, name: str = "tile"):  # noqa: ARG001 - the cache key: one decoration per mode
-    """``triton.jit`` of a kernel ("tile", "flash" or "buckets"), decorated now, in the mode the environment asks for."""
-    return triton.jit({"tile": _attention_kernel, "flash": _flash_kernel, "buckets": _bucket_kernel}[name])
+    """``triton.jit`` of a kernel ("tile", "flash" or "user_bias"), decorated now, in the mode the environment asks for."""
+    return triton.jit({"tile": _attention_kernel, "flash": _flash_kernel, "user_bias": _user_bias_kernel}[name])
 
 
 def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_head_stride,
@@ -113,16 +115,19 @@ def _attention_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_hea
              mask=row_ok[:, None])
 
 
-def _bucket_kernel(times_ptr, out_ptr, T, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, MAX_BUCKET: tl.constexpr):
-    """Rows m*BLOCK_M.. of user b: out[b, i, j] = context.time_bucket(|times[b, i] - times[b, j]|) as uint8."""
+def _user_bias_kernel(times_ptr, position_ptr, table_ptr, out_ptr, T, H: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_T: tl.constexpr, MAX_BUCKET: tl.constexpr, N_BUCKETS: tl.constexpr):
+    """Rows m*BLOCK_M.. of user b, every head: out[b, h, i, j] = position[h, i, j] + table[h, bucket(|t_i - t_j|)],
+    summed in fp32, stored in out's dtype."""
     b = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions i
     keys = tl.arange(0, BLOCK_T)  # key positions j
     row_ok = rows < T
     key_ok = keys < T
+    inside = row_ok[:, None] & key_ok[None, :]
     query_times = tl.load(times_ptr + b * T + rows, mask=row_ok, other=0)  # (BLOCK_M,) int64 Unix seconds
     key_times = tl.load(times_ptr + b * T + keys, mask=key_ok, other=0)  # (BLOCK_T,)
-    # time_bucket in integer steps (exact where a float log2 rounds near powers of two): 0 for 0 s,
+    # context.time_bucket in integer steps (exact where a float log2 rounds near powers of two): 0 for 0 s,
     # else 1 + floor(log2(seconds)) found as the top bit by a binary search, at most MAX_BUCKET
     seconds = tl.abs(query_times[:, None] - key_times[None, :])  # (BLOCK_M, BLOCK_T) int64
     x = tl.minimum(seconds, 2147483647).to(tl.int32)  # 2**31 s and more: above every bucket's start
@@ -137,17 +142,18 @@ def _bucket_kernel(times_ptr, out_ptr, T, BLOCK_M: tl.constexpr, BLOCK_T: tl.con
     bit, x = bit + tl.where(high, 2, 0), tl.where(high, x >> 2, x)
     bit = bit + tl.where(x >= 2, 1, 0)
     bucket = tl.where(seconds > 0, tl.minimum(bit + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_T)
-    tl.store(out_ptr + b * T * T + rows[:, None] * T + keys[None, :], bucket.to(tl.uint8),
-             mask=row_ok[:, None] & key_ok[None, :])
+    cell = rows[:, None] * T + keys[None, :]  # (BLOCK_M, BLOCK_T) offset in one (T, T) plane
+    for h in tl.static_range(H):
+        value = tl.load(position_ptr + h * T * T + cell, mask=inside, other=0.0) + tl.load(table_ptr + h * N_BUCKETS + bucket)
+        # the whole row block of every head: the bucket search runs once per pair, not once per head
+        tl.store(out_ptr + (b * H + h) * T * T + cell, value.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, buckets_ptr, table_ptr, out_ptr, qk_scale, T, bias_head_stride,
+def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, out_ptr, qk_scale, T, bias_head_stride, bias_user_stride,
                   H: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                  USE_PAD: tl.constexpr, TIME_BIAS: tl.constexpr, N_BUCKETS: tl.constexpr, FP32_DOT: tl.constexpr):
-    """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32.
-    TIME_BIAS: each score also gets ``table[h, buckets[b, q, k]]`` (``model.time_bias``): the user's
-    (T, T) uint8 time buckets, computed once per step for every layer and head, and the head's row of
-    the table (one cache line); the per-user (B, H, T, T) bias is never built."""
+                  USE_PAD: tl.constexpr, FP32_DOT: tl.constexpr):
+    """Queries m*BLOCK_M.. of (user b, head h), key blocks streamed with an online softmax in fp32;
+    the bias one (H, T, T) for every user (bias_user_stride 0) or one per user."""
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     d_model = H * DK
@@ -156,9 +162,7 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, buckets_ptr, table_ptr, out_ptr, q
     row_ok = rows < T
     head = qkv_ptr + (b.to(tl.int64) * T) * (3 * d_model) + h * DK
     q = tl.load(head + rows[:, None] * (3 * d_model) + dims[None, :], mask=row_ok[:, None], other=0.0)  # (BLOCK_M, DK)
-    bias_base = bias_ptr + h * bias_head_stride
-    bucket_base = buckets_ptr + b.to(tl.int64) * T * T
-    table_base = table_ptr + h * N_BUCKETS
+    bias_base = bias_ptr + b.to(tl.int64) * bias_user_stride + h * bias_head_stride
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max
     total = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp
     acc = tl.zeros([BLOCK_M, DK], tl.float32)
@@ -177,9 +181,6 @@ def _flash_kernel(qkv_ptr, bias_ptr, pad_ptr, buckets_ptr, table_ptr, out_ptr, q
         inside = row_ok[:, None] & key_ok[None, :]
         bias = tl.load(bias_base + rows[:, None] * T + keys[None, :], mask=inside, other=0.0)
         scores = qk * qk_scale + bias.to(tl.float32)  # (BLOCK_M, BLOCK_N) fp32
-        if TIME_BIAS:
-            bucket = tl.load(bucket_base + rows[:, None] * T + keys[None, :], mask=inside, other=0)  # (BLOCK_M, BLOCK_N) uint8
-            scores += tl.load(table_base + bucket.to(tl.int32))  # the head's N_BUCKETS values stay in cache
         blocked = ~key_ok[None, :] | ((keys[None, :] > rows[:, None]) & CAUSAL)
         if USE_PAD:  # padding keys, except a query's own position
             pad = tl.load(pad_ptr + b * T + keys, mask=key_ok, other=1) != 0
@@ -249,36 +250,44 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor, n_heads:
     return out
 
 
-def time_buckets(times: torch.Tensor) -> torch.Tensor:
-    """(B, T) int64 Unix seconds -> (B, T, T) uint8 ``context.time_bucket(|times[b, i] - times[b, j]|)``.
+def user_bias(times: torch.Tensor, position: torch.Tensor, table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) int64 Unix seconds, (H, T, T) fp32 position bias, (H, TIME_BUCKETS) fp32 head-major table ->
+    (B, H, T, T) in ``dtype``: ``position[h, i, j] + table[h, time_bucket(|times[b, i] - times[b, j]|)]``,
+    the sum in fp32 rounded once: each user's whole attention bias, built once per step for every layer.
 
-    Why once per step: the buckets depend on the user's times alone, not on the layer or the head,
-    so the flash kernel reads them (one byte a score) in every layer instead of recomputing them
-    (two int64 times and a five-step search a score, 5 layers x 8 heads over)."""
-    if times.dim() != 2 or times.dtype != torch.int64 or not times.is_contiguous():
-        raise ValueError(f"times must be contiguous int64 (B, T), got {times.dtype} {tuple(times.shape)}")
+    Why built, not computed in the flash kernel's tiles: the buckets depend on the user's times
+    alone, so computing them (or even gathering the table by precomputed buckets) in every layer and
+    head repeats the work 5 x 8 times over, and a gather inside the tile more than doubled the
+    kernel's time (2.2-2.7 against 1.0 ms a layer for 1,024 users x 200 items on an H100); read as
+    a plain tile, the per-user bias costs the kernel nothing measurable, and building it 0.6 ms once
+    (docs/benchmarks.md)."""
     b, t = times.shape
-    out = torch.empty(b, t, t, device=times.device, dtype=torch.uint8)  # (B, T, T)
+    h = position.shape[0]
+    if times.dtype != torch.int64 or not times.is_contiguous():
+        raise ValueError(f"times must be contiguous int64 (B, T), got {times.dtype} {tuple(times.shape)}")
+    if position.shape != (h, t, t) or position.dtype != torch.float32 or not position.is_contiguous():
+        raise ValueError(f"position must be contiguous fp32 (H, T, T) with T = {t}, got {position.dtype} {tuple(position.shape)}")
+    if table.shape != (h, TIME_BUCKETS) or table.dtype != torch.float32 or not table.is_contiguous():
+        raise ValueError(f"table must be contiguous fp32 ({h}, {TIME_BUCKETS}), head-major, got {table.dtype} {tuple(table.shape)}")
+    out = torch.empty(b, h, t, t, device=times.device, dtype=dtype)  # (B, H, T, T)
     if out.numel() == 0:
         return out
     block_m = 16
-    _kernel(interpreted(), "buckets")[(triton.cdiv(t, block_m), b)](
-        times, out, t, BLOCK_M=block_m, BLOCK_T=max(MIN_BLOCK, triton.next_power_of_2(t)), MAX_BUCKET=TIME_BUCKETS - 1)
+    _kernel(interpreted(), "user_bias")[(triton.cdiv(t, block_m), b)](
+        times, position, table, out, t, H=h, BLOCK_M=block_m, BLOCK_T=max(MIN_BLOCK, triton.next_power_of_2(t)),
+        MAX_BUCKET=TIME_BUCKETS - 1, N_BUCKETS=TIME_BUCKETS)
     return out
 
 
 def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | None, n_heads: int, qk_scale: float,
-                    causal: bool, buckets: torch.Tensor | None = None, time_table: torch.Tensor | None = None,
-                    block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                    causal: bool, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Masked multi-head self-attention of B users, flash-style tiling (see the module docstring).
 
     qkv:   (B*T, 3D) contiguous, columns [q | k | v], head h at columns h*dk:(h+1)*dk of each
-    bias:  (H, T, T) contiguous additive bias shared by every user (no mask in it)
+    bias:  (H, T, T) contiguous additive bias shared by every user, or (B, H, T, T) one per user
+           (``model.time_bias``: :func:`user_bias`); no mask in it
     pad:   (B, T) bool, True where the item is padding; None: no key is masked as padding, which is
            exact for a causal model over right-padded rows (a real query never reaches padding)
-    buckets, time_table: ``model.time_bias``, or both None: (B, T, T) uint8 time buckets of each
-           user (:func:`time_buckets`) and the (H, TIME_BUCKETS) fp32 table, head-major (the model's
-           weight transposed); score [b, h, q, k] gets ``time_table[h, buckets[b, q, k]]``
     returns (B*T, D) in qkv's dtype, row b*T + t, columns h*dk:(h+1)*dk for head h
     """
     d = qkv.shape[1] // 3
@@ -286,26 +295,15 @@ def flash_attention(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | N
     t = bias.shape[-1]
     b = qkv.shape[0] // max(t, 1)
     _check_inputs(qkv, bias, pad, n_heads, b, t, d, heads_exact=True)
-    if (buckets is None) != (time_table is None):
-        raise ValueError("the time bias needs both buckets (B, T, T) and time_table (H, TIME_BUCKETS)")
-    if buckets is not None:
-        if buckets.shape != (b, t, t) or buckets.dtype != torch.uint8 or not buckets.is_contiguous():
-            raise ValueError(f"buckets must be contiguous uint8 (B, T, T) = ({b}, {t}, {t}), "
-                             f"got {buckets.dtype} {tuple(buckets.shape)}")
-        if time_table.shape != (n_heads, TIME_BUCKETS) or time_table.dtype != torch.float32 or not time_table.is_contiguous():
-            raise ValueError(f"time_table must be contiguous fp32 ({n_heads}, {TIME_BUCKETS}), head-major, "
-                             f"got {time_table.dtype} {tuple(time_table.shape)}")
     check_supported(qkv.device, dk)
     out = torch.empty(b * t, d, device=qkv.device, dtype=qkv.dtype)  # (B*T, D)
     interpret = interpreted()
     block = max(MIN_BLOCK, triton.next_power_of_2(t))
     bm, bn = min(block_m, block), min(block_n, block)
     _kernel(interpret, "flash")[(triton.cdiv(t, bm), b * n_heads)](
-        qkv, bias, pad if pad is not None else out, buckets if buckets is not None else out,
-        time_table if time_table is not None else out, out, float(qk_scale), t, t * t,
+        qkv, bias, pad if pad is not None else out, out, float(qk_scale), t, t * t, n_heads * t * t if bias.dim() == 4 else 0,
         H=n_heads, DK=dk, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), USE_PAD=pad is not None,
-        TIME_BIAS=buckets is not None, N_BUCKETS=TIME_BUCKETS, FP32_DOT=qkv.dtype == torch.float32 or interpret,
-        num_warps=num_warps, num_stages=num_stages,
+        FP32_DOT=qkv.dtype == torch.float32 or interpret, num_warps=num_warps, num_stages=num_stages,
     )
     return out
 
@@ -318,7 +316,10 @@ def _check_inputs(qkv: torch.Tensor, bias: torch.Tensor, pad: torch.Tensor | Non
     if qkv.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"qkv must be fp32, bf16 or fp16, got {qkv.dtype}")
     heads = (n_heads,) if heads_exact else (1, n_heads)
-    if bias.dim() != 3 or bias.shape[0] not in heads or bias.shape[1:] != (t, t):
+    if heads_exact and bias.dim() == 4:  # the flash kernel: one bias per user
+        if bias.shape != (b, n_heads, t, t):
+            raise ValueError(f"a per-user bias must be (B, H, T, T) = ({b}, {n_heads}, {t}, {t}), got {tuple(bias.shape)}")
+    elif bias.dim() != 3 or bias.shape[0] not in heads or bias.shape[1:] != (t, t):
         raise ValueError(f"bias must be ({' or '.join(map(str, heads))}, T, T) with T = {t}, got {tuple(bias.shape)}")
     if pad is not None and pad.dtype != torch.bool:
         raise TypeError(f"pad must be a bool (B, T) tensor, got {pad.dtype}")

@@ -96,66 +96,76 @@ def _edge_times(batch: int, t: int, gen: torch.Generator) -> torch.Tensor:
                                                     (37, False, False), (37, True, True), (37, False, True)])
 def test_flash_kernel_matches_the_definition_across_key_blocks(dtype: torch.dtype, t: int, causal: bool, timed: bool) -> None:
     """Blocks of 16 queries and keys: a 37-item window takes three key blocks (the last one partly
-    outside the window), the online softmax must rescale across them; the time bias computed in the
-    tile from each user's times equals the model's (B, H, T, T) ``time_bucket`` bias; right-padded
+    outside the window), the online softmax must rescale across them; a per-user bias (the position
+    bias plus the model's ``time_bucket`` bias, built by ``user_bias``) is read per user; right-padded
     rows of every length, an empty one too."""
     from lite_rec.model.context import TIME_BUCKETS, time_bucket
 
     heads, dk, batch = 2, 16, 4
     gen = torch.Generator().manual_seed(t + 100 * causal + 1000 * timed)
     qkv = torch.randn(batch * t, 3 * heads * dk, generator=gen).to(dtype)
-    shared = torch.randn(heads, t, t, generator=gen)  # (H, T, T) fp32, as the plan passes it with the time bias
-    bias = shared[None]  # (1, H, T, T)
-    timing = {}
+    position = torch.randn(heads, t, t, generator=gen)  # (H, T, T) fp32
+    bias = position[None]  # (1, H, T, T)
     if timed:  # every bucket its own clearly different value, so a wrong bucket moves the output
         table = (torch.arange(TIME_BUCKETS, dtype=torch.float32)[:, None] * torch.tensor([0.37, -0.29])).contiguous()
         times = _edge_times(batch, t, gen)  # (B, T)
         bias = bias + table[time_bucket((times[:, :, None] - times[:, None, :]).abs())].permute(0, 3, 1, 2)  # (B, H, T, T)
-        buckets = triton_attention.time_buckets(times)  # (B, T, T) uint8
-        assert torch.equal(buckets.long(), time_bucket((times[:, :, None] - times[:, None, :]).abs()))
-        timing = {"buckets": buckets, "time_table": table.t().contiguous()}
+        shared = triton_attention.user_bias(times, position, table.t().contiguous(), dtype)  # (B, H, T, T) as the plan passes it
+        if dtype != torch.float32:  # the plan reads the sum rounded once to bf16 (test_user_bias_is_the_models_... checks it)
+            bias = shared.float()
     else:
-        shared = shared.to(dtype)
+        shared = position.to(dtype)  # (H, T, T)
         bias = shared[None]
     lengths = torch.tensor([t, max(t // 2, 1), 1, 0])
     pad = torch.arange(t)[None, :] >= lengths[:, None]  # (B, T) right padding
-    got = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16, **timing)
+    got = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16)
     want = _reference(qkv, bias, pad, heads, 0.3, causal, probs_dtype=dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-2}
     assert got.shape == (batch * t, heads * dk) and got.dtype == dtype
     torch.testing.assert_close(got.float(), want, **tol)
     if causal:  # no padding mask: a causal model's real queries never reach a right-padded key
-        unmasked = triton_attention.flash_attention(qkv, shared, None, heads, 0.3, True, block_m=16, block_n=16, **timing)
+        unmasked = triton_attention.flash_attention(qkv, shared, None, heads, 0.3, True, block_m=16, block_n=16)
         real = (~pad).reshape(-1)
         torch.testing.assert_close(unmasked.float()[real], want[real], **tol)
     if timed:  # the same scores without the times are not the same: the test sees the time bias
-        plain = triton_attention.flash_attention(qkv, shared, pad, heads, 0.3, causal, block_m=16, block_n=16)
+        plain = triton_attention.flash_attention(qkv, position.to(dtype), pad, heads, 0.3, causal, block_m=16, block_n=16)
         assert not torch.allclose(plain.float(), want, **tol)
 
 
-def test_flash_kernel_refuses_half_a_time_bias() -> None:
+def test_per_user_bias_inputs_are_checked() -> None:
     qkv, shared = torch.zeros(2 * 3, 3 * 32), torch.zeros(2, 3, 3)  # B = 2, T = 3, 2 heads of 16
-    buckets = torch.zeros(2, 3, 3, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="needs both buckets"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, buckets=buckets)
-    with pytest.raises(ValueError, match=r"buckets must be contiguous uint8 \(B, T, T\) = \(2, 3, 3\)"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, buckets=buckets.long(), time_table=torch.zeros(2, 32))
-    with pytest.raises(ValueError, match=r"time_table must be contiguous fp32 \(2, 32\), head-major"):
-        triton_attention.flash_attention(qkv, shared, None, 2, 1.0, True, buckets=buckets, time_table=torch.zeros(32, 2))
-    with pytest.raises(ValueError, match=r"times must be contiguous int64 \(B, T\)"):
-        triton_attention.time_buckets(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"a per-user bias must be \(B, H, T, T\) = \(2, 2, 3, 3\)"):
+        triton_attention.flash_attention(qkv, torch.zeros(3, 2, 3, 3), None, 2, 1.0, True)
+    times = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"times must be contiguous int64"):
+        triton_attention.user_bias(times.float(), shared, torch.zeros(2, 32), torch.float32)
+    with pytest.raises(ValueError, match=r"position must be contiguous fp32 \(H, T, T\)"):
+        triton_attention.user_bias(times, shared.to(torch.bfloat16), torch.zeros(2, 32), torch.float32)
+    with pytest.raises(ValueError, match=r"table must be contiguous fp32 \(2, 32\), head-major"):
+        triton_attention.user_bias(times, shared, torch.zeros(32, 2), torch.float32)
 
 
-def test_time_buckets_are_the_models_at_every_edge_and_for_empty_batches() -> None:
-    """Every power-of-two edge, gaps past 2**31 s (the top bucket), a window longer than one block of rows."""
+def test_user_bias_is_the_models_at_every_bucket_edge() -> None:
+    """Every power-of-two edge, gaps past 2**31 s (the top bucket), a window longer than one block of
+    rows: the position bias plus the table's value of each pair's ``time_bucket``, in fp32 exactly and
+    rounded once to bf16; an empty batch gives an empty bias."""
     from lite_rec.model.context import TIME_BUCKETS, time_bucket
 
-    times = _edge_times(3, 45, torch.Generator().manual_seed(8))  # (B, T)
-    got = triton_attention.time_buckets(times)
-    want = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
-    assert got.dtype == torch.uint8 and torch.equal(got.long(), want)
-    assert int(want.max()) == TIME_BUCKETS - 1 and int(want.min()) == 0
-    assert triton_attention.time_buckets(torch.zeros(0, 4, dtype=torch.long)).shape == (0, 4, 4)
+    heads, t = 3, 45
+    gen = torch.Generator().manual_seed(8)
+    times = _edge_times(2, t, gen)  # (B, T)
+    position = torch.randn(heads, t, t, generator=gen)  # (H, T, T)
+    table = torch.randn(TIME_BUCKETS, heads, generator=gen)  # (TIME_BUCKETS, H) as the model stores it
+    buckets = time_bucket((times[:, :, None] - times[:, None, :]).abs())  # (B, T, T)
+    assert int(buckets.max()) == TIME_BUCKETS - 1 and int(buckets.min()) == 0
+    want = position[None] + table[buckets].permute(0, 3, 1, 2)  # (B, H, T, T)
+    got = triton_attention.user_bias(times, position, table.t().contiguous(), torch.float32)
+    assert torch.equal(got, want)
+    rounded = triton_attention.user_bias(times, position, table.t().contiguous(), torch.bfloat16)
+    # within one bf16 step of the fp32 sum (a GPU rounds to nearest; Triton's interpreter truncates)
+    torch.testing.assert_close(rounded.float(), want, rtol=2**-7, atol=0.0)
+    assert triton_attention.user_bias(torch.zeros(0, t, dtype=torch.long), position, table.t().contiguous(),
+                                      torch.float32).shape == (0, heads, t, t)
 
 
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:

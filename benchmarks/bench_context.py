@@ -185,6 +185,10 @@ def kernel_kind(name: str) -> str:
     low = name.lower()
     if any(k in low for k in ("gemm", "sm90_xmma", "cutlass", "nvjet", "cublas")):
         return "gemm"
+    if "_user_bias_kernel" in low:
+        return "bias"  # each user's (B, H, T, T) attention bias, built once per step
+    if "_embed_kernel" in low:
+        return "gather"  # the item and context rows summed
     if any(k in low for k in ("flash", "attention", "fmha", "cudnn", "_attention_kernel")):
         return "attention"
     if "norm" in low:
@@ -222,8 +226,8 @@ def attention_alone(device: torch.device, batches: list[int], window: int, heads
         for bm, bn, warps, stages in ((64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 8, 3)):
             tiling = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
             for kind, bias in (("shared", shared), ("user", per_user)):
-                variants[f"flash_{kind}_m{bm}_n{bn}_w{warps}_s{stages}"] = lambda x=bias, t=tiling: triton_attention.flash_attention(
-                    qkv, x, None, heads, 0.125, True, **t)
+                variants[f"flash_{kind}_m{bm}_n{bn}_w{warps}_s{stages}"] = (
+                    lambda x=bias, t=tiling: triton_attention.flash_attention(qkv, x, None, heads, 0.125, True, **t))
         for name, fn in variants.items():
             try:
                 ms = p50_ms(fn, device, 50 if b < 512 else 20, 5, events=True)

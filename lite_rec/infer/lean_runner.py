@@ -91,13 +91,14 @@ def check_contexts(items: torch.Tensor, contexts: torch.Tensor | None) -> None:
 
 
 def _load_triton_attention(device: torch.device, head_dim: int) -> tuple[Callable[..., torch.Tensor], ...]:
-    """``lite_rec.infer.triton_attention``'s kernels (one-tile, flash-style, per-user bias), imported only here:
+    """``lite_rec.infer.triton_attention``'s kernels (one-tile, flash-style, per-user bias, input sum), imported only here:
     triton is needed only for these options. Raises a readable error without triton, off CUDA, or for a head
     size it cannot tile."""
     from lite_rec.infer import triton_attention  # ImportError naming the triton pin where triton is missing
 
     triton_attention.check_supported(torch.device(device), head_dim)
-    return triton_attention.attention, triton_attention.flash_attention, triton_attention.user_bias
+    kernels = triton_attention
+    return kernels.attention, kernels.flash_attention, kernels.user_bias, kernels.embedding_sum
 
 
 class LeanRunner(nn.Module):
@@ -120,7 +121,7 @@ class LeanRunner(nn.Module):
         encoder = lean_encoder_of(model)
         device = next(model.parameters()).device
         if attention in ("triton", "flash", "auto"):
-            self._triton_attention, self._flash_attention, self._user_bias = _load_triton_attention(
+            self._triton_attention, self._flash_attention, self._user_bias, self._embedding_sum = _load_triton_attention(
                 device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
         self.n_heads, self.d_model = encoder.n_heads, spec.backbone.d_model
@@ -134,8 +135,8 @@ class LeanRunner(nn.Module):
         with torch.no_grad():
             table = model.item_representation(torch.arange(spec.n_items + 1, device=device)).float()  # (N+1, D)
         # with input contexts the sum is taken in fp32 (as the model does) and cast once: the item table and
-        # the context embeddings stacked into one table, each input row one bag of its 2-3 rows
-        # (``F.embedding_bag``: one gather-and-sum instead of a gather and an fp32 addition per table)
+        # the context embeddings stacked into one table, each input row the sum of its 2-3 rows (the Triton
+        # plans: one kernel, ``embedding_sum``; else ``F.embedding_bag``), not a gather and an fp32 addition per table
         self.input_offsets: list[int] = []  # where each context's rows start in the stacked table
         self.input_columns: list[int] = []  # ... and which column of the contexts indexes them
         parts = [table]
@@ -145,7 +146,8 @@ class LeanRunner(nn.Module):
                 self.input_offsets.append(sum(len(part) for part in parts))
                 self.input_columns.append(column)
                 parts.append(getattr(model, name).weight.detach().float())
-        self.register_buffer("table", torch.cat(parts) if len(parts) > 1 else table.to(dtype))  # row 0 (padding) as the model computes it
+        # row 0 (padding) as the model computes it
+        self.register_buffer("table", torch.cat(parts) if len(parts) > 1 else table.to(dtype))  # (N+1 [+ context rows], D)
         self.register_buffer("time_bias_table", model.time_bias.weight.detach().float().clone() if self.time_bias else None)
         # the bias kernel reads one head's buckets from one row: (H, TIME_BUCKETS), 128 bytes a head
         self.register_buffer("time_bias_heads", self.time_bias_table.t().contiguous() if self.time_bias else None)
@@ -215,6 +217,9 @@ class LeanRunner(nn.Module):
         b, t = items.shape
         if not self.input_offsets:
             return self.table[items].reshape(b * t, self.d_model)  # (B*T, D), already in the activation dtype
+        if self.attention in ("triton", "flash", "auto"):  # one Triton pass: each row read once, written once
+            return self._embedding_sum(items.contiguous(), contexts.contiguous(), self.table, self.input_columns,
+                                       self.input_offsets, self.dtype)  # (B*T, D)
         rows = [items] + [contexts[..., column] + offset for column, offset in zip(self.input_columns, self.input_offsets,
                                                                                    strict=True)]
         bags = torch.stack(rows, -1).reshape(b * t, len(rows))  # (B*T, 1 + contexts) rows of the stacked table

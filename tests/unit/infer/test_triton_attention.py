@@ -168,6 +168,30 @@ def test_user_bias_is_the_models_at_every_bucket_edge() -> None:
                                       torch.float32).shape == (0, heads, t, t)
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+def test_embedding_sum_is_the_models_sum_of_rows(parts: int) -> None:
+    """Item row + one or two context rows (from their offsets in the stacked table), summed in fp32 in
+    the model's order: exactly the torch sum in fp32, within one bf16 step rounded; a width that is
+    not a power of two (block padding) and a row count that is not a multiple of the row block."""
+    gen = torch.Generator().manual_seed(parts)
+    n_items, n_contexts, n_gaps, d = 9, 5, 4, 24
+    table = torch.randn(n_items + n_contexts + n_gaps, d, generator=gen)  # (R, D) fp32
+    items = torch.randint(0, n_items, (3, 7), generator=gen)  # (B, T)
+    contexts = torch.stack([torch.randint(0, n_contexts, (3, 7), generator=gen),
+                            torch.randint(10**9, 2 * 10**9, (3, 7), generator=gen),
+                            torch.randint(0, n_gaps, (3, 7), generator=gen)], -1)  # (B, T, 3): id, time, next gap
+    columns, offsets = [0, 2][: parts - 1], [n_items, n_items + n_contexts][: parts - 1]
+    want = table[items]
+    for column, offset in zip(columns, offsets, strict=True):
+        want = want + table[contexts[..., column] + offset]  # (B, T, D)
+    got = triton_attention.embedding_sum(items, contexts, table, columns, offsets, torch.float32)
+    assert torch.equal(got, want.reshape(21, d))
+    rounded = triton_attention.embedding_sum(items, contexts, table, columns, offsets, torch.bfloat16)
+    torch.testing.assert_close(rounded.float(), want.reshape(21, d), rtol=2**-7, atol=0.0)
+    with pytest.raises(ValueError, match="contexts"):
+        triton_attention.embedding_sum(items, None, table, columns, offsets, torch.float32)
+
+
 def _model(causal: bool, seed: int, d_model: int = 64, n_heads: int = 2) -> LiteRecModel:
     return tiny_model(n_items=N_ITEMS, window=WINDOW, causal=causal, seed=seed, d_model=d_model, n_heads=n_heads, d_ff=96)
 
@@ -226,35 +250,45 @@ def test_unsupported_uses_are_refused_with_a_reason(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(("causal", "pooling"), [(True, "last"), (False, "last"), (True, "mean")])
 def test_runner_computes_the_time_bias_in_the_kernel_as_the_model_does(causal: bool, pooling: str) -> None:
-    """``model.time_bias`` through the flash kernel (the bias from each user's times inside the tile,
-    the top layer's one row apart) gives the model's scores: a 37-item window, gaps at every bucket
+    """A model reading every context (``time_bias``, gaps, ratings, query time) through the Triton plan
+    (each user's bias built once and read by the flash kernel, the top layer its one row; the inputs
+    summed by ``embedding_sum``) gives the model's scores: a 37-item window, gaps at every bucket
     edge, right-padded rows of every length and an empty one."""
     from lite_rec.core.model_config import ModelConfig
-    from lite_rec.model.context import CONTEXT_COLUMNS, CONTEXT_TIME
+    from lite_rec.model.context import CONTEXT_COLUMNS, CONTEXT_ID, CONTEXT_NEXT_GAP, CONTEXT_TIME
     from lite_rec.model.rec_llm import build_model
 
     t, batch = 37, 5
     torch.manual_seed(5 + causal)
     cfg = ModelConfig(backbone="lean", pretrained=False, d_model=32, n_layers=2, n_heads=2, d_ff=48, dropout=0.0,
-                      max_seq_len=t, item_repr="text+id", pooling=pooling, time_bias=True)
+                      max_seq_len=t, item_repr="text+id", pooling=pooling, time_bias=True, time_gaps=True, ratings=True,
+                      query_time=True)
     vectors = torch.randn(N_ITEMS + 1, 6)
     vectors[0] = 0
     model, _ = build_model(cfg, N_ITEMS, vectors, causal=causal)
     with torch.no_grad():
         model.head.weight.mul_(20.0)
         model.time_bias.weight.normal_(0.0, 2.0)  # training starts it at zero
+        model.query_gap_embedding.weight[1:].normal_(0.0, 1.0)
+        model.context_embedding.weight[1:].normal_(0.0, 1.0)
     model.eval()
     lengths = torch.tensor([t, 20, 16, 1, 0])
     pad = torch.arange(t)[None, :] >= lengths[:, None]  # (B, T) right padding, an empty row too
     items = _items(pad, seed=11)
     contexts = torch.zeros(batch, t, CONTEXT_COLUMNS, dtype=torch.long)
     contexts[..., CONTEXT_TIME] = _edge_times(batch, t, torch.Generator().manual_seed(3)).masked_fill(pad, 0)
+    gen = torch.Generator().manual_seed(4)  # context ids and next-gap indices: 0 on padding, as the recommender pads
+    n_ids, n_gaps = model.context_embedding.num_embeddings, model.query_gap_embedding.num_embeddings
+    contexts[..., CONTEXT_ID] = torch.randint(1, n_ids, (batch, t), generator=gen).masked_fill(pad, 0)
+    contexts[..., CONTEXT_NEXT_GAP] = torch.randint(0, n_gaps, (batch, t), generator=gen).masked_fill(pad, 0)
     with torch.inference_mode():
         want, _ = model(items, contexts=contexts)
         flash = LeanRunner(model, attention="flash")
         got = flash(items, contexts)
         assert torch.equal(LeanRunner(model, attention="sdpa")(items, contexts).topk(5).indices, want.topk(5).indices)
-        untimed = flash(items, contexts.masked_fill(~pad[..., None], 7))  # every gap 0: bucket 0 throughout
+        same_time = contexts.clone()
+        same_time[..., CONTEXT_TIME] = contexts[..., CONTEXT_TIME].masked_fill(~pad, 7)  # every gap 0: bucket 0 throughout
+        untimed = flash(items, same_time)
     finite = torch.isfinite(want)
     assert torch.equal(finite, torch.isfinite(got))
     torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-3)

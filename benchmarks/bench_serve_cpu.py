@@ -36,10 +36,9 @@ threads, the configurations taking turns in rounds (so a busy moment of the mach
 one of them alone); p50 and p99 per request. The top-20 of both are compared on every request
 (``topk_identical_share``, ``topk_overlap``). Beside the wall time of each request, its CPU time
 (``time.process_time``, all threads of this process): on a machine that other jobs share, the CPU
-time of a 1-thread configuration is what the request costs a core of its own, with one caveat: ONNX
-Runtime's intra-op threads spin-wait after a run (its default), so while a 2-thread session exists
-its spinning worker counts in the other configurations' CPU time too (about twice their wall time in
-the ``--quick`` runs); ``--threads 1`` gives clean 1-thread CPU times.
+time of a 1-thread configuration is what the request costs a core of its own. ONNX Runtime's
+intra-op threads sleep between runs (``session.intra_op.allow_spinning=0``; its default spin-waits,
+which on 2 cores took a core from the configuration timed next and counted in its CPU time).
 
     .venv/bin/python benchmarks/bench_serve_cpu.py --out docs/runs/serve-cpu-onnx.json      # ~8 min on 2 idle cores
     .venv/bin/python benchmarks/bench_serve_cpu.py --by-length --out docs/runs/serve-cpu-onnx.json  # + cost by length
@@ -217,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            # its worker threads sleep between runs, as torch's do: spinning ones would take a core from
+            # the configuration timed next on 2 cores, and count in its CPU time
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions[n] = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         per = {1: max(args.single // args.rounds, 1), 32: max(args.batched // args.rounds, 1)}
         work = {users: requests(config, lengths, users, per[users] * args.rounds, args.items, input_names, seed=users)

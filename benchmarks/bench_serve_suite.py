@@ -45,9 +45,9 @@ Sections, each written to ``--out`` as soon as it is done (a run cut short keeps
    ``new_plan_graph`` (``LeanRunner`` now, ``attention="auto"``: the top layer at the last position
    only, residuals in place, bf16, one CUDA graph; ids-only, one causal mask for the batch and the
    one-tile Triton kernel up to 32 items, the flash-style one up to 128, SDPA above; with the time
-   bias the flash-style kernel at every length, adding the bias in its tiles from each user's
-   (T, T) time buckets, computed once per step), ``new_flash_graph`` / ``new_sdpa_graph`` (the same with the flash-style kernel at every
-   length / with SDPA's fused kernels, which read the time bias as a per-user (B, H, T, T) mask)
+   bias the flash-style kernel at every length, reading each user's (B, H, T, T) bias, built once
+   per step), ``new_flash_graph`` / ``new_sdpa_graph`` (the same with the flash-style kernel at
+   every length / with SDPA's fused kernels, which read the time bias as a per-user fp32 mask)
    and ``fast_model`` (what the service and batch scoring run: ``FastModel`` fed from the host,
    i.e. the length bucket read on the host, the copy of items and contexts to the GPU and into the
    graph's input, the graph, a copy out, top-k). Each row names the model and the attention its

@@ -24,12 +24,11 @@ from lite_rec.core.config import LiteRecConfig
 from lite_rec.core.errors import ConfigError, LiteRecError
 from lite_rec.infer.bundle import Bundle, load_bundle, verify_bundle
 from lite_rec.registry.client import client_for, mlflow_uris
+from lite_rec.registry.refs import LOCAL_VERSION, ModelRef
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 HISTORY_TAG = "champion_history"
 HISTORY_KEEP = 100  # versions kept in the history tag (tag values are length-limited)
-LOCAL_VERSION = "local"  # the version reported for a bundle directory
-_NAME = r"[^/@\s]+"
 
 
 class RegistryError(LiteRecError):
@@ -43,36 +42,6 @@ class RegistryUnavailable(RegistryError):
 def registered_model_name(cfg: LiteRecConfig) -> str:
     """``tracking.registered_model`` or ``lite-rec-<dataset without dashes>`` (``lite-rec-ml100k``)."""
     return cfg.tracking.registered_model or f"lite-rec-{cfg.dataset.name.replace('-', '')}"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A parsed ``--model``: a registry alias, a pinned registry version, or a local bundle."""
-
-    text: str
-    name: str | None = None
-    alias: str | None = None
-    version: str | None = None
-    path: Path | None = None
-
-    @property
-    def follows_alias(self) -> bool:
-        return self.alias is not None
-
-
-def parse_model_ref(text: str) -> ModelRef:
-    """``models:/<name>@<alias>`` | ``models:/<name>/<version>`` | a bundle directory."""
-    text = text.strip()
-    if text.startswith("models:/"):
-        rest = text.removeprefix("models:/")
-        if m := re.fullmatch(rf"({_NAME})@({_NAME})", rest):
-            return ModelRef(text, name=m[1], alias=m[2])
-        if m := re.fullmatch(rf"({_NAME})/([0-9]+)", rest):
-            return ModelRef(text, name=m[1], version=m[2])
-        raise ConfigError(f"--model {text!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    if not text:
-        raise ConfigError("--model is empty: pass models:/<name>@<alias> or a bundle directory")
-    return ModelRef(text, path=Path(text))
 
 
 def resolve_version(ref: ModelRef, client: MlflowClient | None = None) -> str:

@@ -61,7 +61,7 @@ from lite_rec.core.config import ServeConfig
 from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.fast_path import FastPathOptions
 from lite_rec.infer.recommender import ECHO_IDS, ContextError, Recommendation, RecommendError, UnknownItems, echo
-from lite_rec.registry.versions import parse_model_ref
+from lite_rec.registry.refs import parse_model_ref
 from lite_rec.serve.guard import BodyGuard
 from lite_rec.serve.metrics import ServiceMetrics
 from lite_rec.serve.micro_batch import MicroBatcher

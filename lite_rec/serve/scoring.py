@@ -163,7 +163,8 @@ def resolve_model(model: LiteRecConfig | str | Path, tracking_uri: str | None = 
     """A config (its registered ``champion``), a ``models:/`` URI or a bundle directory ->
     the verified bundle and where it came from (``models:/<name>/<version>`` or the path)."""
     from lite_rec.registry.client import client_for
-    from lite_rec.registry.versions import fetch_bundle, parse_model_ref, resolve_version
+    from lite_rec.registry.refs import parse_model_ref
+    from lite_rec.registry.versions import fetch_bundle, resolve_version
 
     if isinstance(model, LiteRecConfig):
         from lite_rec.registry.client import resolve_tracking_uri

@@ -38,11 +38,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lite_rec.core.errors import LiteRecError
-from lite_rec.infer.bundle import Bundle
+from lite_rec.infer.bundle import Bundle, load_bundle
 from lite_rec.infer.fast_path import FastModel, FastPathOptions, fast_recommender
 from lite_rec.infer.recommender import Recommender
-from lite_rec.registry.client import bounded_http, client_for
-from lite_rec.registry.versions import ModelRef, fetch_bundle, resolve_version
+from lite_rec.registry.refs import LOCAL_VERSION, ModelRef
 from lite_rec.serve.metrics import ServiceMetrics
 
 __all__ = [
@@ -139,6 +138,8 @@ class ModelWatcher:
 
     def client(self) -> Any:
         if self._client is None:
+            from lite_rec.registry.client import client_for
+
             self._client = client_for(self.tracking_uri)
         return self._client
 
@@ -150,8 +151,11 @@ class ModelWatcher:
     def target_version(self) -> str:
         """The version the reference points at now (an alias is looked up in the registry, within
         :attr:`lookup_timeout_s`, else ``TimeoutError``)."""
-        if not self.ref.follows_alias:
-            return resolve_version(self.ref)  # local bundle or pinned version: no registry call
+        if not self.ref.follows_alias:  # local bundle or pinned version: no registry call
+            return LOCAL_VERSION if self.ref.path is not None else str(self.ref.version)
+        from lite_rec.registry.client import bounded_http
+        from lite_rec.registry.versions import resolve_version
+
         timeout = self.lookup_timeout_s
 
         def lookup() -> str:
@@ -168,7 +172,11 @@ class ModelWatcher:
         return max(0.0, time.time() - (self.last_success or self._created))
 
     def _fetch(self, version: str) -> tuple[Bundle, str]:
-        return fetch_bundle(self.ref, version, self.client() if self.ref.path is None else None, self.cache_dir)
+        if self.ref.path is not None:  # a bundle directory, as registry.versions.fetch_bundle opens one
+            return load_bundle(self.ref.path), str(self.ref.path)
+        from lite_rec.registry.versions import fetch_bundle
+
+        return fetch_bundle(self.ref, version, self.client(), self.cache_dir)
 
     # -----------------------------------------------------------------------------------------
     # One poll

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from lite_rec.core.config import ServeConfig
 from lite_rec.infer.recommender import MAX_K, Recommender, RecommendError
-from lite_rec.registry.versions import parse_model_ref
+from lite_rec.registry.refs import parse_model_ref
 from lite_rec.serve.app import ERROR_BODY_MAX_BYTES, create_app
 from lite_rec.serve.watcher import ModelWatcher
 from tests.helpers.tiny_models import save_tiny_bundle, tiny_model

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from lite_rec.core.config import ServeConfig
 from lite_rec.infer.recommender import ContextError, Recommender
-from lite_rec.registry.versions import parse_model_ref
+from lite_rec.registry.refs import parse_model_ref
 from lite_rec.serve.app import ERROR_BODY_MAX_BYTES, create_app
 from lite_rec.serve.watcher import ModelWatcher
 from tests.helpers.context_models import T0, context_model, save_context_bundle, split_events, timed_sequences

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from lite_rec.infer.bundle import Bundle, load_bundle
 from lite_rec.infer.recommender import Recommender
-from lite_rec.registry.versions import parse_model_ref
+from lite_rec.registry.refs import parse_model_ref
 from lite_rec.serve.app import create_app
 from lite_rec.serve.watcher import ModelWatcher
 from tests.helpers.tiny_models import save_tiny_bundle, tiny_model

@@ -52,6 +52,7 @@ from lite_rec.infer.requests import (
     UnknownItems,
     Unreadable,
     echo,
+    item_key,
     rating_value,
     read_history,
     time_value,
@@ -226,10 +227,46 @@ class Recommender:
         be refused with (:class:`RecommendError` and its kinds); errors call each history by its
         `names` entry (default ``history`` alone, else ``histories[u]``)."""
         self._check_lists(histories)
-        if request_times is not None and len(request_times) != len(histories):
-            raise RecommendError(f"{len(request_times)} request times for {len(histories)} histories")
         names = list(names) if names is not None else [_where(u, len(histories)) for u in range(len(histories))]
-        read = [read_history(h, names[u]) for u, h in enumerate(histories)]
+        return self._prepare_read([read_history(h, names[u]) for u, h in enumerate(histories)], ignore_unknown,
+                                  request_times, names)
+
+    def prepare_columns(self, item_ids: Sequence[Sequence[object]], times: Sequence[object] | None = None,
+                        ratings: Sequence[object] | None = None, ignore_unknown: bool = False,
+                        request_times: Sequence[object] | None = None,
+                        names: Sequence[str] | None = None) -> list[Prepared]:
+        """:meth:`prepare` for histories given as columns: per user the item ids, and beside them
+        their times and ratings (arrays or lists aligned with the ids; None for a user, or for the
+        whole column, where there are none), as a Parquet log or ``sequences.parquet`` holds them.
+        The same checks and errors as events get; why apart: building and reading 200 event objects
+        per user cost batch scoring more host time than the GPU step."""
+        self._check_lists(item_ids)
+        n = len(item_ids)
+        names = list(names) if names is not None else [_where(u, n) for u in range(n)]
+        read = []
+        for u, ids in enumerate(item_ids):
+            keys = list(ids) if all(type(i) is str for i in ids) else [item_key(i) for i in ids]
+            sides = []
+            for label, column in (("ts", times), ("rating", ratings)):
+                values = None if column is None else column[u]
+                if values is None or (isinstance(values, float) and np.isnan(values)):
+                    sides.append([None] * len(keys))
+                    continue
+                if len(values) != len(keys):
+                    raise RecommendError(f"{names[u]}: {len(keys)} item ids and {len(values)} {label} values; they must align")
+                numbers = _numbers(values) if label == "rating" else None
+                if numbers is not None and np.isnan(numbers).any():  # a table's empty cell: a missing rating
+                    values = [None if np.isnan(v) else v for v in numbers]
+                sides.append(values)
+            read.append((keys, sides[0], sides[1]))
+        return self._prepare_read(read, ignore_unknown, request_times, names)
+
+    def _prepare_read(self, read: list[tuple[list[str], Sequence[object], Sequence[object]]], ignore_unknown: bool,
+                      request_times: Sequence[object] | None, names: list[str]) -> list[Prepared]:
+        """Per user (item keys, raw ts values, raw rating values) -> :class:`Prepared`: the checks of
+        :meth:`prepare`, whichever form the histories came in."""
+        if request_times is not None and len(request_times) != len(read):
+            raise RecommendError(f"{len(request_times)} request times for {len(read)} histories")
         indices, known, unknown = self._lookup([r[0] for r in read], ignore_unknown)
         if not self.context_fields:
             return [Prepared(i, un, None) for i, un in zip(indices, unknown, strict=True)]
@@ -286,21 +323,17 @@ class Recommender:
         except Unreadable as exc:
             raise self._error(field_name, exc.reason, f"{where}: {exc}") from None
 
-    def _times(self, values: list[object], keys: list[str], where: str) -> np.ndarray:
+    def _times(self, values: Sequence[object], keys: list[str], where: str) -> np.ndarray:
         """(n,) int64 Unix seconds of every entry, oldest first, or the :class:`ContextError` saying why not.
 
-        Histories of plain integer times (what clients and the batch scorer send) are read in one
-        vectorized pass: at 200 events a user, one value at a time cost more host time than the
-        GPU step of a 1,024-user batch. Anything else, and any value that fails a check, takes the
-        per-value path, which names the entry and says why."""
-        if all(type(v) is int for v in values):
-            try:
-                fast = np.fromiter(values, dtype=np.int64, count=len(values))  # (n,)
-            except OverflowError:
-                fast = None
-            if fast is not None and (not len(fast) or (fast.min() >= 0 and fast.max() <= MAX_TIME
-                                                       and not (np.diff(fast) < 0).any())):
-                return fast
+        Histories of plain integer times (what clients send, and the batch scorer's integer columns)
+        are read in one vectorized pass: at 200 events a user, one value at a time cost more host
+        time than the GPU step of a 1,024-user batch. Anything else, and any value that fails a
+        check, takes the per-value path, which names the entry and says why."""
+        fast = _integers(values)
+        if fast is not None and (not len(fast) or (fast.min() >= 0 and fast.max() <= MAX_TIME
+                                                   and not (np.diff(fast) < 0).any())):
+            return fast
         out = np.empty(len(values), dtype=np.int64)
         for i, v in enumerate(values):
             if v is None:
@@ -312,16 +345,12 @@ class Recommender:
                                   f"{where}[{i - 1}].ts {out[i - 1]} ({utc(int(out[i - 1]))}): send the history oldest first")
         return out
 
-    def _ratings(self, values: list[object], keys: list[str], where: str) -> np.ndarray:
+    def _ratings(self, values: Sequence[object], keys: list[str], where: str) -> np.ndarray:
         """(n,) float64 ratings in 1..5, vectorized for plain int/float values as :meth:`_times` is."""
-        if all(type(v) is int or type(v) is float for v in values):
-            try:
-                fast = np.fromiter(values, dtype=np.float64, count=len(values))  # (n,)
-            except OverflowError:  # an int too large for a float: the per-value path says so
-                fast = None
-            if fast is not None and (not len(fast) or (np.isfinite(fast).all() and fast.min() >= 1
-                                                       and fast.max() <= RATING_LEVELS)):
-                return fast
+        fast = _numbers(values)
+        if fast is not None and (not len(fast) or (np.isfinite(fast).all() and fast.min() >= 1
+                                                   and fast.max() <= RATING_LEVELS)):
+            return fast
         out = np.empty(len(values), dtype=np.float64)
         for i, v in enumerate(values):
             if v is None:
@@ -417,6 +446,33 @@ def right_padded(rows: Sequence[np.ndarray], width: int, keep_last: bool = True)
         col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         out[row, col] = flat
     return out
+
+
+def _integers(values: Sequence[object]) -> np.ndarray | None:
+    """(n,) int64 when every value is a plain integer (Python or NumPy, no bool), else None."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False) if values.dtype.kind in "iu" else None
+    if all(type(v) is int or type(v) is np.int64 for v in values):
+        try:
+            return np.fromiter(values, dtype=np.int64, count=len(values))  # (n,)
+        except OverflowError:  # past int64: the per-value path says so
+            return None
+    return None
+
+
+def _numbers(values: Sequence[object]) -> np.ndarray | None:
+    """(n,) float64 when every value is a plain int or float (Python or NumPy, no bool), else None."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64, copy=False) if values.dtype.kind in "iuf" else None
+    if all(type(v) in _NUMBER_TYPES for v in values):
+        try:
+            return np.fromiter(values, dtype=np.float64, count=len(values))  # (n,)
+        except OverflowError:  # an int too large for a float: the per-value path says so
+            return None
+    return None
+
+
+_NUMBER_TYPES = frozenset({int, float, np.int64, np.float64, np.float32, np.int32})
 
 
 def _where(u: int, n: int) -> str:

@@ -22,7 +22,6 @@ half-written file, and a failed run leaves the previous file untouched.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,6 +227,7 @@ def score_users(
     hists = [list(h) if h is not None else [] for h in frame["history"].tolist()]
     no_side = [None] * len(users)
     ts_lists, rating_lists = (frame[c].tolist() if c in frame.columns else no_side for c in ("ts", "rating"))
+    columns = "ts" in frame.columns or "rating" in frame.columns
     rows = fallbacks = unknown = 0
 
     def write(tmp: str) -> None:
@@ -237,9 +237,13 @@ def score_users(
         ) as bar:
             for start in range(0, len(users), batch_size):
                 span = range(start, min(start + batch_size, len(users)))
-                entries = [_events(users[u], hists[u], ts_lists[u], rating_lists[u]) for u in span]
-                batch = rec.recommend(entries, k, exclude_history, ignore_unknown=True, request_times=[request_time] * len(entries),
-                                      names=[f"histories[{users[u]!r}]" for u in span])  # errors name the user
+                names = [f"histories[{users[u]!r}]" for u in span]  # errors name the user
+                if columns:  # times and ratings beside the ids: read as columns, no event object per interaction
+                    prepared = rec.prepare_columns([hists[u] for u in span], [ts_lists[u] for u in span],
+                                                   [rating_lists[u] for u in span], True, [request_time] * len(span), names)
+                else:
+                    prepared = rec.prepare([hists[u] for u in span], True, [request_time] * len(span), names)
+                batch = rec.recommend_prepared(prepared, k, exclude_history)
                 table = _to_table(users[start : start + batch_size], batch)
                 writer.write_table(table)
                 rows += table.num_rows
@@ -249,24 +253,6 @@ def score_users(
 
     atomic_write(out_path, write)  # a reader never sees a half-written file
     return ScoreResult(out_path, len(users), rows, fallbacks, unknown, source, time.perf_counter() - started)
-
-
-def _events(user: str, ids: list, ts: object, ratings: object) -> list:
-    """One user's history as the Recommender reads it: its entries, or events from the ``ts`` and
-    ``rating`` lists beside the ids (a missing rating is left out of its event)."""
-    if ts is None or (isinstance(ts, float) and math.isnan(ts)):
-        return ids
-    ts = list(ts)
-    ratings = None if ratings is None or (isinstance(ratings, float) and math.isnan(ratings)) else list(ratings)
-    if len(ts) != len(ids) or (ratings is not None and len(ratings) != len(ids)):
-        raise DataError(f"user {user!r}: {len(ids)} history items, {len(ts)} ts"
-                        + ("" if ratings is None else f" and {len(ratings)} ratings") + "; they must align")
-    events = [{"item_id": i, "ts": t} for i, t in zip(ids, ts, strict=True)]
-    if ratings is not None:
-        for event, r in zip(events, ratings, strict=True):
-            if r is not None and not (isinstance(r, float) and math.isnan(r)):
-                event["rating"] = r
-    return events
 
 
 def _to_table(users: list[str], results: list) -> pa.Table:

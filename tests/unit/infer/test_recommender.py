@@ -359,6 +359,42 @@ def test_integer_times_read_in_bulk_give_the_same_rows_as_any_other_form(ctx: Re
     assert bulk.contexts[:, 0].min() > 0  # the rows hold real context ids, not padding
 
 
+def test_histories_as_columns_read_as_events_do(ctx: Recommender) -> None:
+    """``prepare_columns`` (ids with times and ratings beside them, as batch scoring reads a log) gives
+    the rows events give, for lists and NumPy arrays alike, and each refusal of a bad value is the
+    events' own; a NaN rating in a column is a missing one (how a table holds no value)."""
+    from tests.helpers.context_models import T0, split_events, timed_sequences
+
+    histories, times = split_events(timed_sequences(CTX_ITEMS), CTX_IDS)
+    ids = [[e["item_id"] for e in h] for h in histories]
+    ts = [[e["ts"] for e in h] for h in histories]
+    ratings = [[e["rating"] for e in h] for h in histories]
+    want = ctx.prepare(histories, request_times=times)
+    arrays = ([np.asarray(t, dtype=np.int64) for t in ts], [np.asarray(r, dtype=np.float64) for r in ratings])
+    for ts_col, rating_col in ((ts, ratings), arrays):
+        got = ctx.prepare_columns(ids, ts_col, rating_col, request_times=times)
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(g.indices, w.indices) and np.array_equal(g.contexts, w.contexts)
+    bad = [  # (ts, ratings, field, reason)
+        ([T0, T0 - 5], [4, 3], "ts", "out_of_order"),
+        ([T0, "yesterday"], [4, 3], "ts", "unparseable"),
+        (np.array([T0, -1]), [4, 3], "ts", "out_of_range"),
+        ([T0, None], [4, 3], "ts", "missing"),
+        ([T0, T0 + 5], np.array([4.0, 7.0]), "rating", "out_of_range"),
+        ([T0, T0 + 5], np.array([4.0, np.nan]), "rating", "missing"),
+        ([T0, T0 + 5], [4, float("inf")], "rating", "not_finite"),
+    ]
+    for ts_values, rating_values, field_name, reason in bad:
+        with pytest.raises(ContextError) as info:
+            ctx.prepare_columns([["c1", "c2"]], [ts_values], [rating_values], request_times=[T0 + 10])
+        assert (info.value.field, info.value.reason) == (field_name, reason), (ts_values, rating_values, info.value)
+    with pytest.raises(ContextError) as info:  # no times at all for a model that reads them
+        ctx.prepare_columns([["c1", "c2"]], None, [[4, 3]], request_times=[T0 + 10])
+    assert (info.value.field, info.value.reason) == ("ts", "missing")
+    with pytest.raises(RecommendError, match=r"history: 2 item ids and 1 ts values; they must align"):
+        ctx.prepare_columns([["c1", "c2"]], [[T0]], [[4, 3]], request_times=[T0 + 10])
+
+
 def test_an_ids_only_model_takes_plain_ids_and_events_alike_and_ignores_the_fields(rec: Recommender) -> None:
     assert rec.context_fields == []
     plain = rec.recommend([["m01", "m05", "m07"]], 6)[0]

@@ -116,11 +116,11 @@ class _CrashesOnSecondBatch(Recommender):
 
     calls = 0
 
-    def recommend(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def recommend_prepared(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.calls == 2:
             raise MemoryError("simulated crash in batch 2")
-        return super().recommend(*args, **kwargs)
+        return super().recommend_prepared(*args, **kwargs)
 
 
 def test_a_failed_run_leaves_the_previous_file_untouched(rec: Recommender, bundle_dir: Path, tmp_path: Path) -> None:

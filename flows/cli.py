@@ -246,7 +246,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """The scoring step of a bundle or registered model as ONNX, with its sidecar JSON (lite_rec/infer/onnx_export.py)."""
     from lite_rec.infer.onnx_export import export_onnx, sidecar_path
     from lite_rec.registry.client import client_for
-    from lite_rec.registry.versions import fetch_bundle, parse_model_ref, resolve_version
+    from lite_rec.registry.refs import parse_model_ref
+    from lite_rec.registry.versions import fetch_bundle, resolve_version
 
     ref = parse_model_ref(args.model)
     client = client_for(args.tracking_uri) if ref.path is None else None

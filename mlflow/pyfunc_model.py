@@ -8,7 +8,7 @@ on load by :func:`lite_rec.infer.bundle.load_bundle`).
 
 The class stays thin (MLflow's examples/pyfunc habit): ``load_context`` builds the shared
 :class:`~lite_rec.infer.recommender.Recommender`, ``predict`` hands the request frame to
-:func:`~lite_rec.infer.recommender.recommend_frame`, so the pyfunc, the HTTP service and batch scoring
+:func:`~lite_rec.infer.frames.recommend_frame`, so the pyfunc, the HTTP service and batch scoring
 answer identically, with the same input rules and the same errors (:class:`RecommendError`, which
 MLflow's scoring server answers with 400). Columns: ``mlflow/signature.json``: ``history`` (item ids
 or events ``{"item_id", "ts", "rating"}``), ``k``, ``exclude_history``, ``ignore_unknown`` and
@@ -25,7 +25,8 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 import mlflow
-from lite_rec.infer.recommender import Recommender, recommend_frame
+from lite_rec.infer.frames import recommend_frame
+from lite_rec.infer.recommender import Recommender
 
 
 class LiteRecPyfunc(PythonModel):

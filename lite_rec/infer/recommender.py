@@ -37,7 +37,6 @@ from itertools import repeat
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from lite_rec.core.errors import DataError
@@ -52,7 +51,9 @@ from lite_rec.infer.requests import (
     UnknownItems,
     Unreadable,
     echo,
+    integer_values,
     item_key,
+    number_values,
     rating_value,
     read_history,
     time_value,
@@ -71,13 +72,9 @@ from lite_rec.model.scoring import add_history_logit
 from lite_rec.model.spec import ModelSpec
 
 __all__ = [
-    "ECHO_CHARS", "ECHO_IDS", "FRAME_DEFAULTS", "MAX_K", "ContextError", "Prepared", "Recommendation", "RecommendError",
-    "Recommender", "UnknownItems", "echo", "recommend_frame",
+    "ECHO_CHARS", "ECHO_IDS", "MAX_K", "ContextError", "Prepared", "Recommendation", "RecommendError",
+    "Recommender", "UnknownItems", "echo",
 ]
-
-# Defaults of the optional request columns (mlflow/signature.json documents the same; a missing
-# request_time is the server's clock when the model reads it).
-FRAME_DEFAULTS = {"k": 10, "exclude_history": True, "ignore_unknown": False, "request_time": None}
 
 # The largest k any request may ask for (also capped by the catalog size): one rule for the HTTP
 # service, the pyfunc and batch scoring. A top-1000 answer is already ~80 KB of JSON.
@@ -254,7 +251,7 @@ class Recommender:
                     continue
                 if len(values) != len(keys):
                     raise RecommendError(f"{names[u]}: {len(keys)} item ids and {len(values)} {label} values; they must align")
-                numbers = _numbers(values) if label == "rating" else None
+                numbers = number_values(values) if label == "rating" else None
                 if numbers is not None and np.isnan(numbers).any():  # a table's empty cell: a missing rating
                     values = [None if np.isnan(v) else v for v in numbers]
                 sides.append(values)
@@ -330,7 +327,7 @@ class Recommender:
         are read in one vectorized pass: at 200 events a user, one value at a time cost more host
         time than the GPU step of a 1,024-user batch. Anything else, and any value that fails a
         check, takes the per-value path, which names the entry and says why."""
-        fast = _integers(values)
+        fast = integer_values(values)
         if fast is not None and (not len(fast) or (fast.min() >= 0 and fast.max() <= MAX_TIME
                                                    and not (np.diff(fast) < 0).any())):
             return fast
@@ -347,7 +344,7 @@ class Recommender:
 
     def _ratings(self, values: Sequence[object], keys: list[str], where: str) -> np.ndarray:
         """(n,) float64 ratings in 1..5, vectorized for plain int/float values as :meth:`_times` is."""
-        fast = _numbers(values)
+        fast = number_values(values)
         if fast is not None and (not len(fast) or (np.isfinite(fast).all() and fast.min() >= 1
                                                    and fast.max() <= RATING_LEVELS)):
             return fast
@@ -448,98 +445,6 @@ def right_padded(rows: Sequence[np.ndarray], width: int, keep_last: bool = True)
     return out
 
 
-def _integers(values: Sequence[object]) -> np.ndarray | None:
-    """(n,) int64 when every value is a plain integer (Python or NumPy, no bool), else None."""
-    if isinstance(values, np.ndarray):
-        return values.astype(np.int64, copy=False) if values.dtype.kind in "iu" else None
-    if all(type(v) is int or type(v) is np.int64 for v in values):
-        try:
-            return np.fromiter(values, dtype=np.int64, count=len(values))  # (n,)
-        except OverflowError:  # past int64: the per-value path says so
-            return None
-    return None
-
-
-def _numbers(values: Sequence[object]) -> np.ndarray | None:
-    """(n,) float64 when every value is a plain int or float (Python or NumPy, no bool), else None."""
-    if isinstance(values, np.ndarray):
-        return values.astype(np.float64, copy=False) if values.dtype.kind in "iuf" else None
-    if all(type(v) in _NUMBER_TYPES for v in values):
-        try:
-            return np.fromiter(values, dtype=np.float64, count=len(values))  # (n,)
-        except OverflowError:  # an int too large for a float: the per-value path says so
-            return None
-    return None
-
-
-_NUMBER_TYPES = frozenset({int, float, np.int64, np.float64, np.float32, np.int32})
-
-
 def _where(u: int, n: int) -> str:
     """How errors name user `u` of `n`: ``history`` for a lone one, else ``histories[u]``."""
     return "history" if n == 1 else f"histories[{u}]"
-
-
-def _column(frame: pd.DataFrame, name: str, recommender: Recommender) -> list:
-    """One option column, checked as the HTTP service checks it: missing values take the default,
-    k must be an integer (an integral float from a column with gaps counts), flags booleans."""
-    default = FRAME_DEFAULTS[name]
-    if name not in frame.columns:
-        return [default] * len(frame)
-    out = []
-    for v in frame[name].tolist():
-        if v is None or (isinstance(v, float | np.floating) and np.isnan(v)):
-            out.append(default)
-        elif name == "k":
-            out.append(recommender.check_k(int(v) if isinstance(v, float | np.floating) and float(v).is_integer() else v))
-        elif isinstance(v, bool | np.bool_):
-            out.append(bool(v))
-        else:
-            raise RecommendError(f"{name} must be true or false; got {echo(v)}")
-    return out
-
-
-def _request_times(frame: pd.DataFrame) -> list[object]:
-    """The ``request_time`` column (None where a row has none: the server's clock)."""
-    if "request_time" not in frame.columns:
-        return [None] * len(frame)
-    return [None if v is None or v is pd.NaT or (isinstance(v, float | np.floating) and np.isnan(v)) else v
-            for v in frame["request_time"].tolist()]
-
-
-def recommend_frame(recommender: Recommender, frame: pd.DataFrame) -> pd.DataFrame:
-    """The tabular interface (MLflow pyfunc, batch scoring): one request row -> one result row.
-
-    Input columns: ``history`` (list of item ids or events ``{"item_id", "ts", "rating"}``),
-    optional ``k``, ``exclude_history``, ``ignore_unknown``, ``request_time`` (defaults in
-    :data:`FRAME_DEFAULTS`). Output columns: ``item_ids``, ``scores``, ``titles`` (lists, best
-    first) and ``fallback``. Rows that share their options are scored together, so a frame of
-    same-k requests is one batch; errors name the row (``histories[r]``).
-    """
-    if not isinstance(frame, pd.DataFrame):
-        try:
-            frame = pd.DataFrame(frame)
-        except (ValueError, TypeError) as exc:
-            raise RecommendError(f"the input must be a table of requests (one row per user): {echo(str(exc), 200)}") from None
-    if "history" not in frame.columns:
-        shown = [echo(c) for c in list(frame.columns)[:ECHO_IDS]]
-        raise RecommendError(f"the input needs a 'history' column (list of item ids); got {len(frame.columns)} column(s): {shown}")
-    histories = frame["history"].tolist()  # lists or arrays; anything else is refused by prepare
-    times = _request_times(frame)
-    options = list(zip(*(_column(frame, name, recommender) for name in ("k", "exclude_history", "ignore_unknown")), strict=True))
-    results: list[Recommendation | None] = [None] * len(frame)
-    for k, exclude, ignore in dict.fromkeys(options):
-        rows = [r for r, o in enumerate(options) if o == (k, exclude, ignore)]
-        prepared = recommender.prepare([histories[r] for r in rows], ignore, [times[r] for r in rows],
-                                       names=[f"histories[{r}]" if len(frame) > 1 else "history" for r in rows])
-        got = recommender.recommend_prepared(prepared, k, exclude)
-        for r, rec in zip(rows, got):
-            results[r] = rec
-    return pd.DataFrame(
-        {
-            "item_ids": [r.item_ids for r in results],  # type: ignore[union-attr]
-            "scores": [r.scores for r in results],  # type: ignore[union-attr]
-            "titles": [r.titles for r in results],  # type: ignore[union-attr]
-            "fallback": [r.fallback for r in results],  # type: ignore[union-attr]
-        }
-    )

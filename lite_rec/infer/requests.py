@@ -35,7 +35,7 @@ from lite_rec.model.context import RATING_LEVELS
 
 __all__ = [
     "ECHO_CHARS", "ECHO_IDS", "EVENT_KEYS", "MAX_TIME", "ContextError", "RecommendError", "UnknownItems", "echo",
-    "item_key", "read_history", "time_value", "rating_value", "utc",
+    "integer_values", "item_key", "number_values", "read_history", "time_value", "rating_value", "utc",
 ]
 
 ECHO_CHARS = 64  # an id or value quoted in an error message is cut to this many characters
@@ -200,3 +200,30 @@ def rating_value(value: object) -> float:
     if not 1 <= rating <= RATING_LEVELS:
         raise Unreadable("out_of_range", f"{echo(value)} lies outside the model's rating levels 1..{RATING_LEVELS}")
     return rating
+
+
+def integer_values(values: Sequence[object]) -> np.ndarray | None:
+    """(n,) int64 when every value is a plain integer (Python or NumPy, no bool), else None."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False) if values.dtype.kind in "iu" else None
+    if all(type(v) is int or type(v) is np.int64 for v in values):
+        try:
+            return np.fromiter(values, dtype=np.int64, count=len(values))  # (n,)
+        except OverflowError:  # past int64: the per-value path says so
+            return None
+    return None
+
+
+def number_values(values: Sequence[object]) -> np.ndarray | None:
+    """(n,) float64 when every value is a plain int or float (Python or NumPy, no bool), else None."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64, copy=False) if values.dtype.kind in "iuf" else None
+    if all(type(v) in _NUMBER_TYPES for v in values):
+        try:
+            return np.fromiter(values, dtype=np.float64, count=len(values))  # (n,)
+        except OverflowError:  # an int too large for a float: the per-value path says so
+            return None
+    return None
+
+
+_NUMBER_TYPES = frozenset({int, float, np.int64, np.float64, np.float32, np.int32})

@@ -122,3 +122,12 @@ def test_serving_loads_no_training_data_stage_or_orchestration_code() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_the_service_module_imports_no_registry_client() -> None:
+    """A GPU host that serves a copied bundle needs the serving stack only: MLflow is imported when a
+    ``models:/`` reference is served (the watcher's first registry call), not by the service module."""
+    code = "import sys, lite_rec.serve.app; print(','.join(m for m in ('mlflow',) if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

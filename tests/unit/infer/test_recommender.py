@@ -414,7 +414,7 @@ def test_events_must_be_events(rec: Recommender) -> None:
 
 
 def test_a_frame_carries_events_and_request_times_per_row(ctx: Recommender) -> None:
-    from lite_rec.infer.recommender import recommend_frame
+    from lite_rec.infer.frames import recommend_frame
     from tests.helpers.context_models import split_events, timed_sequences
 
     histories, times = split_events(timed_sequences(CTX_ITEMS), CTX_IDS)

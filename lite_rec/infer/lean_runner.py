@@ -97,8 +97,8 @@ def _load_triton_attention(device: torch.device, head_dim: int) -> tuple[Callabl
     from lite_rec.infer import triton_attention  # ImportError naming the triton pin where triton is missing
 
     triton_attention.check_supported(torch.device(device), head_dim)
-    kernels = triton_attention
-    return kernels.attention, kernels.flash_attention, kernels.user_bias, kernels.embedding_sum
+    return (triton_attention.attention, triton_attention.flash_attention, triton_attention.user_bias,
+            triton_attention.embedding_sum)
 
 
 class LeanRunner(nn.Module):

@@ -120,7 +120,8 @@ class LeanRunner(nn.Module):
         self.attention = attention
         encoder = lean_encoder_of(model)
         device = next(model.parameters()).device
-        if attention in ("triton", "flash", "auto"):
+        self.uses_triton = attention in ("triton", "flash", "auto")
+        if self.uses_triton:
             self._triton_attention, self._flash_attention, self._user_bias, self._embedding_sum = _load_triton_attention(
                 device, spec.backbone.d_model // encoder.n_heads)
         self.dtype, self.causal = dtype, spec.causal
@@ -217,7 +218,7 @@ class LeanRunner(nn.Module):
         b, t = items.shape
         if not self.input_offsets:
             return self.table[items].reshape(b * t, self.d_model)  # (B*T, D), already in the activation dtype
-        if self.attention in ("triton", "flash", "auto"):  # one Triton pass: each row read once, written once
+        if self.uses_triton:  # one Triton pass: each row read once, written once
             return self._embedding_sum(items.contiguous(), contexts.contiguous(), self.table, self.input_columns,
                                        self.input_offsets, self.dtype)  # (B*T, D)
         rows = [items] + [contexts[..., column] + offset for column, offset in zip(self.input_columns, self.input_offsets,

@@ -147,9 +147,8 @@ def _user_bias_kernel(times_ptr, position_ptr, table_ptr, out_ptr, T, H: tl.cons
     bit = bit + tl.where(x >= 2, 1, 0)
     bucket = tl.where(seconds > 0, tl.minimum(bit + 1, MAX_BUCKET), 0)  # (BLOCK_M, BLOCK_T)
     cell = rows[:, None] * T + keys[None, :]  # (BLOCK_M, BLOCK_T) offset in one (T, T) plane
-    for h in tl.static_range(H):
+    for h in tl.static_range(H):  # every head from the one bucket search above: once per pair, not per head
         value = tl.load(position_ptr + h * T * T + cell, mask=inside, other=0.0) + tl.load(table_ptr + h * N_BUCKETS + bucket)
-        # the whole row block of every head: the bucket search runs once per pair, not once per head
         tl.store(out_ptr + (b * H + h) * T * T + cell, value.to(out_ptr.dtype.element_ty), mask=inside)
 
 

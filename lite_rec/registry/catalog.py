@@ -43,8 +43,8 @@ from lite_rec.items.catalog_file import read_item_file
 from lite_rec.registry.client import make_client, mlflow_uris
 from lite_rec.registry.promotion import PromotionDecision, promote_catalog
 from lite_rec.registry.publish import RegisteredVersion, log_pyfunc, register_verified
-from lite_rec.registry.tracking import ensure_experiment, git_commit
 from lite_rec.registry.refs import parse_model_ref
+from lite_rec.registry.tracking import ensure_experiment, git_commit
 from lite_rec.registry.versions import (
     CHAMPION,
     RegistryError,

@@ -31,6 +31,14 @@ class ModelRef:
     def follows_alias(self) -> bool:
         return self.alias is not None
 
+    @property
+    def fixed_version(self) -> str | None:
+        """The version this reference always means (``local`` for a bundle directory, the pinned
+        number), found without a registry; None for an alias."""
+        if self.path is not None:
+            return LOCAL_VERSION
+        return self.version
+
 
 def parse_model_ref(text: str) -> ModelRef:
     """``models:/<name>@<alias>`` | ``models:/<name>/<version>`` | a bundle directory."""

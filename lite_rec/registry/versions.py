@@ -10,9 +10,7 @@ versions, oldest first) so ``lite-rec rollback`` can move the alias back (``prom
 from __future__ import annotations
 
 import json
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
@@ -21,10 +19,10 @@ from mlflow.tracking import MlflowClient
 
 import mlflow
 from lite_rec.core.config import LiteRecConfig
-from lite_rec.core.errors import ConfigError, LiteRecError
+from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.bundle import Bundle, load_bundle, verify_bundle
 from lite_rec.registry.client import client_for, mlflow_uris
-from lite_rec.registry.refs import LOCAL_VERSION, ModelRef
+from lite_rec.registry.refs import ModelRef
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 HISTORY_TAG = "champion_history"
@@ -46,10 +44,8 @@ def registered_model_name(cfg: LiteRecConfig) -> str:
 
 def resolve_version(ref: ModelRef, client: MlflowClient | None = None) -> str:
     """The version `ref` points at now: ``local``, the pinned one, or the alias's (a registry call)."""
-    if ref.path is not None:
-        return LOCAL_VERSION
-    if ref.version is not None:
-        return ref.version
+    if ref.fixed_version is not None:
+        return ref.fixed_version
     mv = alias_version(client or client_for(), str(ref.name), str(ref.alias))
     if mv is None:
         raise LookupError(f"{ref.text}: the registry has no alias {ref.alias!r} on model {ref.name!r}")

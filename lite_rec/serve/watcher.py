@@ -41,7 +41,7 @@ from lite_rec.core.errors import LiteRecError
 from lite_rec.infer.bundle import Bundle, load_bundle
 from lite_rec.infer.fast_path import FastModel, FastPathOptions, fast_recommender
 from lite_rec.infer.recommender import Recommender
-from lite_rec.registry.refs import LOCAL_VERSION, ModelRef
+from lite_rec.registry.refs import ModelRef
 from lite_rec.serve.metrics import ServiceMetrics
 
 __all__ = [
@@ -151,8 +151,8 @@ class ModelWatcher:
     def target_version(self) -> str:
         """The version the reference points at now (an alias is looked up in the registry, within
         :attr:`lookup_timeout_s`, else ``TimeoutError``)."""
-        if not self.ref.follows_alias:  # local bundle or pinned version: no registry call
-            return LOCAL_VERSION if self.ref.path is not None else str(self.ref.version)
+        if self.ref.fixed_version is not None:  # local bundle or pinned version: no registry call
+            return self.ref.fixed_version
         from lite_rec.registry.client import bounded_http
         from lite_rec.registry.versions import resolve_version
 
